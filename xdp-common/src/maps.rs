@@ -1,0 +1,111 @@
+//! Map names (what `bpftool map list` and the pin directory show) and the
+//! layouts of the victim and allowlist tables.
+//!
+//! ## IPv4 victims: a two-level direct table instead of an LPM trie
+//! An LPM trie lookup costs ~80 ns with 100,000 prefixes (shared/docs/PERF-FACTS.md),
+//! four times a trivial program. ampguard expands the prefixes into two arrays
+//! (the DIR-16-16 scheme of Gupta et al., "Routing lookups in hardware at memory
+//! access speeds", 1998), so a lookup is one or two array reads:
+//! - `AG_V4_L1`, 65,536 × u64, indexed by the top 16 bits of the destination:
+//!   low 32 bits = policy slot of the longest victim prefix of length <= 16 that
+//!   covers this /16 (0 = none); high 32 bits = 1 + index of a level-2 chunk when
+//!   victim prefixes longer than /16 exist inside it (0 = no chunk).
+//! - `AG_V4_L2`, chunks × 65,536 × u32, indexed by chunk * 65,536 + low 16 bits:
+//!   slot of the longest victim prefix longer than /16 covering the address, or
+//!   0 to fall back to the level-1 slot.
+//! The controller paints the entries on every change (longest prefix wins).
+//!
+//! ## IPv6 victims: an LPM trie (`AG_V6_VICTIMS`).
+//!
+//! ## Allowlist: a bitmap in front of LPM tries
+//! The allowlist is checked only on packets that met a policy. `AG_ALLOW_BITS`
+//! holds one bit per /24 of IPv4 space (index = top 24 bits) then one bit per
+//! /24 of IPv6 space (its top 24 bits), set where any allowlist prefix overlaps;
+//! only then does the program consult the exact LPM trie. Attack sources are
+//! spread over the internet, so almost all of them cost one array read.
+
+/// Program-wide settings ([`crate::policy::Config`]), 1 entry.
+pub const CONFIG: &str = "AG_CONFIG";
+/// UDP source port -> vector id (u8), 65,536 entries.
+pub const PORTS: &str = "AG_PORTS";
+/// IPv4 victims, level 1 (see module docs).
+pub const V4_L1: &str = "AG_V4_L1";
+/// IPv4 victims, level-2 chunks.
+pub const V4_L2: &str = "AG_V4_L2";
+/// IPv6 victim prefix -> policy slot (LPM trie).
+pub const V6_VICTIMS: &str = "AG_V6_VICTIMS";
+/// Policy slot -> [`crate::policy::Policy`].
+pub const POLICIES: &str = "AG_POLICIES";
+/// Limiter index -> [`crate::bucket::Limiter`].
+pub const LIMITERS: &str = "AG_LIMITERS";
+/// Allowlist prefilter bitmap (u64 words).
+pub const ALLOW_BITS: &str = "AG_ALLOW_BITS";
+/// IPv4 allowlisted source prefixes (LPM trie, value: allowlist id).
+pub const ALLOW_V4: &str = "AG_ALLOW_V4";
+/// IPv6 allowlisted source prefixes (LPM trie, value: allowlist id).
+pub const ALLOW_V6: &str = "AG_ALLOW_V6";
+/// Per CPU: (slot * MAX_VECTORS + vector) -> [`crate::counters::VerdictCounters`].
+pub const POLICY_COUNTERS: &str = "AG_POL_COUNTERS";
+/// Per CPU: vector -> [`crate::counters::VerdictCounters`], summed over policies.
+pub const VECTOR_COUNTERS: &str = "AG_VEC_COUNTERS";
+/// Per CPU: reason -> [`crate::counters::Counter`].
+pub const REASONS: &str = "AG_REASONS";
+
+/// Every map, for pinning and adoption.
+pub const ALL: &[&str] = &[
+    CONFIG, PORTS, V4_L1, V4_L2, V6_VICTIMS, POLICIES, LIMITERS, ALLOW_BITS, ALLOW_V4,
+    ALLOW_V6, POLICY_COUNTERS, VECTOR_COUNTERS, REASONS,
+];
+
+/// Name of the XDP program (its ELF symbol and bpftool name).
+pub const PROGRAM: &str = "ampguard";
+
+/// Default capacities; the controller may resize the maps at load time
+/// (`set_max_entries`), the program reads only what exists.
+pub const DEFAULT_MAX_POLICIES: u32 = 8192;
+pub const DEFAULT_MAX_LIMITERS: u32 = 8192 * 6;
+pub const DEFAULT_V4_CHUNKS: u32 = 64;
+pub const DEFAULT_MAX_V6_VICTIMS: u32 = 16384;
+pub const DEFAULT_MAX_ALLOW: u32 = 4096;
+
+pub const V4_L1_ENTRIES: u32 = 1 << 16;
+pub const CHUNK_ENTRIES: u32 = 1 << 16;
+/// 2^24 bits for IPv4 then 2^24 bits for IPv6, in u64 words.
+pub const ALLOW_BITS_WORDS: u32 = (2 << 24) / 64;
+/// Bit offset of the IPv6 half of `AG_ALLOW_BITS`.
+pub const ALLOW_BITS_V6: u32 = 1 << 24;
+
+/// Level-1 entry: the slot for the /16 and the chunk, if any.
+#[inline(always)]
+pub const fn l1_entry(slot: u32, chunk: Option<u32>) -> u64 {
+    let c = match chunk {
+        Some(c) => c as u64 + 1,
+        None => 0,
+    };
+    (c << 32) | slot as u64
+}
+
+#[inline(always)]
+pub const fn l1_slot(entry: u64) -> u32 {
+    entry as u32
+}
+
+/// The chunk of a level-1 entry, if it has one.
+#[inline(always)]
+pub const fn l1_chunk(entry: u64) -> Option<u32> {
+    match (entry >> 32) as u32 {
+        0 => None,
+        c => Some(c - 1),
+    }
+}
+
+/// The bit of `AG_ALLOW_BITS` for an address's top 24 bits.
+#[inline(always)]
+pub const fn allow_bit_v4(addr: u32) -> u32 {
+    addr >> 8
+}
+
+#[inline(always)]
+pub const fn allow_bit_v6(top32: u32) -> u32 {
+    ALLOW_BITS_V6 + (top32 >> 8)
+}

@@ -1,0 +1,2 @@
+#![no_std]
+// Intentionally empty: the program is the `xdp-ebpf` binary (src/main.rs).

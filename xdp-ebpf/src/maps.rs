@@ -1,0 +1,70 @@
+//! The maps. Names are `xdp_common::maps` constants' values (bpftool shows them).
+//! Who writes what: the controller writes everything except the counters and
+//! the limiters' bucket state, which only this program writes.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::LpmTrie, Array, PerCpuArray},
+};
+use xdp_common::{
+    bucket::Limiter,
+    counters::{reason, Counter, VerdictCounters},
+    maps::*,
+    policy::{Config, Policy},
+    vector::MAX_VECTORS,
+};
+
+/// Program settings (test clock). Written by the controller.
+#[map]
+pub static AG_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// UDP source port -> vector id. Written by the controller.
+#[map]
+pub static AG_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
+/// IPv4 victims, level 1: top 16 bits -> (chunk + 1) << 32 | slot.
+#[map]
+pub static AG_V4_L1: Array<u64> = Array::with_max_entries(V4_L1_ENTRIES, 0);
+
+/// IPv4 victims, level 2: chunk * 65536 + low 16 bits -> slot (0 = use level 1).
+#[map]
+pub static AG_V4_L2: Array<u32> = Array::with_max_entries(DEFAULT_V4_CHUNKS * CHUNK_ENTRIES, 0);
+
+/// IPv6 victim prefix -> policy slot.
+#[map]
+pub static AG_V6_VICTIMS: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_V6_VICTIMS, 0);
+
+/// Policy slot -> policy (mode, expiry, rule per vector).
+#[map]
+pub static AG_POLICIES: Array<Policy> = Array::with_max_entries(DEFAULT_MAX_POLICIES, 0);
+
+/// Token buckets of `limit` rules: config by the controller, state by us.
+#[map]
+pub static AG_LIMITERS: Array<Limiter> = Array::with_max_entries(DEFAULT_MAX_LIMITERS, 0);
+
+/// One bit per /24 (IPv4, then IPv6 top 24 bits) overlapping the allowlist.
+#[map]
+pub static AG_ALLOW_BITS: Array<u64> = Array::with_max_entries(ALLOW_BITS_WORDS, 0);
+
+/// Allowlisted IPv4 source prefixes -> allowlist id.
+#[map]
+pub static AG_ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_ALLOW, 0);
+
+/// Allowlisted IPv6 source prefixes -> allowlist id.
+#[map]
+pub static AG_ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_ALLOW, 0);
+
+/// Per CPU, (slot * MAX_VECTORS + vector) -> packets/bytes per verdict.
+#[map]
+pub static AG_POL_COUNTERS: PerCpuArray<VerdictCounters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_POLICIES * MAX_VECTORS as u32, 0);
+
+/// Per CPU, vector -> packets/bytes per verdict, over all policies.
+#[map]
+pub static AG_VEC_COUNTERS: PerCpuArray<VerdictCounters> =
+    PerCpuArray::with_max_entries(MAX_VECTORS as u32, 0);
+
+/// Per CPU, reason -> packets/bytes that met no policy.
+#[map]
+pub static AG_REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(reason::COUNT as u32, 0);

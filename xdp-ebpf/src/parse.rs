@@ -1,0 +1,155 @@
+//! Header parsing.
+//!
+//! Contract (after xdp-tools' parsing helpers): every read goes through
+//! [`ptr_at`], which bounds-checks against `data_end` and returns `None` when
+//! the packet is too short; a parse function either returns what the packet
+//! holds or [`Parsed::ParseError`]. Nothing here drops anything.
+//!
+//! Limits, mirrored by the reference model (xdp-user/src/model.rs):
+//! - Ethernet with up to two VLAN tags (802.1Q 0x8100, 802.1ad 0x88a8); a third
+//!   tag is a parse error (passed).
+//! - IPv4 with options (IHL 5..15); IHL < 5 or a version other than 4 is a parse
+//!   error. Length fields other than the IHL are not trusted or needed.
+//! - IPv6 with up to [`MAX_EXT_HEADERS`] extension headers (hop-by-hop, routing,
+//!   destination options, fragment); a longer chain, or headers reaching past
+//!   [`MAX_L4_OFFSET`], is a parse error. Other next headers (AH, ESP, ...)
+//!   are "not UDP".
+//! - A non-first fragment (IPv4 offset != 0, or an IPv6 fragment header with
+//!   offset != 0) carries no UDP header: it is reported as a fragment.
+
+use aya_ebpf::programs::XdpContext;
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const IPPROTO_UDP: u8 = 17;
+pub const MAX_EXT_HEADERS: usize = 8;
+/// The UDP header (or the fragment header) must start before this frame offset.
+pub const MAX_L4_OFFSET: usize = 512;
+
+/// Source and destination addresses, network byte order.
+#[derive(Clone, Copy)]
+pub enum Addrs {
+    V4 { src: [u8; 4], dst: [u8; 4] },
+    V6 { src: [u8; 16], dst: [u8; 16] },
+}
+
+pub enum Parsed {
+    Udp { addrs: Addrs, sport: u16 },
+    Fragment { addrs: Addrs },
+    NotUdp,
+    ParseError,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    // Safety: ptr_at checked the bounds; packet data has no alignment guarantee.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
+}
+
+#[inline(always)]
+fn be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    read::<[u8; 2]>(ctx, offset).map(u16::from_be_bytes)
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Parsed {
+    let Some(mut proto) = be16(ctx, 12) else { return Parsed::ParseError };
+    let mut off = 14;
+    // Two VLAN tags at most, unrolled for the verifier.
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        let Some(p) = be16(ctx, off + 2) else { return Parsed::ParseError };
+        proto = p;
+        off += 4;
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            let Some(p) = be16(ctx, off + 2) else { return Parsed::ParseError };
+            proto = p;
+            off += 4;
+            if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+                return Parsed::ParseError;
+            }
+        }
+    }
+    match proto {
+        ETH_P_IPV4 => parse_ipv4(ctx, off),
+        ETH_P_IPV6 => parse_ipv6(ctx, off),
+        _ => Parsed::NotUdp,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, off: usize) -> Parsed {
+    let Some(h) = read::<[u8; 20]>(ctx, off) else { return Parsed::ParseError };
+    let ihl = (h[0] & 0x0f) as usize;
+    if h[0] >> 4 != 4 || ihl < 5 {
+        return Parsed::ParseError;
+    }
+    let addrs = Addrs::V4 { src: [h[12], h[13], h[14], h[15]], dst: [h[16], h[17], h[18], h[19]] };
+    let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    if frag_offset != 0 {
+        return Parsed::Fragment { addrs };
+    }
+    if h[9] != IPPROTO_UDP {
+        return Parsed::NotUdp;
+    }
+    match be16(ctx, off + ihl * 4) {
+        Some(sport) => Parsed::Udp { addrs, sport },
+        None => Parsed::ParseError,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
+    let Some(h) = read::<[u8; 40]>(ctx, off) else { return Parsed::ParseError };
+    if h[0] >> 4 != 6 {
+        return Parsed::ParseError;
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&h[8..24]);
+    dst.copy_from_slice(&h[24..40]);
+    let addrs = Addrs::V6 { src, dst };
+    let mut next = h[6];
+    let mut off = off + 40;
+    for _ in 0..MAX_EXT_HEADERS {
+        if off >= MAX_L4_OFFSET {
+            return Parsed::ParseError;
+        }
+        match next {
+            IPPROTO_UDP => {
+                return match be16(ctx, off) {
+                    Some(sport) => Parsed::Udp { addrs, sport },
+                    None => Parsed::ParseError,
+                };
+            }
+            // Hop-by-hop, routing, destination options: RFC 8200 section 4.
+            0 | 43 | 60 => {
+                let Some(e) = read::<[u8; 2]>(ctx, off) else { return Parsed::ParseError };
+                next = e[0];
+                off += (e[1] as usize + 1) * 8;
+            }
+            // Fragment header, RFC 8200 section 4.5.
+            44 => {
+                let Some(e) = read::<[u8; 4]>(ctx, off) else { return Parsed::ParseError };
+                if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+                    return Parsed::Fragment { addrs };
+                }
+                next = e[0];
+                off += 8;
+            }
+            _ => return Parsed::NotUdp,
+        }
+    }
+    Parsed::ParseError
+}

@@ -1,0 +1,140 @@
+//! The decision: given a parsed packet, pass or drop, and count why.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_coarse_ns,
+    maps::lpm_trie::Key,
+    programs::XdpContext,
+};
+use xdp_common::{
+    bucket,
+    counters::{reason, verdict},
+    maps,
+    policy::{action, mode, NO_SLOT},
+    vector::{self, MAX_VECTORS},
+};
+
+use crate::{
+    classify::{port_vector, victim_slot},
+    maps::*,
+    parse::{parse, Addrs, Parsed},
+};
+
+#[inline(always)]
+pub fn decide(ctx: &XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let (addrs, vector) = match parse(ctx) {
+        Parsed::Udp { addrs, sport } => {
+            let v = port_vector(sport);
+            if v == vector::NONE {
+                return pass(reason::NO_VECTOR, len);
+            }
+            (addrs, v)
+        }
+        Parsed::Fragment { addrs } => (addrs, vector::FRAGMENT),
+        Parsed::NotUdp => return pass(reason::NOT_UDP, len),
+        Parsed::ParseError => return pass(reason::PARSE_ERROR, len),
+    };
+    let vector = vector as usize;
+    if vector >= MAX_VECTORS {
+        return pass(reason::NO_VECTOR, len);
+    }
+
+    let slot = victim_slot(&addrs);
+    if slot == NO_SLOT {
+        return pass(reason::NO_POLICY, len);
+    }
+    let Some(policy) = AG_POLICIES.get(slot) else { return pass(reason::NO_POLICY, len) };
+    if policy.mode == mode::UNUSED {
+        return pass(reason::NO_POLICY, len);
+    }
+    if allowlisted(&addrs) {
+        return pass(reason::ALLOWLISTED, len);
+    }
+    let now = now_ns();
+    if policy.expired(now) {
+        return pass(reason::EXPIRED, len);
+    }
+
+    let mut v = match policy.actions[vector] {
+        action::DROP => verdict::DROPPED,
+        action::LIMIT => match AG_LIMITERS.get_ptr_mut(policy.limiters[vector]) {
+            // Safety: a valid map value pointer; concurrent CPUs may race on the
+            // bucket, which can admit a few extra packets (see README).
+            Some(l) => unsafe {
+                if bucket::admit(&(*l).cfg, &mut (*l).state, now, len) {
+                    verdict::PASSED
+                } else {
+                    verdict::RATE_LIMITED
+                }
+            },
+            None => verdict::PASSED,
+        },
+        _ => verdict::PASSED,
+    };
+    if policy.mode == mode::MONITOR && v != verdict::PASSED {
+        v = verdict::MONITORED;
+    }
+
+    count_policy(slot, vector, v, len);
+    if v == verdict::DROPPED || v == verdict::RATE_LIMITED {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    }
+}
+
+/// The clock for expiry and buckets: the coarse monotonic clock (14 ns against
+/// 31 for the precise one, PERF-FACTS.md), or the test clock when one is set.
+#[inline(always)]
+fn now_ns() -> u64 {
+    if let Some(cfg) = AG_CONFIG.get(0) {
+        if cfg.time_override_ns != 0 {
+            return cfg.time_override_ns;
+        }
+    }
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Source in the allowlist? The bitmap answers "no" for almost every attack
+/// source with one array read; the exact LPM trie decides the rest.
+#[inline(always)]
+fn allowlisted(addrs: &Addrs) -> bool {
+    match addrs {
+        Addrs::V4 { src, .. } => {
+            bit_set(maps::allow_bit_v4(u32::from_be_bytes(*src)))
+                && AG_ALLOW_V4.get(Key::new(32, *src)).is_some()
+        }
+        Addrs::V6 { src, .. } => {
+            bit_set(maps::allow_bit_v6(u32::from_be_bytes([src[0], src[1], src[2], src[3]])))
+                && AG_ALLOW_V6.get(Key::new(128, *src)).is_some()
+        }
+    }
+}
+
+#[inline(always)]
+fn bit_set(bit: u32) -> bool {
+    match AG_ALLOW_BITS.get(bit >> 6) {
+        Some(w) => *w & (1u64 << (bit & 63)) != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn pass(why: usize, len: u64) -> u32 {
+    if let Some(c) = AG_REASONS.get_ptr_mut(why as u32) {
+        unsafe { (*c).add(len) };
+    }
+    XDP_PASS
+}
+
+#[inline(always)]
+fn count_policy(slot: u32, vector: usize, v: usize, len: u64) {
+    let idx = slot * MAX_VECTORS as u32 + vector as u32;
+    if let Some(c) = AG_POL_COUNTERS.get_ptr_mut(idx) {
+        unsafe { (*c).by_verdict[v].add(len) };
+    }
+    if let Some(c) = AG_VEC_COUNTERS.get_ptr_mut(vector as u32) {
+        unsafe { (*c).by_verdict[v].add(len) };
+    }
+}
