@@ -1,1 +1,93 @@
-fn main(){}
+//! `cargo xtask <command>`: the project's own build, test and setup entry points.
+//!
+//! - `setup`: installs what a fresh Debian 12 machine of this kind lacks (root only).
+//! - `build`: setup (fast when nothing is missing), then builds the workspace.
+//! - `test`:  setup, then runs the whole test suite (root only: it attaches XDP
+//!   programs and creates network namespaces).
+//! - `demo`:  setup, then runs the demo binary of `ampguard-tests`.
+//!
+//! One file per concern: `cmd.rs` runs and prints commands, `preflight.rs`
+//! refuses early on machines that cannot work, `setup.rs` installs, `cargo.rs`
+//! wraps the cargo invocations.
+
+mod cargo;
+mod cmd;
+mod preflight;
+mod setup;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "ampguard build, test and setup tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks to build and test (apt packages, rust-src,
+    /// bpf-linker 0.13.0, bpffs). Needs root. A second run only checks.
+    Setup,
+    /// Check the toolchain (installing what is missing when root), then build the workspace.
+    Build {
+        /// Extra arguments passed to `cargo build`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then `cargo test` over the workspace. Needs root.
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. `-- --nocapture`, or a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then run the demo (`ampguard-tests`' `demo` binary). Needs root.
+    Demo {
+        /// Extra arguments passed to the demo binary.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(setup::Mode::Install),
+        Command::Build { args } => build(&args),
+        Command::Test { args } => test(&args),
+        Command::Demo { args } => demo(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn build(args: &[String]) -> anyhow::Result<()> {
+    // Root installs what is missing; anyone else gets a check that says what to run.
+    let mode = if preflight::is_root() { setup::Mode::Install } else { setup::Mode::CheckOnly };
+    setup::run(mode)?;
+    cargo::build(args)
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    if !preflight::is_root() {
+        anyhow::bail!(
+            "the test suite attaches XDP programs and creates network namespaces: \
+             run as root (sudo cargo xtask test)"
+        );
+    }
+    setup::run(setup::Mode::Install)?;
+    cargo::test(args)
+}
+
+fn demo(args: &[String]) -> anyhow::Result<()> {
+    if !preflight::is_root() {
+        anyhow::bail!(
+            "the demo attaches an XDP program and creates network namespaces: \
+             run as root (sudo cargo xtask demo)"
+        );
+    }
+    setup::run(setup::Mode::Install)?;
+    cargo::demo(args)
+}

@@ -1,0 +1,218 @@
+//! `cargo xtask setup`: make a fresh Debian 12 machine of this kind able to build
+//! and test ampguard, installing only what is missing.
+//!
+//! Each item is checked first (cheaply: dpkg-query, rustup, `bpf-linker
+//! --version`, /proc/mounts) and prints "ok: X already present" when there is
+//! nothing to do, so a second run takes a second or two. `apt-get update` runs
+//! at most once, and only when a package has to be installed.
+
+use crate::cmd::{self, probe};
+use crate::preflight;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::Command;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Install what is missing (root only).
+    Install,
+    /// Only report what is missing; fail if the build cannot work (non-root `build`).
+    CheckOnly,
+}
+
+/// Debian packages and why each is needed.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("gcc", "C compiler/linker used by rustc and build scripts"),
+    ("libc6-dev", "C library headers for the linker and libc-using crates"),
+    ("llvm-22-dev", "LLVM 22 that bpf-linker 0.13 links against (the system LLVM 14 is too old)"),
+    ("libpolly-22-dev", "needed to link bpf-linker against LLVM 22"),
+    ("libzstd-dev", "needed to link bpf-linker against LLVM 22"),
+    ("iproute2", "`ip netns`/veth/XDP plumbing for the test lab and the demo"),
+    ("nftables", "the nftables baseline the demo and tests compare against"),
+    ("tcpdump", "inspecting lab traffic when a test fails"),
+    ("jq", "reading ampguard's JSON output in scripts"),
+    ("curl", "talking to the daemon's HTTP endpoints from scripts"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn run(mode: Mode) -> Result<()> {
+    if mode == Mode::Install {
+        preflight::check_for_install()?;
+    }
+    let mut missing: Vec<String> = Vec::new();
+    apt_packages(mode, &mut missing)?;
+    rust_src(mode, &mut missing)?;
+    bpf_linker(mode, &mut missing)?;
+    bpffs(mode, &mut missing)?;
+    if !missing.is_empty() {
+        bail!(
+            "this machine is missing:\n  {}\nrun `sudo cargo xtask setup` to install it",
+            missing.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    probe("dpkg-query", &["-W", "-f=${Status}", pkg])
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "install ok installed")
+        .unwrap_or(false)
+}
+
+fn apt_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
+    let mut to_install = Vec::new();
+    for (pkg, why) in APT_PACKAGES {
+        if dpkg_installed(pkg) {
+            println!("ok: {pkg} already present");
+        } else if mode == Mode::CheckOnly {
+            missing.push(format!("apt package {pkg} ({why})"));
+        } else {
+            println!("installing {pkg}: {why}");
+            to_install.push(*pkg);
+        }
+    }
+    if to_install.is_empty() {
+        return Ok(());
+    }
+    let apt = |args: &[&str]| {
+        let mut c = Command::new("apt-get");
+        c.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        c
+    };
+    cmd::run(&mut apt(&["update"]))?;
+    let mut install = apt(&["install", "-y", "--no-install-recommends"]);
+    install.args(&to_install);
+    cmd::run(&mut install)
+}
+
+/// rustup: on PATH, else in $CARGO_HOME/bin or ~/.cargo/bin (sudo often drops it from PATH).
+fn cargo_bin_dir() -> Option<PathBuf> {
+    if let Some(h) = std::env::var_os("CARGO_HOME") {
+        return Some(PathBuf::from(h).join("bin"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"))
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    cmd::find_on_path(name).or_else(|| {
+        let p = cargo_bin_dir()?.join(name);
+        p.is_file().then_some(p)
+    })
+}
+
+fn rust_src(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
+    let rustup = find_tool("rustup").context(
+        "rustup not found (on PATH, in $CARGO_HOME/bin or ~/.cargo/bin): \
+         the nightly toolchain that builds the eBPF program is managed by rustup",
+    )?;
+    let toolchains = probe(&rustup, &["toolchain", "list"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if toolchains.lines().any(|l| l.starts_with("nightly")) {
+        println!("ok: nightly toolchain already present");
+    } else if mode == Mode::CheckOnly {
+        missing.push("rust nightly toolchain (builds the eBPF program with -Z build-std)".into());
+        return Ok(());
+    } else {
+        println!(
+            "the nightly toolchain is missing (it should be preinstalled on these machines; \
+             it builds the eBPF program with -Z build-std=core): trying to install it"
+        );
+        cmd::run(Command::new(&rustup).args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+            .context("could not install the nightly toolchain")?;
+    }
+    let installed = probe(&rustup, &["component", "list", "--toolchain", "nightly", "--installed"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("ok: rust-src (nightly) already present");
+    } else if mode == Mode::CheckOnly {
+        missing.push("rust-src for nightly (the bpfel-unknown-none target builds core from source)".into());
+    } else {
+        println!("installing rust-src for nightly: the bpfel-unknown-none target builds core from source");
+        cmd::run(Command::new(&rustup).args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    Ok(())
+}
+
+fn bpf_linker_version() -> Option<String> {
+    let bin = find_tool("bpf-linker")?;
+    let out = probe(&bin, &["--version"])?;
+    // "bpf-linker 0.13.0"
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
+}
+
+fn bpf_linker(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
+    let found = bpf_linker_version();
+    if found.as_deref() == Some(BPF_LINKER_VERSION) {
+        println!("ok: bpf-linker {BPF_LINKER_VERSION} already present");
+        if !cmd::on_path("bpf-linker") {
+            println!(
+                "note: bpf-linker is in {} but not on PATH; add that directory to PATH for builds",
+                cargo_bin_dir().map(|p| p.display().to_string()).unwrap_or_default()
+            );
+        }
+        return Ok(());
+    }
+    let why = format!(
+        "links the eBPF program (found: {}; pinned: {BPF_LINKER_VERSION}, built against LLVM 22)",
+        found.as_deref().unwrap_or("none")
+    );
+    if mode == Mode::CheckOnly {
+        missing.push(format!("bpf-linker {BPF_LINKER_VERSION}: {why}"));
+        return Ok(());
+    }
+    println!("installing bpf-linker {BPF_LINKER_VERSION}: {why}; takes about a minute");
+    let path = std::env::var("PATH").unwrap_or_default();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    cmd::run(
+        Command::new(cargo)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+            .env("PATH", format!("{LLVM_PREFIX}/bin:{path}"))
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ]),
+    )?;
+    match bpf_linker_version() {
+        Some(v) if v == BPF_LINKER_VERSION => Ok(()),
+        other => bail!("bpf-linker still reports {other:?} after installing {BPF_LINKER_VERSION}"),
+    }
+}
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 2 && f[1] == BPFFS && f[2] == "bpf"
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn bpffs(mode: Mode, _missing: &mut Vec<String>) -> Result<()> {
+    if bpffs_mounted() {
+        println!("ok: bpffs already mounted at {BPFFS}");
+        return Ok(());
+    }
+    if mode == Mode::CheckOnly {
+        // Not needed to build; only to pin maps at run time.
+        println!("note: bpffs is not mounted at {BPFFS} (needed to pin maps; `sudo cargo xtask setup` mounts it)");
+        return Ok(());
+    }
+    println!("mounting bpffs at {BPFFS}: ampguard pins its maps there");
+    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
