@@ -1,1 +1,8 @@
-pub const X: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));
+//! ampguard's controller library: the data-plane handle, the reference model,
+//! the packet builder used by tests and benchmarks, and (in later modules) the
+//! daemon, API and alert intake.
+
+pub mod clock;
+pub mod dataplane;
+pub mod model;
+pub mod packet;
