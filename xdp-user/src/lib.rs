@@ -6,3 +6,4 @@ pub mod clock;
 pub mod dataplane;
 pub mod model;
 pub mod packet;
+pub mod vectors;
