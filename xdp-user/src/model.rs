@@ -26,7 +26,7 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 
 /// What the program did with a packet and why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// Met no policy; `reason::*`.
     Reason(usize),
