@@ -39,6 +39,9 @@ use self::{
 /// The XDP object built by build.rs.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));
 
+/// Baseline programs (`xdp_pass`, `xdp_count_drop`) for benchmarks.
+pub static BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-baseline"));
+
 #[derive(Debug, thiserror::Error)]
 pub enum DpError {
     #[error("loading the XDP program failed: {0}")]
