@@ -1,7 +1,10 @@
 //! Baseline programs for benchmarks, built beside ampguard's program and
 //! measured in the same run: `xdp_pass` returns XDP_PASS and does nothing
 //! else (the floor of BPF_PROG_TEST_RUN); `xdp_count_drop` counts each packet
-//! in a per-CPU array and drops it (the best any filter can do).
+//! in a per-CPU array and drops it (the best any filter can do);
+//! `xdp_gen_tx` returns XDP_TX: run with BPF_PROG_TEST_RUN in live-frames
+//! mode it is an in-kernel packet generator that transmits each frame out of
+//! the interface named in the context.
 #![no_std]
 #![no_main]
 
@@ -21,6 +24,11 @@ pub fn xdp_count_drop(_ctx: XdpContext) -> u32 {
         unsafe { *c += 1 };
     }
     xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn xdp_gen_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
 }
 
 #[cfg(not(test))]
