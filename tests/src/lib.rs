@@ -1,6 +1,7 @@
 //! Test support for ampguard: a network-namespace lab (`lab`) that the
 //! integration tests and the demo share.
 
+pub mod daemon;
 pub mod lab;
 
 /// Panics with a clear message unless running as root. Every privileged test

@@ -1,9 +1,16 @@
-//! ampguard's controller library: the data-plane handle, the reference model,
-//! the packet builder used by tests and benchmarks, and (in later modules) the
-//! daemon, API and alert intake.
+//! ampguard's controller library: the data-plane handle (the only code that
+//! touches the maps), the reference model, the policy store, the HTTP API,
+//! alert intake, the daemon and the CLI.
 
+pub mod alerts;
+pub mod api;
+pub mod cli;
 pub mod clock;
+pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod model;
 pub mod packet;
+pub mod profiles;
+pub mod store;
 pub mod vectors;

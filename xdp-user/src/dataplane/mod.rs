@@ -6,6 +6,7 @@
 //! for a victim prefix, add/remove allowlist prefixes, read counters.
 
 pub mod allowbits;
+pub mod attach;
 pub mod rules;
 pub mod victims4;
 
@@ -181,6 +182,20 @@ impl DataPlane {
             next_allow_id: 1,
             capacity: c.clone(),
         })
+    }
+
+    /// Pin every map under `dir` (replacing pins of a previous run), so
+    /// bpftool and operators can inspect what is enforced.
+    pub fn pin_maps(&self, dir: &std::path::Path) -> Result<(), DpError> {
+        std::fs::create_dir_all(dir)?;
+        for name in names::ALL {
+            let path = dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+            map(&self.ebpf, name)?.pin(&path).map_err(|e| std::io::Error::other(format!("pin {}: {e}", path.display())))?;
+        }
+        Ok(())
     }
 
     pub fn capacity(&self) -> &Capacity {

@@ -1,0 +1,200 @@
+//! Runs the real `ampguard` binary as a daemon inside a lab's edge namespace,
+//! and talks to its API and CLI from inside that namespace.
+//!
+//! The daemon is started with `nsenter --net` (network namespace only), not
+//! `ip netns exec`: the latter also gives the process a private mount
+//! namespace with a fresh /sys, so its bpffs pins would vanish with it (see
+//! shared/docs/TOOLCHAIN.md). Pins go to /sys/fs/bpf/ag-test-<pid>-<n>, state
+//! and config to a temporary directory; Drop kills the daemon, detaches, and
+//! removes both.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::lab::{Lab, Netns};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// The `ampguard` binary next to the test executable (cargo builds it for the
+/// workspace's tests; `cargo xtask test` builds it first).
+pub fn ampguard_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("ampguard");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p xdp-user` (cargo xtask test does)", bin.display());
+    bin
+}
+
+pub struct Daemon {
+    pub ns: Netns,
+    pub dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub config: PathBuf,
+    pub token_file: PathBuf,
+    pub token: String,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Start a daemon protecting the lab's edge interface, with `extra` TOML
+    /// appended to a minimal config.
+    pub fn start(lab: &Lab, extra: &str) -> Result<Daemon> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("ag-test-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let token = format!("test-token-{tag}-0123456789abcdef");
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, format!("{token}\n"))?;
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&tag);
+        let port = 9470;
+        let config = dir.join("ampguard.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "interfaces = [\"{}\"]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\nstate_dir = \"{}\"\npin_dir = \"{}\"\n{extra}\n",
+                lab.edge_if,
+                token_file.display(),
+                dir.join("state").display(),
+                pin_dir.display()
+            ),
+        )?;
+        let mut d = Daemon { ns: lab.edge.clone(), dir, pin_dir, config, token_file, token, port, child: None };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// (Re)start the daemon process and wait until its API answers.
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log"))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns.name))
+            .arg(ampguard_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning ampguard run")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = self.call("GET", "/healthz", None) {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!("ampguard run exited with {status} during start:\n{}", self.log());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("ampguard run did not answer within 20 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL: no chance to clean up (the pinned link must keep enforcing).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded).
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = c.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                bail!("ampguard did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// An API call from inside the edge namespace: (status, JSON body).
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Value)> {
+        self.call_with(method, path, body, Some(&self.token))
+    }
+
+    pub fn call_with(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Result<(u16, Value)> {
+        let url = format!("http://127.0.0.1:{}{}", self.port, path);
+        let body = body.map(str::to_string);
+        let token = token.map(str::to_string);
+        let method = method.to_string();
+        self.ns.enter(move || -> Result<(u16, Value)> {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .into();
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let mut req = ureq::http::Request::builder().method(method.as_str()).uri(&url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            let mut res = match body {
+                Some(b) => agent.run(req.header("Content-Type", "application/json").body(b)?)?,
+                None => agent.run(req.body(())?)?,
+            };
+            let status = res.status().as_u16();
+            let text = res.body_mut().read_to_string().unwrap_or_default();
+            Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        })?
+    }
+
+    /// Run `ampguard ARGS` (a client subcommand) inside the edge namespace.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.ns.name))
+            .arg(ampguard_bin())
+            .args(args)
+            .env("AMPGUARD_API", format!("http://127.0.0.1:{}", self.port))
+            .env("AMPGUARD_TOKEN_FILE", &self.token_file)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        if let Some(s) = stdin {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(s.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = Command::new(ampguard_bin()).args(["detach", "--pin-dir"]).arg(&self.pin_dir).output();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        if std::env::var_os("AMPGUARD_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The HTTP API (axum): routes, bearer-token authentication, JSON errors,
+//! body size limit. Handlers live in one file per resource.
+
+mod alerts;
+mod allowlist;
+mod policies;
+mod status;
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, DefaultBodyLimit, Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::store::{Store, StoreError};
+
+/// What the daemon knows about an interface it manages.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct IfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    /// "native" or "generic"
+    pub mode: String,
+    pub attached: bool,
+    /// Why not attached, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+pub struct AppState {
+    pub store: Mutex<Store>,
+    pub token: String,
+    pub started: Instant,
+    pub interfaces: std::sync::Mutex<Vec<IfaceStatus>>,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// An API error: status, stable code, and a message that says what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, "{}", self.message);
+        }
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            StoreError::TooBroad(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            StoreError::Conflict(_) => StatusCode::CONFLICT,
+            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            StoreError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            StoreError::DataPlane(crate::dataplane::DpError::Full { .. } | crate::dataplane::DpError::Chunks(_)) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            StoreError::DataPlane(_) | StoreError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+/// Parse a JSON body with errors that name the problem (axum's own `Json`
+/// extractor answers in plain text).
+pub fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body is larger than max_body_bytes")
+        }
+        other => ApiError::bad_request(other.body_text()),
+    })?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("request body is empty; send a JSON object"));
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(app): State<Shared>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same(t.trim().as_bytes(), app.token.as_bytes()));
+    if !ok {
+        let mut r = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token: send `Authorization: Bearer <token from the token file>`",
+        )
+        .into_response();
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    next.run(req).await
+}
+
+async fn fallback() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see GET /v1/status and the README's API section")
+}
+
+pub fn router(app: Shared, max_body: usize) -> Router {
+    let v1 = Router::new()
+        .route("/v1/status", get(status::status))
+        .route("/v1/vectors", get(status::vectors))
+        .route("/v1/policies", get(policies::list).post(policies::create))
+        .route("/v1/policies/{id}", get(policies::show).put(policies::replace).delete(policies::delete))
+        .route("/v1/allowlist", get(allowlist::list).post(allowlist::create))
+        .route("/v1/allowlist/{id}", axum::routing::delete(allowlist::delete))
+        .route("/v1/alerts", post(alerts::generic))
+        .route("/v1/alerts/fastnetmon", post(alerts::fastnetmon))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(v1)
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(app)
+}

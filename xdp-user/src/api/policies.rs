@@ -1,0 +1,71 @@
+//! /v1/policies: list, create, show, replace, delete.
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, Path, State},
+    http::StatusCode,
+    Json,
+};
+use serde_json::{json, Map, Value};
+use xdp_common::counters::verdict;
+
+use super::{parse_json, ApiError, Shared};
+use crate::store::{state::PolicyRecord, PolicyRequest};
+
+fn view(p: &PolicyRecord) -> Value {
+    serde_json::to_value(p).expect("record serializes")
+}
+
+pub async fn list(State(app): State<Shared>) -> Json<Value> {
+    let store = app.store.lock().await;
+    Json(json!({"policies": store.policies().iter().map(view).collect::<Vec<_>>()}))
+}
+
+pub async fn create(State(app): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: PolicyRequest = parse_json(body)?;
+    let rec = app.store.lock().await.create_policy(req, "api")?;
+    tracing::info!(id = rec.id, victim = %rec.victim, "policy created");
+    Ok((StatusCode::CREATED, Json(view(&rec))))
+}
+
+/// One policy, with its counters per vector and verdict.
+pub async fn show(State(app): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let store = app.store.lock().await;
+    let rec = store.policy(&id)?;
+    let mut v = view(rec);
+    if let Some(slot) = store.dataplane().slot_of(&rec.victim) {
+        let counters = store.dataplane().policy_counters(slot).map_err(crate::store::StoreError::from)?;
+        let mut out = Map::new();
+        for (i, c) in counters.iter().enumerate() {
+            if c.by_verdict.iter().all(|x| x.packets == 0) {
+                continue;
+            }
+            let name = store.vectors().name_of(i as u8).unwrap_or("unknown").to_string();
+            let by: Map<String, Value> = verdict::NAMES
+                .iter()
+                .zip(c.by_verdict.iter())
+                .map(|(n, x)| (n.to_string(), json!({"packets": x.packets, "bytes": x.bytes})))
+                .collect();
+            out.insert(name, Value::Object(by));
+        }
+        v["counters"] = Value::Object(out);
+    }
+    Ok(Json(v))
+}
+
+pub async fn replace(
+    State(app): State<Shared>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let req: PolicyRequest = parse_json(body)?;
+    let rec = app.store.lock().await.replace_policy(&id, req)?;
+    tracing::info!(id = rec.id, victim = %rec.victim, "policy replaced");
+    Ok(Json(view(&rec)))
+}
+
+pub async fn delete(State(app): State<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let rec = app.store.lock().await.delete_policy(&id)?;
+    tracing::info!(id = rec.id, victim = %rec.victim, "policy deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,48 @@
+//! /v1/status and /v1/vectors.
+
+use axum::{extract::State, Json};
+use serde_json::{json, Value};
+use xdp_common::counters::reason;
+
+use super::{ApiError, Shared};
+use crate::{dataplane::rules::Mode, store::StoreError};
+
+pub async fn status(State(app): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let store = app.store.lock().await;
+    let dp = store.dataplane();
+    let reasons = dp.reason_counters().map_err(StoreError::from)?;
+    let policies = store.policies();
+    let monitor = policies.iter().filter(|p| p.mode == Mode::Monitor).count();
+    let cap = dp.capacity();
+    let interfaces = app.interfaces.lock().expect("not poisoned").clone();
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": app.started.elapsed().as_secs(),
+        "healthy": interfaces.iter().all(|i| i.attached),
+        "interfaces": interfaces,
+        "policies": {"total": policies.len(), "enforce": policies.len() - monitor, "monitor": monitor, "capacity": cap.max_policies - 1},
+        "allowlist": {"entries": store.allowlist().len() + store.config().allowlist.len(), "capacity": cap.max_allow},
+        "state_file": store.state_path(),
+        "pin_dir": store.config().pin_dir,
+        "unmatched_packets": reason::NAMES.iter().zip(reasons.iter())
+            .map(|(n, c)| (n.to_string(), json!({"packets": c.packets, "bytes": c.bytes})))
+            .collect::<serde_json::Map<_, _>>(),
+    })))
+}
+
+pub async fn vectors(State(app): State<Shared>) -> Json<Value> {
+    let store = app.store.lock().await;
+    let default = &store.profiles()["default"];
+    let list: Vec<Value> = store
+        .vectors()
+        .all()
+        .iter()
+        .map(|v| {
+            json!({
+                "id": v.id, "name": v.name, "ports": v.ports, "amplification": v.amplification,
+                "builtin": v.builtin, "default_rule": default.get(&v.name),
+            })
+        })
+        .collect();
+    Json(json!({"vectors": list}))
+}

@@ -1,0 +1,52 @@
+//! `ampguard alert fastnetmon IP DIRECTION PPS ACTION`: a drop-in FastNetMon
+//! notify script (through the wrapper in deploy/, since FastNetMon passes only
+//! its four arguments). It reads all of stdin for `ban` and `attack_details`
+//! (FastNetMon writes the attack details there and expects them read), infers
+//! the vectors from the packet dump, and posts the alert to the daemon.
+
+use std::io::Read;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use super::{client::Client, ApiArgs};
+use crate::{alerts, vectors::VectorTable};
+
+#[derive(Subcommand)]
+pub enum AlertCmd {
+    /// FastNetMon notify script: IP DIRECTION PPS ACTION, details on stdin.
+    Fastnetmon {
+        /// IP DIRECTION PPS ACTION, as FastNetMon passes them.
+        #[arg(num_args = 4, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+pub fn run(cmd: AlertCmd, api: &ApiArgs) -> anyhow::Result<()> {
+    match cmd {
+        AlertCmd::Fastnetmon { args } => {
+            let action = args.get(3).map(String::as_str).unwrap_or("");
+            let mut stdin = String::new();
+            if matches!(action, "ban" | "attack_details") {
+                // Read it all, even past what we parse: FastNetMon waits for the pipe to drain.
+                let mut raw = Vec::new();
+                std::io::stdin().read_to_end(&mut raw).context("reading the attack details from stdin")?;
+                stdin = String::from_utf8_lossy(&raw).into_owned();
+            }
+            // The daemon's vector table may have custom ports; the built-in
+            // table is what the script can know without a round trip.
+            let table = VectorTable::default();
+            let alert = match alerts::fastnetmon::parse_script(&args, &stdin, &|p| table.name_of_port(p)) {
+                Ok(Some(a)) => a,
+                Ok(None) => {
+                    eprintln!("ampguard: ignoring FastNetMon call {args:?} (nothing to do)");
+                    return Ok(());
+                }
+                Err(e) => anyhow::bail!("FastNetMon call {args:?}: {e}"),
+            };
+            let r = Client::new(api)?.request("POST", "/v1/alerts", Some(&alerts::to_generic_json(&alert)))?;
+            println!("{}", r["message"].as_str().unwrap_or("done"));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The command line: `ampguard run` (the daemon) and the client subcommands
+//! that talk to its API. One file per subcommand.
+
+mod alert;
+mod allow;
+pub mod client;
+mod policy;
+mod show;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{config::XdpModeSetting, daemon};
+
+#[derive(Parser)]
+#[command(name = "ampguard", version, about = "Stops reflection/amplification DDoS floods at the edge with XDP")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the daemon's API is and how to authenticate.
+#[derive(Args, Clone, Debug)]
+pub struct ApiArgs {
+    /// Base URL of the daemon's API.
+    #[arg(long, env = "AMPGUARD_API", default_value = "http://127.0.0.1:9470", global = true)]
+    pub api: String,
+    /// File holding the bearer token (the daemon's token_file).
+    #[arg(long, env = "AMPGUARD_TOKEN_FILE", default_value = "/etc/ampguard/token", global = true)]
+    pub token_file: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach XDP, serve the API, enforce policies.
+    Run(daemon::RunArgs),
+    /// Remove ampguard's pinned links (detaching XDP) and maps.
+    Detach(daemon::DetachArgs),
+    /// Add, list, show or delete victim policies.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy::PolicyCmd,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Manage the allowlist of source prefixes no policy touches.
+    Allow {
+        #[command(subcommand)]
+        cmd: allow::AllowCmd,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Feed a detector's alert to the daemon.
+    Alert {
+        #[command(subcommand)]
+        cmd: alert::AlertCmd,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the amplification vectors and their default rules.
+    Vectors {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show the daemon's state: interfaces, policies, unmatched traffic.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => daemon::run(args),
+        Command::Detach(args) => daemon::detach(args),
+        Command::Policy { cmd, api } => policy::run(cmd, &api),
+        Command::Allow { cmd, api } => allow::run(cmd, &api),
+        Command::Alert { cmd, api } => alert::run(cmd, &api),
+        Command::Vectors { api } => show::vectors(&api),
+        Command::Status { api } => show::status(&api),
+    }
+}
+
+/// `--xdp-mode` values.
+pub type XdpModeArg = XdpModeSetting;

@@ -1,0 +1,572 @@
+//! The policy store: validates every change, applies it to the data plane,
+//! persists it, enforces TTLs, and turns ban/unban alerts into policies.
+//!
+//! Order of every change: validate -> data plane -> state file. If the state
+//! file cannot be written the data-plane change is rolled back, so what is
+//! enforced and what is saved never disagree.
+
+pub mod state;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::{Duration, Instant, SystemTime},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use self::state::{AllowRecord, PolicyRecord, State, StateError, StateFile};
+use crate::{
+    alerts::{Alert, AlertAction},
+    clock,
+    config::Config,
+    dataplane::{
+        rules::{DpPolicy, Mode, Rule},
+        DataPlane, DpError,
+    },
+    profiles::{self, ActionName, Profile, RuleSpec},
+    vectors::VectorTable,
+};
+
+/// A policy as the API takes it (POST /v1/policies, PUT /v1/policies/{id}).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    pub victim: String,
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub rules: Option<BTreeMap<String, RuleSpec>>,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// Accept a drop or limit on a prefix broader than the configured limit.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    TooBroad(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Full(String),
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("data plane: {0}")]
+    DataPlane(#[from] DpError),
+    #[error("{0}")]
+    State(#[from] StateError),
+}
+
+impl StoreError {
+    /// Stable machine-readable code for API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Invalid(_) => "invalid",
+            StoreError::TooBroad(_) => "too_broad",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::NotFound(_) => "not_found",
+            StoreError::Full(_) => "table_full",
+            StoreError::RateLimited(_) => "rate_limited",
+            StoreError::DataPlane(DpError::Full { .. } | DpError::Chunks(_)) => "table_full",
+            StoreError::DataPlane(_) => "data_plane",
+            StoreError::State(_) => "state_file",
+        }
+    }
+}
+
+fn invalid(m: impl Into<String>) -> StoreError {
+    StoreError::Invalid(m.into())
+}
+
+/// What an alert did.
+#[derive(Clone, Debug, Serialize)]
+pub struct AlertOutcome {
+    /// "created", "extended", "removed", "ignored"
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyRecord>,
+    pub message: String,
+}
+
+pub struct Store {
+    cfg: Config,
+    vectors: VectorTable,
+    profiles: BTreeMap<String, Profile>,
+    dp: DataPlane,
+    file: StateFile,
+    state: State,
+    alert_window: HashMap<String, (Instant, u32)>,
+}
+
+/// Parse a victim: a prefix, or an address meaning its host prefix.
+pub fn parse_prefix(s: &str) -> Result<IpNet, StoreError> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(a));
+    }
+    let n: IpNet = s.parse().map_err(|_| invalid(format!("{s:?} is not an IPv4/IPv6 address or prefix")))?;
+    if n != n.trunc() {
+        return Err(invalid(format!("{n} has host bits set; did you mean {}?", n.trunc())));
+    }
+    Ok(n)
+}
+
+impl Store {
+    /// Open the store: load the state file (a corrupt one is an error), set
+    /// the vector table and allowlist, and install every unexpired policy.
+    pub fn open(cfg: Config, mut dp: DataPlane) -> Result<Self, anyhow::Error> {
+        let vectors = VectorTable::new(&cfg.vectors)?;
+        let mut profiles: BTreeMap<String, Profile> = BTreeMap::new();
+        profiles.insert("default".into(), profiles::builtin_default());
+        for (name, rules) in &cfg.profiles {
+            let p: Profile = rules.iter().map(|(v, r)| (v.clone(), r.0.clone())).collect();
+            profiles.insert(name.clone(), p);
+        }
+        for (name, p) in &profiles {
+            for (v, r) in p {
+                if vectors.id_of(v).is_none() {
+                    anyhow::bail!("profile {name}: unknown vector {v:?}");
+                }
+                r.resolve().map_err(|e| anyhow::anyhow!("profile {name}, vector {v}: {e}"))?;
+            }
+        }
+        dp.set_vectors(&vectors.port_table())?;
+        let file = StateFile::new(&cfg.state_dir);
+        let state = file.load()?;
+        let mut store = Self { cfg, vectors, profiles, dp, file, state, alert_window: HashMap::new() };
+        for p in store.cfg.allowlist.clone() {
+            store.dp.add_allow(p)?;
+        }
+        for a in store.state.allowlist.clone() {
+            store.dp.add_allow(a.prefix)?;
+        }
+        let now = SystemTime::now();
+        let (live, expired): (Vec<_>, Vec<_>) =
+            store.state.policies.clone().into_iter().partition(|p| p.expires_at.is_none_or(|e| e > now));
+        for p in &live {
+            let dpp = store.to_dp(p)?;
+            store.dp.upsert_policy(p.victim, &dpp)?;
+        }
+        if !expired.is_empty() {
+            store.state.policies = live;
+            store.file.save(&store.state)?;
+        }
+        Ok(store)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn vectors(&self) -> &VectorTable {
+        &self.vectors
+    }
+
+    pub fn profiles(&self) -> &BTreeMap<String, Profile> {
+        &self.profiles
+    }
+
+    pub fn dataplane(&self) -> &DataPlane {
+        &self.dp
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut DataPlane {
+        &mut self.dp
+    }
+
+    pub fn state_path(&self) -> &std::path::Path {
+        self.file.path()
+    }
+
+    pub fn policies(&self) -> &[PolicyRecord] {
+        &self.state.policies
+    }
+
+    pub fn allowlist(&self) -> &[AllowRecord] {
+        &self.state.allowlist
+    }
+
+    pub fn policy(&self, id: &str) -> Result<&PolicyRecord, StoreError> {
+        self.state.policies.iter().find(|p| p.id == id).ok_or_else(|| StoreError::NotFound(format!("no policy {id}")))
+    }
+
+    fn to_dp(&self, p: &PolicyRecord) -> Result<DpPolicy, StoreError> {
+        let mut rules = Vec::new();
+        for (name, spec) in &p.rules {
+            let id = self.vectors.id_of(name).ok_or_else(|| invalid(format!("unknown vector {name:?}")))?;
+            rules.push((id, spec.resolve().map_err(|e| invalid(format!("rule for {name}: {e}")))?));
+        }
+        Ok(DpPolicy {
+            mode: p.mode,
+            expires_ns: p.expires_at.map(clock::wall_to_monotonic).unwrap_or(0),
+            rules,
+        })
+    }
+
+    fn next_id(&mut self, prefix: &str) -> String {
+        let id = format!("{prefix}-{}", self.state.next_id);
+        self.state.next_id += 1;
+        id
+    }
+
+    /// Validate a request and resolve its rules (profile first, then overrides).
+    fn resolve(&self, req: &PolicyRequest) -> Result<(IpNet, BTreeMap<String, RuleSpec>, Option<SystemTime>), StoreError> {
+        let victim = parse_prefix(&req.victim)?;
+        let mut rules = BTreeMap::new();
+        let profile_name = match (&req.profile, &req.rules) {
+            (Some(p), _) => Some(p.as_str()),
+            (None, None) => Some("default"),
+            (None, Some(_)) => None,
+        };
+        if let Some(name) = profile_name {
+            let p = self.profiles.get(name).ok_or_else(|| {
+                invalid(format!("unknown profile {name:?}; known: {}", self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")))
+            })?;
+            rules.extend(p.clone());
+        }
+        for (name, spec) in req.rules.iter().flatten() {
+            if self.vectors.id_of(name).is_none() {
+                return Err(invalid(format!(
+                    "unknown vector {name:?}; known: {}",
+                    self.vectors.all().iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            let rule = spec.resolve().map_err(|e| invalid(format!("rule for {name}: {e}")))?;
+            rules.insert(name.clone(), RuleSpec::from_rule(&rule));
+        }
+        // Canonical form (defaults filled in) for what is stored and shown.
+        for spec in rules.values_mut() {
+            *spec = RuleSpec::from_rule(&spec.resolve().map_err(|e| invalid(e.to_string()))?);
+        }
+        if req.comment.as_ref().is_some_and(|c| c.len() > 256) {
+            return Err(invalid("comment is longer than 256 bytes"));
+        }
+        let ttl = req.ttl_secs.unwrap_or(self.cfg.default_ttl_secs);
+        if ttl > self.cfg.max_ttl_secs {
+            return Err(invalid(format!("ttl_secs {ttl} is above the maximum of {}", self.cfg.max_ttl_secs)));
+        }
+        let expires = (ttl != 0).then(|| SystemTime::now() + Duration::from_secs(ttl));
+        self.check_breadth(&victim, &rules, req.force)?;
+        self.check_allowlist_overlap(&victim)?;
+        Ok((victim, rules, expires))
+    }
+
+    fn check_breadth(&self, victim: &IpNet, rules: &BTreeMap<String, RuleSpec>, force: bool) -> Result<(), StoreError> {
+        let acts = rules.values().any(|r| r.action != ActionName::Pass);
+        if !acts {
+            return Ok(());
+        }
+        if victim.prefix_len() == 0 {
+            return Err(StoreError::TooBroad(format!(
+                "refusing to drop or limit traffic to {victim}: that is every address (not even with force)"
+            )));
+        }
+        let min = match victim {
+            IpNet::V4(_) => self.cfg.min_prefix_len_v4,
+            IpNet::V6(_) => self.cfg.min_prefix_len_v6,
+        };
+        if victim.prefix_len() < min && !force {
+            return Err(StoreError::TooBroad(format!(
+                "{victim} is broader than /{min}, the configured limit for policies that drop or limit; \
+                 narrow it, or send \"force\": true if you mean it"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_allowlist_overlap(&self, victim: &IpNet) -> Result<(), StoreError> {
+        let hit = self.dp.allowlist().find(|a| a.contains(victim) || victim.contains(*a));
+        match hit {
+            Some(a) => Err(StoreError::Conflict(format!(
+                "{victim} overlaps the allowlisted prefix {a}; ampguard does not act on allowlisted space"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Apply a record to the data plane and persist it, rolling back on failure.
+    fn commit(&mut self, rec: PolicyRecord, replacing: Option<usize>) -> Result<PolicyRecord, StoreError> {
+        let dpp = self.to_dp(&rec)?;
+        self.dp.upsert_policy(rec.victim, &dpp).map_err(full_or)?;
+        let old = match replacing {
+            Some(i) => Some(std::mem::replace(&mut self.state.policies[i], rec.clone())),
+            None => {
+                self.state.policies.push(rec.clone());
+                None
+            }
+        };
+        if let Err(e) = self.file.save(&self.state) {
+            // Roll back: the map must say what the file says.
+            match old {
+                Some(old) => {
+                    let i = replacing.expect("index");
+                    let back = self.to_dp(&old)?;
+                    self.state.policies[i] = old.clone();
+                    self.dp.upsert_policy(old.victim, &back)?;
+                }
+                None => {
+                    self.state.policies.pop();
+                    self.dp.remove_policy(&rec.victim)?;
+                }
+            }
+            return Err(e.into());
+        }
+        Ok(rec)
+    }
+
+    pub fn create_policy(&mut self, req: PolicyRequest, source: &str) -> Result<PolicyRecord, StoreError> {
+        let (victim, rules, expires_at) = self.resolve(&req)?;
+        if let Some(p) = self.state.policies.iter().find(|p| p.victim == victim) {
+            return Err(StoreError::Conflict(format!(
+                "{victim} already has policy {}; replace it with PUT /v1/policies/{}",
+                p.id, p.id
+            )));
+        }
+        if self.state.policies.len() + 1 >= self.cfg.capacity.max_policies as usize {
+            return Err(StoreError::Full(format!(
+                "the policy table is full ({} policies); raise capacity.max_policies or remove policies",
+                self.state.policies.len()
+            )));
+        }
+        let now = SystemTime::now();
+        let rec = PolicyRecord {
+            id: self.next_id("p"),
+            victim,
+            profile: req.profile.clone().or_else(|| req.rules.is_none().then(|| "default".into())),
+            rules,
+            mode: req.mode.unwrap_or_default(),
+            expires_at,
+            created_at: now,
+            updated_at: now,
+            comment: req.comment,
+            source: source.into(),
+        };
+        self.commit(rec, None)
+    }
+
+    pub fn replace_policy(&mut self, id: &str, req: PolicyRequest) -> Result<PolicyRecord, StoreError> {
+        let i = self.state.policies.iter().position(|p| p.id == id).ok_or_else(|| StoreError::NotFound(format!("no policy {id}")))?;
+        let (victim, rules, expires_at) = self.resolve(&req)?;
+        let old = &self.state.policies[i];
+        if victim != old.victim {
+            return Err(invalid(format!("policy {id} is for {}; a policy's victim cannot change (delete it and create another)", old.victim)));
+        }
+        let rec = PolicyRecord {
+            id: id.into(),
+            victim,
+            profile: req.profile.clone().or_else(|| req.rules.is_none().then(|| "default".into())),
+            rules,
+            mode: req.mode.unwrap_or_default(),
+            expires_at,
+            created_at: old.created_at,
+            updated_at: SystemTime::now(),
+            comment: req.comment,
+            source: old.source.clone(),
+        };
+        self.commit(rec, Some(i))
+    }
+
+    pub fn delete_policy(&mut self, id: &str) -> Result<PolicyRecord, StoreError> {
+        let i = self.state.policies.iter().position(|p| p.id == id).ok_or_else(|| StoreError::NotFound(format!("no policy {id}")))?;
+        let rec = self.state.policies.remove(i);
+        if let Err(e) = self.file.save(&self.state) {
+            self.state.policies.insert(i, rec);
+            return Err(e.into());
+        }
+        self.dp.remove_policy(&rec.victim)?;
+        Ok(rec)
+    }
+
+    /// Remove every policy whose expiry has passed (the XDP program already
+    /// ignores them; this frees their slots). Returns the removed ids.
+    pub fn sweep_expired(&mut self) -> Result<Vec<String>, StoreError> {
+        let now = SystemTime::now();
+        let expired: Vec<String> =
+            self.state.policies.iter().filter(|p| p.expires_at.is_some_and(|e| e <= now)).map(|p| p.id.clone()).collect();
+        for id in &expired {
+            self.delete_policy(id)?;
+        }
+        Ok(expired)
+    }
+
+    pub fn add_allow(&mut self, prefix: &str, comment: Option<String>) -> Result<AllowRecord, StoreError> {
+        let prefix = parse_prefix(prefix)?;
+        let min = match prefix {
+            IpNet::V4(_) => 8,
+            IpNet::V6(_) => 8,
+        };
+        if prefix.prefix_len() < min {
+            return Err(StoreError::TooBroad(format!("allowlisting {prefix} would exempt too much; the limit is /{min}")));
+        }
+        if let Some(a) = self.state.allowlist.iter().find(|a| a.prefix == prefix) {
+            return Err(StoreError::Conflict(format!("{prefix} is already allowlisted as {}", a.id)));
+        }
+        if let Some(p) = self.state.policies.iter().find(|p| p.victim.contains(&prefix) || prefix.contains(&p.victim)) {
+            return Err(StoreError::Conflict(format!(
+                "{prefix} overlaps the victim {} of policy {}; remove that policy first",
+                p.victim, p.id
+            )));
+        }
+        if comment.as_ref().is_some_and(|c| c.len() > 256) {
+            return Err(invalid("comment is longer than 256 bytes"));
+        }
+        self.dp.add_allow(prefix).map_err(full_or)?;
+        let rec = AllowRecord { id: self.next_id("a"), prefix, comment, created_at: SystemTime::now() };
+        self.state.allowlist.push(rec.clone());
+        if let Err(e) = self.file.save(&self.state) {
+            self.state.allowlist.pop();
+            if !self.cfg.allowlist.contains(&prefix) {
+                self.dp.remove_allow(&prefix)?;
+            }
+            return Err(e.into());
+        }
+        Ok(rec)
+    }
+
+    pub fn delete_allow(&mut self, id: &str) -> Result<AllowRecord, StoreError> {
+        let i = self.state.allowlist.iter().position(|a| a.id == id).ok_or_else(|| StoreError::NotFound(format!("no allowlist entry {id}")))?;
+        let rec = self.state.allowlist.remove(i);
+        if let Err(e) = self.file.save(&self.state) {
+            self.state.allowlist.insert(i, rec);
+            return Err(e.into());
+        }
+        // Entries from the config file stay in force.
+        if !self.cfg.allowlist.contains(&rec.prefix) {
+            self.dp.remove_allow(&rec.prefix)?;
+        }
+        Ok(rec)
+    }
+
+    /// Alerts from one source may change at most `max_alerts_per_minute` policies a minute.
+    fn alert_budget(&mut self, source: &str) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let limit = self.cfg.max_alerts_per_minute;
+        let entry = self.alert_window.entry(source.to_string()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            *entry = (now, 0);
+        }
+        if entry.1 >= limit {
+            return Err(StoreError::RateLimited(format!(
+                "alert source {source} sent more than {limit} alerts this minute; ignoring until the minute is over"
+            )));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+
+    /// Ban: create a policy for the victim host with the default profile (and a
+    /// drop for any reported vector the profile lets pass), or extend the one it
+    /// has. Unban: remove a policy that an alert created (operators' policies stay).
+    pub fn apply_alert(&mut self, alert: &Alert) -> Result<AlertOutcome, StoreError> {
+        let source = alert.source.as_str();
+        let victim = IpNet::from(alert.victim);
+        for v in &alert.vectors {
+            if self.vectors.id_of(v).is_none() {
+                return Err(invalid(format!("unknown vector {v:?} in alert")));
+            }
+        }
+        let existing = self.state.policies.iter().position(|p| p.victim == victim);
+        match alert.action {
+            AlertAction::Unban => {
+                let Some(i) = existing else {
+                    return Ok(AlertOutcome { result: "ignored", policy: None, message: format!("{victim} has no policy") });
+                };
+                let p = &self.state.policies[i];
+                if p.source == "api" {
+                    return Ok(AlertOutcome {
+                        result: "ignored",
+                        policy: Some(p.clone()),
+                        message: format!("policy {} for {victim} was made through the API; an alert does not remove it", p.id),
+                    });
+                }
+                let id = p.id.clone();
+                self.alert_budget(source)?;
+                let rec = self.delete_policy(&id)?;
+                Ok(AlertOutcome { result: "removed", policy: Some(rec), message: format!("removed policy {id} for {victim}") })
+            }
+            AlertAction::Ban => {
+                let ttl = alert.ttl_secs.unwrap_or(self.cfg.alert_ttl_secs);
+                if ttl == 0 || ttl > self.cfg.max_ttl_secs {
+                    return Err(invalid(format!("alert ttl_secs {ttl} must be in 1..={}", self.cfg.max_ttl_secs)));
+                }
+                self.check_allowlist_overlap(&victim)?;
+                self.alert_budget(source)?;
+                let until = SystemTime::now() + Duration::from_secs(ttl);
+                if let Some(i) = existing {
+                    let mut rec = self.state.policies[i].clone();
+                    let extended = match rec.expires_at {
+                        Some(e) if e < until => {
+                            rec.expires_at = Some(until);
+                            true
+                        }
+                        _ => false,
+                    };
+                    let added = self.add_alert_vectors(&mut rec.rules, &alert.vectors);
+                    if !extended && !added {
+                        return Ok(AlertOutcome {
+                            result: "ignored",
+                            policy: Some(rec.clone()),
+                            message: format!("policy {} already covers {victim} for longer", rec.id),
+                        });
+                    }
+                    rec.updated_at = SystemTime::now();
+                    let id = rec.id.clone();
+                    let rec = self.commit(rec, Some(i))?;
+                    return Ok(AlertOutcome { result: "extended", policy: Some(rec), message: format!("extended policy {id} for {victim}") });
+                }
+                let default = self.profiles["default"].clone();
+                let mut rules = default.clone();
+                self.add_alert_vectors(&mut rules, &alert.vectors);
+                rules.retain(|v, r| default.get(v) != Some(r));
+                let comment = alert.comment.clone().map(|c| c.chars().take(256).collect());
+                let req = PolicyRequest {
+                    victim: victim.to_string(),
+                    profile: Some("default".into()),
+                    rules: (!rules.is_empty()).then_some(rules),
+                    mode: Some(Mode::Enforce),
+                    ttl_secs: Some(ttl),
+                    comment,
+                    force: false,
+                };
+                let rec = self.create_policy(req, source)?;
+                Ok(AlertOutcome { result: "created", message: format!("created policy {} for {victim}", rec.id), policy: Some(rec) })
+            }
+        }
+    }
+
+    /// Make sure every vector an alert reports is dropped or limited.
+    fn add_alert_vectors(&self, rules: &mut BTreeMap<String, RuleSpec>, vectors: &[String]) -> bool {
+        let mut added = false;
+        for v in vectors {
+            let covered = rules.get(v).is_some_and(|r| r.action != ActionName::Pass);
+            if !covered {
+                rules.insert(v.clone(), RuleSpec::simple(ActionName::Drop));
+                added = true;
+            }
+        }
+        added
+    }
+
+    pub fn rule_of(&self, rec: &PolicyRecord, vector: &str) -> Option<Rule> {
+        rec.rules.get(vector).and_then(|r| r.resolve().ok())
+    }
+}
+
+fn full_or(e: DpError) -> StoreError {
+    match e {
+        DpError::Full { .. } | DpError::Chunks(_) => StoreError::Full(e.to_string()),
+        other => StoreError::DataPlane(other),
+    }
+}
