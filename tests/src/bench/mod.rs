@@ -1,0 +1,12 @@
+//! The benchmark of `cargo xtask bench` (binary `bench`): per-packet cost
+//! through BPF_PROG_TEST_RUN (`cost`), live traffic across the lab's veth pair
+//! against nftables and a count-and-drop program (`live`), with realistic
+//! tables (`tables`), where the time goes (`diag`), machine facts (`sys`),
+//! written to BENCHMARKS.md (`report`).
+
+pub mod cost;
+pub mod diag;
+pub mod live;
+pub mod report;
+pub mod sys;
+pub mod tables;

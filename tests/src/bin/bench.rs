@@ -1,0 +1,261 @@
+//! `bench`: ampguard's benchmarks (parts 1 and 2 of the benchmark issue),
+//! written to BENCHMARKS.md. Run it with `sudo cargo xtask bench`; it needs
+//! root (it loads XDP programs, creates network namespaces, runs nft).
+//!
+//! 1. Per-packet cost through BPF_PROG_TEST_RUN for each path of the program,
+//!    with 100,000 IPv4 / 10,000 IPv6 victim prefixes and 1,000 allowlist
+//!    entries loaded, as a ratio to a bare XDP_PASS program in the same run.
+//! 2. Live traffic: an in-kernel generator sends attack frames across the lab's
+//!    veth pair; ampguard's drop rate per core against nftables and against a
+//!    count-and-drop program, in the same run.
+//!
+//! Nothing leaves the lab namespaces; only documentation prefixes carry traffic.
+
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use std::time::Instant;
+
+use ampguard::dataplane::{Capacity, DataPlane, LoadOptions, BASELINE_OBJECT};
+use ampguard_tests::lab::Lab;
+use anyhow::{bail, Context, Result};
+use aya::{programs::Xdp, Ebpf};
+use ipnet::IpNet;
+
+use bench::{
+    cost::{self, BENCH_ALLOW, BENCH_V4_VICTIMS, BENCH_V6_VICTIMS},
+    diag,
+    live::{Live, LiveConfig},
+    report::{self, LiveSection, Report},
+    sys,
+    tables::{self, Tables},
+};
+
+const USAGE: &str = "usage: bench [--out FILE] [--rounds N] [--repeat N] [--live-rounds N] [--live-secs S]
+             [--batch N] [--cpu N] [--skip-live] [--command TEXT] [--rev TEXT]
+  --out FILE        where to write the report (default BENCHMARKS.md)
+  --rounds N        rounds of part 1, median taken (default 7)
+  --repeat N        BPF_PROG_TEST_RUN repeats per call in part 1 (default 2000000)
+  --live-rounds N   rounds of part 2, median taken (default 5)
+  --live-secs S     length of one live round per receiver, seconds (default 3)
+  --batch N         live-frames batch size (default 64)
+  --cpu N           CPU to pin the bench (and the generator) to (default: the last)
+  --skip-live       part 1 only
+  --command TEXT    the command line to record in the report
+  --rev TEXT        the source revision to record (default: git of the workspace)";
+
+struct Args {
+    out: String,
+    rounds: usize,
+    repeat: u32,
+    live_rounds: usize,
+    live_secs: f64,
+    batch: u32,
+    cpu: usize,
+    skip_live: bool,
+    command: String,
+    rev: Option<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut a = Args {
+        out: "BENCHMARKS.md".into(),
+        rounds: 7,
+        repeat: 2_000_000,
+        live_rounds: 5,
+        live_secs: 3.0,
+        batch: 64,
+        cpu: cpus - 1,
+        skip_live: false,
+        command: "sudo cargo xtask bench".into(),
+        rev: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value\n{USAGE}"));
+        match flag.as_str() {
+            "--out" => a.out = value()?,
+            "--rounds" => a.rounds = value()?.parse()?,
+            "--repeat" => a.repeat = value()?.parse()?,
+            "--live-rounds" => a.live_rounds = value()?.parse()?,
+            "--live-secs" => a.live_secs = value()?.parse()?,
+            "--batch" => a.batch = value()?.parse()?,
+            "--cpu" => a.cpu = value()?.parse()?,
+            "--command" => a.command = value()?,
+            "--rev" => a.rev = Some(value()?),
+            "--skip-live" => a.skip_live = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if a.rounds == 0 || a.live_rounds == 0 || a.repeat < 1000 || !(1..=256).contains(&a.batch) {
+        bail!("rounds must be >= 1, repeat >= 1000 (repeat=1 adds ~90 ns of timer overhead), batch 1..=256");
+    }
+    if a.cpu >= cpus {
+        bail!("--cpu {} but this machine has {cpus} CPUs", a.cpu);
+    }
+    Ok(a)
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf.program_mut(name).with_context(|| format!("baseline object has no {name}"))?.try_into()?)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args = parse_args()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the bench loads XDP programs and creates network namespaces: run `sudo cargo xtask bench`");
+    }
+    let machine = sys::Machine::probe();
+    let rev = sys::source_rev(args.rev.as_deref());
+    sys::pin_to_cpu(args.cpu)?;
+    eprintln!("bench: kernel {}, {}, pinned to CPU {}", machine.kernel, machine.cpu_model, args.cpu);
+
+    let mut base = Ebpf::load(BASELINE_OBJECT).context("loading the baseline programs")?;
+    for name in ["xdp_pass", "xdp_count_drop", "xdp_gen_tx"] {
+        xdp(&mut base, name)?.load().with_context(|| format!("loading {name}"))?;
+    }
+
+    // Tables: the generated population plus the bench's own victims.
+    let t = Tables::generate(
+        tables::V4_TOTAL - BENCH_V4_VICTIMS,
+        tables::V6_TOTAL - BENCH_V6_VICTIMS,
+        tables::ALLOW_TOTAL - BENCH_ALLOW,
+    );
+    let bench_v4: Vec<IpNet> = [cost::V_DROP, cost::V_LIMITED, cost::V_UNDER, cost::V_FRAG, cost::V_ALLOW]
+        .iter()
+        .map(|s| s.parse().expect("bench victim"))
+        .collect();
+    let bench_v6: IpNet = cost::V6_DROP.parse().expect("bench victim");
+    let v4_chunks = Tables::chunks_needed(t.v4.iter().map(|(n, _)| n).chain(bench_v4.iter()));
+    let limiters = Tables::limiters_needed(t.v4.iter().chain(t.v6.iter()).map(|(_, p)| p)) + 2;
+    let capacity = Capacity {
+        max_policies: 131_072,
+        // Index 0 is reserved; headroom for a policy replacing its limiters.
+        max_limiters: limiters + 64,
+        v4_chunks,
+        ..Capacity::default()
+    };
+    eprintln!("bench: loading ampguard with {capacity:?}");
+    let mut dp = DataPlane::load(&LoadOptions { capacity: capacity.clone(), pin_dir: None }).context("loading ampguard")?;
+    dp.set_vectors(&tables::port_table())?;
+    let started = Instant::now();
+    for (i, (net, p)) in t.v4.iter().chain(t.v6.iter()).enumerate() {
+        dp.upsert_policy(*net, p).with_context(|| format!("policy for {net}"))?;
+        if i % 20_000 == 0 {
+            eprintln!("  {i} policies ({:.1} s)", started.elapsed().as_secs_f64());
+        }
+    }
+    for a in &t.allow {
+        dp.add_allow(*a).with_context(|| format!("allowlist {a}"))?;
+    }
+    let slots = cost::install(&mut dp)?;
+    let populate_secs = started.elapsed().as_secs_f64();
+    eprintln!("bench: {} policies, {} allowlist entries loaded in {populate_secs:.1} s", dp.policy_count(), dp.allowlist().count());
+
+    let mut v4_hist = Tables::histogram(t.v4.iter().map(|(n, _)| n).chain(bench_v4.iter()));
+    v4_hist.retain(|_, n| *n > 0);
+    let v6_hist = Tables::histogram(t.v6.iter().map(|(n, _)| n).chain(std::iter::once(&bench_v6)));
+    let allow_v4 = dp.allowlist().filter(|n| matches!(n, IpNet::V4(_))).count();
+    let allow_v6 = dp.allowlist().count() - allow_v4;
+
+    // Part 1.
+    eprintln!("bench: part 1, {} rounds x {} repeats", args.rounds, args.repeat);
+    let paths = cost::paths(&slots);
+    let measured = {
+        let bare: &Xdp = base.program("xdp_pass").context("xdp_pass")?.try_into()?;
+        let count_drop: &Xdp = base.program("xdp_count_drop").context("xdp_count_drop")?.try_into()?;
+        cost::measure(&dp, bare, count_drop, &paths, args.rounds, args.repeat)?
+    };
+    for m in &measured {
+        eprintln!("  {:<36} {:>5.0} ns  x{:.2}", m.label, m.median(), m.median() / measured[0].median());
+    }
+
+    // Where the time goes: test clock, and tables holding only the bench's victims.
+    eprintln!("bench: diagnostics (test clock; small tables), {} rounds", args.rounds);
+    let mut small = DataPlane::load(&LoadOptions::default()).context("loading a second ampguard")?;
+    small.set_vectors(&tables::port_table())?;
+    cost::install(&mut small)?;
+    let diag = {
+        let bare: &Xdp = base.program("xdp_pass").context("xdp_pass")?.try_into()?;
+        diag::measure(
+            &mut dp,
+            &small,
+            bare,
+            &paths,
+            &["UDP, non-vector port", "attack, dropped", "attack, rate-limited", "IPv6 attack, dropped", "allowlisted source"],
+            args.rounds,
+            args.repeat,
+        )?
+    };
+    drop(small);
+
+    // Part 2.
+    let live = if args.skip_live {
+        None
+    } else {
+        eprintln!("bench: part 2, live traffic, {} rounds", args.live_rounds);
+        let lab = Lab::new("bench").context("creating the lab namespaces")?;
+        let mut live = Live::new(&lab, &mut dp, &mut base, &slots)?;
+        let call_overhead_ms = live.call_overhead_ms(args.batch)?;
+        let frame_len = live.frame_len();
+        let results =
+            live.measure(&LiveConfig { rounds: args.live_rounds, secs: args.live_secs, batch: args.batch })?;
+        for r in &results {
+            let m = r.median();
+            eprintln!("  {:<50} {:>6.2} Mpps dropped ({:.0} ns/packet)", r.receiver.label(), m.drop_mpps(), 1e3 / m.drop_mpps());
+        }
+        eprintln!("bench: part 2, in-program time with BPF run-time stats on");
+        let in_program = live.in_program_ns(2_000_000, args.batch)?;
+        Some(LiveSection { results, rounds: args.live_rounds, batch: args.batch, frame_len, call_overhead_ms, in_program })
+    };
+
+    let mut progs = vec![sys::prog_facts("ampguard", dp.program())?];
+    for name in ["xdp_pass", "xdp_count_drop", "xdp_gen_tx"] {
+        let p: &Xdp = base.program(name).context("baseline")?.try_into()?;
+        progs.push(sys::prog_facts(name, p)?);
+    }
+    let maps = sys::map_facts(dp.program())?;
+
+    let notes = std::fs::read_to_string(&args.out)
+        .ok()
+        .and_then(|old| report::existing_notes(&old))
+        .unwrap_or_else(|| "(none yet)".into());
+    let report = Report {
+        command: args.command.clone(),
+        rev,
+        machine,
+        cpu: args.cpu,
+        rounds: args.rounds,
+        repeat: args.repeat,
+        v4_hist,
+        v6_hist,
+        allow_v4,
+        allow_v6,
+        v4_chunks,
+        max_policies: capacity.max_policies,
+        limiters,
+        populate_secs,
+        cost: measured,
+        diag,
+        live,
+        progs,
+        maps,
+        notes,
+    };
+    std::fs::write(&args.out, report.render()).with_context(|| format!("writing {}", args.out))?;
+    eprintln!("bench: wrote {}", args.out);
+    Ok(())
+}
