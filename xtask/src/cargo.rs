@@ -1,7 +1,8 @@
-//! The cargo invocations behind `build`, `test` and `demo`.
+//! The cargo invocations behind `build`, `test`, `demo` and `bench`.
 //!
 //! Debug profile for `build` and `test` (so `cargo xtask build` prebuilds what
-//! `cargo xtask test` runs); the demo runs in release as a user would.
+//! `cargo xtask test` runs); the demo runs in release as a user would, and so
+//! does the bench (timings of a debug build would mean nothing).
 //! `--workspace --exclude xdp-ebpf`: the eBPF crate only builds for
 //! bpfel-unknown-none, which xdp-user's build.rs does.
 
@@ -32,5 +33,18 @@ pub fn demo(args: &[String]) -> Result<()> {
     if !args.is_empty() {
         c.arg("--").args(args);
     }
+    cmd::run(&mut c)
+}
+
+/// Builds and runs the bench binary in release; it writes BENCHMARKS.md at the
+/// workspace root and records the command that made it.
+pub fn bench(args: &[String]) -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ is inside the workspace");
+    let out = root.join("BENCHMARKS.md");
+    let mut c = cargo();
+    c.args(["run", "--release", "-p", "ampguard-tests", "--bin", "bench", "--"]);
+    c.arg("--out").arg(&out);
+    c.args(["--command", "sudo cargo xtask bench"]);
+    c.args(args);
     cmd::run(&mut c)
 }

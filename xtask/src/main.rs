@@ -5,6 +5,8 @@
 //! - `test`:  setup, then runs the whole test suite (root only: it attaches XDP
 //!   programs and creates network namespaces).
 //! - `demo`:  setup, then runs the demo binary of `ampguard-tests`.
+//! - `bench`: setup, then runs the benchmarks (`ampguard-tests`' `bench` binary,
+//!   release build) and writes BENCHMARKS.md at the workspace root (root only).
 //!
 //! One file per concern: `cmd.rs` runs and prints commands, `preflight.rs`
 //! refuses early on machines that cannot work, `setup.rs` installs, `cargo.rs`
@@ -47,6 +49,13 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, then run the benchmarks (release build) and write BENCHMARKS.md at the
+    /// workspace root. Needs root. Not part of `test`.
+    Bench {
+        /// Extra arguments passed to the bench binary (e.g. `-- --skip-live`, `-- --help`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -56,6 +65,7 @@ fn main() {
         Command::Build { args } => build(&args),
         Command::Test { args } => test(&args),
         Command::Demo { args } => demo(&args),
+        Command::Bench { args } => bench(&args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -90,4 +100,15 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
     }
     setup::run(setup::Mode::Install)?;
     cargo::demo(args)
+}
+
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    if !preflight::is_root() {
+        anyhow::bail!(
+            "the benchmarks load XDP programs, create network namespaces and run nft: \
+             run as root (sudo cargo xtask bench)"
+        );
+    }
+    setup::run(setup::Mode::Install)?;
+    cargo::bench(args)
 }
