@@ -25,11 +25,16 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// The `ampguard` binary next to the test executable (cargo builds it for the
 /// workspace's tests; `cargo xtask test` builds it first).
 pub fn ampguard_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("ampguard");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p xdp-user` (cargo xtask test does)", bin.display());
-    bin
+    find_ampguard().unwrap_or_else(|| {
+        panic!("the ampguard binary is not next to {:?}: run `cargo build -p xdp-user` (cargo xtask test and demo do)", std::env::current_exe())
+    })
+}
+
+/// Test executables live in target/<profile>/deps, binaries in target/<profile>.
+fn find_ampguard() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("ampguard"), dir.parent()?.join("ampguard")].into_iter().find(|p| p.exists())
 }
 
 pub struct Daemon {
@@ -191,7 +196,9 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
-        let _ = Command::new(ampguard_bin()).args(["detach", "--pin-dir"]).arg(&self.pin_dir).output();
+        if let Some(bin) = find_ampguard() {
+            let _ = Command::new(bin).args(["detach", "--pin-dir"]).arg(&self.pin_dir).output();
+        }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         if std::env::var_os("AMPGUARD_KEEP_TEST_DIRS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -28,6 +28,9 @@ pub fn test(args: &[String]) -> Result<()> {
 }
 
 pub fn demo(args: &[String]) -> Result<()> {
+    // The demo drives the real `ampguard` binary (daemon and CLI), which
+    // `cargo run` of the demo alone would not build.
+    cmd::run(cargo().args(["build", "--release", "-p", "xdp-user", "--bins"]))?;
     let mut c = cargo();
     c.args(["run", "--release", "-p", "ampguard-tests", "--bin", "demo"]);
     if !args.is_empty() {
