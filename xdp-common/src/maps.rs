@@ -26,6 +26,8 @@
 
 /// Program-wide settings ([`crate::policy::Config`]), 1 entry.
 pub const CONFIG: &str = "AG_CONFIG";
+/// Per CPU: cached coarse clock (program-private).
+pub const CLOCK: &str = "AG_CLOCK";
 /// UDP source port -> vector id (u8), 65,536 entries.
 pub const PORTS: &str = "AG_PORTS";
 /// IPv4 victims, level 1 (see module docs).
@@ -53,7 +55,7 @@ pub const REASONS: &str = "AG_REASONS";
 
 /// Every map, for pinning and adoption.
 pub const ALL: &[&str] = &[
-    CONFIG, PORTS, V4_L1, V4_L2, V6_VICTIMS, POLICIES, LIMITERS, ALLOW_BITS, ALLOW_V4,
+    CONFIG, CLOCK, PORTS, V4_L1, V4_L2, V6_VICTIMS, POLICIES, LIMITERS, ALLOW_BITS, ALLOW_V4,
     ALLOW_V6, POLICY_COUNTERS, VECTOR_COUNTERS, REASONS,
 ];
 

@@ -65,3 +65,11 @@ pub struct Config {
     /// Always 0 in production.
     pub time_override_ns: u64,
 }
+
+/// Per-CPU cache of the coarse clock, keyed by jiffies (program-private).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockCache {
+    pub jiffies: u64,
+    pub ns: u64,
+}

@@ -1,12 +1,12 @@
 //! Classification: which vector a packet belongs to, and which victim policy
 //! (if any) covers its destination.
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use xdp_common::{maps, policy::NO_SLOT, vector};
 
 use crate::{
     maps::{AG_PORTS, AG_V4_L1, AG_V4_L2, AG_V6_VICTIMS},
-    parse::Addrs,
+    parse::L3,
 };
 
 /// Vector of a UDP source port (`vector::NONE` for ordinary ports): one array read.
@@ -20,13 +20,17 @@ pub fn port_vector(sport: u16) -> u8 {
 
 /// Policy slot of the longest victim prefix covering the destination.
 #[inline(always)]
-pub fn victim_slot(addrs: &Addrs) -> u32 {
-    match addrs {
-        Addrs::V4 { dst, .. } => victim_slot_v4(u32::from_be_bytes(*dst)),
-        Addrs::V6 { dst, .. } => match AG_V6_VICTIMS.get(Key::new(128, *dst)) {
+pub fn victim_slot(ctx: &XdpContext, l3: &L3) -> u32 {
+    if l3.v6 {
+        match l3.dst6(ctx).and_then(|dst| AG_V6_VICTIMS.get(Key::new(128, dst))) {
             Some(slot) => *slot,
             None => NO_SLOT,
-        },
+        }
+    } else {
+        match l3.dst4(ctx) {
+            Some(dst) => victim_slot_v4(u32::from_be_bytes(dst)),
+            None => NO_SLOT,
+        }
     }
 }
 

@@ -10,13 +10,17 @@ use xdp_common::{
     bucket::Limiter,
     counters::{reason, Counter, VerdictCounters},
     maps::*,
-    policy::{Config, Policy},
+    policy::{ClockCache, Config, Policy},
     vector::MAX_VECTORS,
 };
 
 /// Program settings (test clock). Written by the controller.
 #[map]
 pub static AG_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Per CPU: the coarse clock and the jiffies it was read at (see verdict::now_ns).
+#[map]
+pub static AG_CLOCK: PerCpuArray<ClockCache> = PerCpuArray::with_max_entries(1, 0);
 
 /// UDP source port -> vector id. Written by the controller.
 #[map]

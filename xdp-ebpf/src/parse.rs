@@ -28,16 +28,17 @@ pub const MAX_EXT_HEADERS: usize = 8;
 /// The UDP header (or the fragment header) must start before this frame offset.
 pub const MAX_L4_OFFSET: usize = 512;
 
-/// Source and destination addresses, network byte order.
+/// Where the IP header starts and which family it is; addresses are read
+/// from the packet only by the stages that need them (most packets never do).
 #[derive(Clone, Copy)]
-pub enum Addrs {
-    V4 { src: [u8; 4], dst: [u8; 4] },
-    V6 { src: [u8; 16], dst: [u8; 16] },
+pub struct L3 {
+    pub off: usize,
+    pub v6: bool,
 }
 
 pub enum Parsed {
-    Udp { addrs: Addrs, sport: u16 },
-    Fragment { addrs: Addrs },
+    Udp { l3: L3, sport: u16 },
+    Fragment { l3: L3 },
     NotUdp,
     ParseError,
 }
@@ -53,7 +54,7 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 }
 
 #[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
     // Safety: ptr_at checked the bounds; packet data has no alignment guarantee.
     ptr_at::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
 }
@@ -61,6 +62,26 @@ fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
 #[inline(always)]
 fn be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
     read::<[u8; 2]>(ctx, offset).map(u16::from_be_bytes)
+}
+
+impl L3 {
+    /// Destination address, network byte order (IPv4 in the first 4 bytes).
+    #[inline(always)]
+    pub fn dst4(&self, ctx: &XdpContext) -> Option<[u8; 4]> {
+        read(ctx, self.off + 16)
+    }
+    #[inline(always)]
+    pub fn src4(&self, ctx: &XdpContext) -> Option<[u8; 4]> {
+        read(ctx, self.off + 12)
+    }
+    #[inline(always)]
+    pub fn dst6(&self, ctx: &XdpContext) -> Option<[u8; 16]> {
+        read(ctx, self.off + 24)
+    }
+    #[inline(always)]
+    pub fn src6(&self, ctx: &XdpContext) -> Option<[u8; 16]> {
+        read(ctx, self.off + 8)
+    }
 }
 
 #[inline(always)]
@@ -88,39 +109,40 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     }
 }
 
+/// Reads the three fields it needs in place (copying the header costs more).
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, off: usize) -> Parsed {
-    let Some(h) = read::<[u8; 20]>(ctx, off) else { return Parsed::ParseError };
-    let ihl = (h[0] & 0x0f) as usize;
-    if h[0] >> 4 != 4 || ihl < 5 {
+    let Some(h) = ptr_at::<[u8; 20]>(ctx, off) else { return Parsed::ParseError };
+    let h = h as *const u8;
+    // Safety: the 20 bytes at h are inside the packet (checked above).
+    let (b0, frag, proto) = unsafe { (*h, u16::from_be_bytes([*h.add(6), *h.add(7)]), *h.add(9)) };
+    let ihl = (b0 & 0x0f) as usize;
+    if b0 >> 4 != 4 || ihl < 5 {
         return Parsed::ParseError;
     }
-    let addrs = Addrs::V4 { src: [h[12], h[13], h[14], h[15]], dst: [h[16], h[17], h[18], h[19]] };
-    let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
-    if frag_offset != 0 {
-        return Parsed::Fragment { addrs };
+    let l3 = L3 { off, v6: false };
+    if frag & 0x1fff != 0 {
+        return Parsed::Fragment { l3 };
     }
-    if h[9] != IPPROTO_UDP {
+    if proto != IPPROTO_UDP {
         return Parsed::NotUdp;
     }
     match be16(ctx, off + ihl * 4) {
-        Some(sport) => Parsed::Udp { addrs, sport },
+        Some(sport) => Parsed::Udp { l3, sport },
         None => Parsed::ParseError,
     }
 }
 
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
-    let Some(h) = read::<[u8; 40]>(ctx, off) else { return Parsed::ParseError };
-    if h[0] >> 4 != 6 {
+    let Some(h) = ptr_at::<[u8; 40]>(ctx, off) else { return Parsed::ParseError };
+    let h = h as *const u8;
+    // Safety: the 40 bytes at h are inside the packet (checked above).
+    let (b0, mut next) = unsafe { (*h, *h.add(6)) };
+    if b0 >> 4 != 6 {
         return Parsed::ParseError;
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&h[8..24]);
-    dst.copy_from_slice(&h[24..40]);
-    let addrs = Addrs::V6 { src, dst };
-    let mut next = h[6];
+    let l3 = L3 { off, v6: true };
     let mut off = off + 40;
     for _ in 0..MAX_EXT_HEADERS {
         if off >= MAX_L4_OFFSET {
@@ -129,7 +151,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
         match next {
             IPPROTO_UDP => {
                 return match be16(ctx, off) {
-                    Some(sport) => Parsed::Udp { addrs, sport },
+                    Some(sport) => Parsed::Udp { l3, sport },
                     None => Parsed::ParseError,
                 };
             }
@@ -143,7 +165,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
             44 => {
                 let Some(e) = read::<[u8; 4]>(ctx, off) else { return Parsed::ParseError };
                 if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
-                    return Parsed::Fragment { addrs };
+                    return Parsed::Fragment { l3 };
                 }
                 next = e[0];
                 off += 8;

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     maps::lpm_trie::Key,
     programs::XdpContext,
 };
@@ -17,21 +17,21 @@ use xdp_common::{
 use crate::{
     classify::{port_vector, victim_slot},
     maps::*,
-    parse::{parse, Addrs, Parsed},
+    parse::{parse, Parsed, L3},
 };
 
 #[inline(always)]
 pub fn decide(ctx: &XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let (addrs, vector) = match parse(ctx) {
-        Parsed::Udp { addrs, sport } => {
+    let (l3, vector) = match parse(ctx) {
+        Parsed::Udp { l3, sport } => {
             let v = port_vector(sport);
             if v == vector::NONE {
                 return pass(reason::NO_VECTOR, len);
             }
-            (addrs, v)
+            (l3, v)
         }
-        Parsed::Fragment { addrs } => (addrs, vector::FRAGMENT),
+        Parsed::Fragment { l3 } => (l3, vector::FRAGMENT),
         Parsed::NotUdp => return pass(reason::NOT_UDP, len),
         Parsed::ParseError => return pass(reason::PARSE_ERROR, len),
     };
@@ -40,7 +40,7 @@ pub fn decide(ctx: &XdpContext) -> u32 {
         return pass(reason::NO_VECTOR, len);
     }
 
-    let slot = victim_slot(&addrs);
+    let slot = victim_slot(ctx, &l3);
     if slot == NO_SLOT {
         return pass(reason::NO_POLICY, len);
     }
@@ -48,15 +48,17 @@ pub fn decide(ctx: &XdpContext) -> u32 {
     if policy.mode == mode::UNUSED {
         return pass(reason::NO_POLICY, len);
     }
-    if allowlisted(&addrs) {
+    if allowlisted(ctx, &l3) {
         return pass(reason::ALLOWLISTED, len);
     }
-    let now = now_ns();
+    // The clock only where it is needed: a policy with an expiry, or a limit.
+    let action = policy.actions[vector];
+    let now = if policy.expires_ns != 0 || action == action::LIMIT { now_ns() } else { 0 };
     if policy.expired(now) {
         return pass(reason::EXPIRED, len);
     }
 
-    let mut v = match policy.actions[vector] {
+    let mut v = match action {
         action::DROP => verdict::DROPPED,
         action::LIMIT => match AG_LIMITERS.get_ptr_mut(policy.limiters[vector]) {
             // Safety: a valid map value pointer; concurrent CPUs may race on the
@@ -84,8 +86,15 @@ pub fn decide(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// The clock for expiry and buckets: the coarse monotonic clock (14 ns against
-/// 31 for the precise one, PERF-FACTS.md), or the test clock when one is set.
+/// The clock for expiry and buckets: CLOCK_MONOTONIC, coarse (it advances once
+/// per tick), or the test clock when one is set.
+///
+/// `bpf_ktime_get_coarse_ns` costs ~14 ns (PERF-FACTS.md), most of an attack
+/// packet's budget. The coarse clock only changes when jiffies do, so each CPU
+/// caches it and asks again only when `bpf_jiffies64` (a plain load) has moved.
+/// The cache can lag by at most one tick (jiffies and the coarse clock are
+/// updated one after the other in the same tick handler): expiry may be up to
+/// a tick late, and a bucket refills a tick later, never by less.
 #[inline(always)]
 fn now_ns() -> u64 {
     if let Some(cfg) = AG_CONFIG.get(0) {
@@ -93,21 +102,37 @@ fn now_ns() -> u64 {
             return cfg.time_override_ns;
         }
     }
-    unsafe { bpf_ktime_get_coarse_ns() }
+    let j = unsafe { bpf_jiffies64() };
+    match AG_CLOCK.get_ptr_mut(0) {
+        Some(c) => unsafe {
+            if (*c).jiffies != j || (*c).ns == 0 {
+                (*c).ns = bpf_ktime_get_coarse_ns();
+                (*c).jiffies = j;
+            }
+            (*c).ns
+        },
+        None => unsafe { bpf_ktime_get_coarse_ns() },
+    }
 }
 
 /// Source in the allowlist? The bitmap answers "no" for almost every attack
 /// source with one array read; the exact LPM trie decides the rest.
 #[inline(always)]
-fn allowlisted(addrs: &Addrs) -> bool {
-    match addrs {
-        Addrs::V4 { src, .. } => {
-            bit_set(maps::allow_bit_v4(u32::from_be_bytes(*src)))
-                && AG_ALLOW_V4.get(Key::new(32, *src)).is_some()
+fn allowlisted(ctx: &XdpContext, l3: &L3) -> bool {
+    if l3.v6 {
+        match l3.src6(ctx) {
+            Some(src) => {
+                bit_set(maps::allow_bit_v6(u32::from_be_bytes([src[0], src[1], src[2], src[3]])))
+                    && AG_ALLOW_V6.get(Key::new(128, src)).is_some()
+            }
+            None => false,
         }
-        Addrs::V6 { src, .. } => {
-            bit_set(maps::allow_bit_v6(u32::from_be_bytes([src[0], src[1], src[2], src[3]])))
-                && AG_ALLOW_V6.get(Key::new(128, *src)).is_some()
+    } else {
+        match l3.src4(ctx) {
+            Some(src) => {
+                bit_set(maps::allow_bit_v4(u32::from_be_bytes(src))) && AG_ALLOW_V4.get(Key::new(32, src)).is_some()
+            }
+            None => false,
         }
     }
 }
