@@ -56,6 +56,21 @@ fn api_policy_drops_the_attack_passes_the_rest_and_delete_restores() {
     assert_eq!(shown["counters"]["memcached"]["dropped"]["packets"], 200, "{shown}");
     assert!(shown["counters"]["ntp"]["rate_limited"]["packets"].as_u64().unwrap() >= 190);
 
+    // Prometheus metrics, read from the maps at scrape time (no token needed).
+    let (st, m) = d.call_with("GET", "/metrics", None, None).unwrap();
+    let m = m.as_str().unwrap().to_string();
+    assert_eq!(st, 200);
+    for line in [
+        r#"ampguard_packets_total{vector="memcached",verdict="dropped"} 200"#,
+        &format!(r#"ampguard_policy_packets_total{{policy="{id}",vector="memcached",verdict="dropped",victim="203.0.113.10/32"}} 200"#),
+        r#"ampguard_policies{mode="enforce"} 1"#,
+        r#"ampguard_interface_attached{interface="edge0",mode="native"} 1"#,
+        r#"ampguard_api_requests_total{method="POST",route="/v1/policies",status="201"} 1"#,
+    ] {
+        assert!(m.lines().any(|l| l == line), "metrics lack {line}:\n{m}");
+    }
+    assert!(m.contains(r#"ampguard_xdp_packets_total{reason="no_vector"}"#));
+
     let out = d.cli(&["policy", "list"], None).unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && table.contains("203.0.113.10/32") && table.contains("ticket 4711"), "{table}");

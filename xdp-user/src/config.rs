@@ -49,6 +49,9 @@ pub struct Config {
     /// Most policy changes per minute from one alert source (a runaway
     /// detector cannot fill the table).
     pub max_alerts_per_minute: u32,
+    /// Per-policy metric series for at most this many policies (the rest are
+    /// summed under policy="_other").
+    pub metrics_max_policies: usize,
     pub capacity: CapacityConfig,
     /// Extra vectors, or different ports for built-in ones.
     pub vectors: Vec<VectorConfig>,
@@ -120,6 +123,7 @@ impl Default for Config {
             min_prefix_len_v6: 48,
             max_body_bytes: 64 * 1024,
             max_alerts_per_minute: 600,
+            metrics_max_policies: 200,
             capacity: CapacityConfig::default(),
             vectors: Vec::new(),
             profiles: BTreeMap::new(),

@@ -179,6 +179,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         token,
         started,
         interfaces: std::sync::Mutex::new(interfaces),
+        metrics: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(serve(app.clone(), cfg.clone()))?;

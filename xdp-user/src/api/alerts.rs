@@ -17,7 +17,13 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 async fn apply(app: &Shared, alert: Alert) -> Result<Json<Value>, ApiError> {
-    let outcome = app.store.lock().await.apply_alert(&alert)?;
+    let result = app.store.lock().await.apply_alert(&alert);
+    let label = match &result {
+        Ok(o) => o.result,
+        Err(e) => e.code(),
+    };
+    app.metrics.alerts.with_label_values(&[alert.source.as_str(), alert.action.as_str(), label]).inc();
+    let outcome = result?;
     tracing::info!(source = alert.source.as_str(), victim = %alert.victim, result = outcome.result, "{}", outcome.message);
     Ok(Json(serde_json::to_value(outcome).expect("serializes")))
 }

@@ -3,6 +3,7 @@
 
 mod alerts;
 mod allowlist;
+pub mod metrics;
 mod policies;
 mod status;
 
@@ -41,6 +42,7 @@ pub struct AppState {
     pub token: String,
     pub started: Instant,
     pub interfaces: std::sync::Mutex<Vec<IfaceStatus>>,
+    pub metrics: metrics::ProcessMetrics,
 }
 
 pub type Shared = Arc<AppState>;
@@ -146,8 +148,10 @@ pub fn router(app: Shared, max_body: usize) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics::metrics))
         .merge(v1)
         .fallback(fallback)
+        .layer(middleware::from_fn_with_state(app.clone(), metrics::count_requests))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app)
 }

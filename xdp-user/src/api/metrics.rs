@@ -1,0 +1,156 @@
+//! GET /metrics: Prometheus text format.
+//!
+//! Data-plane counters are read from the per-CPU maps at scrape time and summed
+//! over CPUs (the maps are the source of truth; nothing is cached). Process
+//! counters (alerts, API requests) live in a registry that the daemon updates.
+//!
+//! Cardinality: per-policy series (`ampguard_policy_*`) exist for at most
+//! `metrics_max_policies` policies (config, default 200), in id order, and only
+//! for (vector, verdict) pairs that have counted something; the counts of the
+//! policies beyond the bound are summed under `policy="_other"`. The
+//! aggregate `ampguard_packets_total{vector,verdict}` always covers everything.
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::header,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use xdp_common::counters::{reason, verdict};
+
+use super::Shared;
+use crate::dataplane::rules::Mode;
+
+/// Counters the daemon keeps for its own life (not in maps).
+pub struct ProcessMetrics {
+    pub registry: Registry,
+    pub alerts: IntCounterVec,
+    pub api_requests: IntCounterVec,
+}
+
+impl Default for ProcessMetrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let alerts = IntCounterVec::new(
+            Opts::new("ampguard_alerts_total", "Alerts received, by source, action and what they did"),
+            &["source", "action", "result"],
+        )
+        .expect("metric");
+        let api_requests = IntCounterVec::new(
+            Opts::new("ampguard_api_requests_total", "API requests by route and HTTP status"),
+            &["route", "method", "status"],
+        )
+        .expect("metric");
+        let build = IntGaugeVec::new(Opts::new("ampguard_build_info", "Build information"), &["version"]).expect("metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>, Box::new(api_requests.clone()), Box::new(build)] {
+            registry.register(c).expect("unique metric");
+        }
+        Self { registry, alerts, api_requests }
+    }
+}
+
+/// Middleware: count every request by its route template and status.
+pub async fn count_requests(State(app): State<Shared>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let res = next.run(req).await;
+    app.metrics.api_requests.with_label_values(&[&route, &method, res.status().as_str()]).inc();
+    res
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+pub async fn metrics(State(app): State<Shared>) -> Response {
+    let scrape = Registry::new();
+    {
+        let store = app.store.lock().await;
+        let dp = store.dataplane();
+        let vectors = store.vectors();
+
+        let pkts = counter(&scrape, "ampguard_packets_total", "Packets that met a policy, by vector and verdict", &["vector", "verdict"]);
+        let bytes = counter(&scrape, "ampguard_bytes_total", "Bytes that met a policy, by vector and verdict", &["vector", "verdict"]);
+        if let Ok(per_vector) = dp.vector_counters() {
+            for v in vectors.all() {
+                let c = &per_vector[v.id as usize];
+                for (i, name) in verdict::NAMES.iter().enumerate() {
+                    pkts.with_label_values(&[v.name.as_str(), name]).inc_by(c.by_verdict[i].packets);
+                    bytes.with_label_values(&[v.name.as_str(), name]).inc_by(c.by_verdict[i].bytes);
+                }
+            }
+        }
+
+        let xp = counter(&scrape, "ampguard_xdp_packets_total", "Packets that met no policy, by reason", &["reason"]);
+        let xb = counter(&scrape, "ampguard_xdp_bytes_total", "Bytes that met no policy, by reason", &["reason"]);
+        if let Ok(reasons) = dp.reason_counters() {
+            for (i, name) in reason::NAMES.iter().enumerate() {
+                xp.with_label_values(&[name]).inc_by(reasons[i].packets);
+                xb.with_label_values(&[name]).inc_by(reasons[i].bytes);
+            }
+        }
+
+        let limit = store.config().metrics_max_policies;
+        let pp = counter(&scrape, "ampguard_policy_packets_total", "Packets per policy, vector and verdict (bounded; see README)", &["policy", "victim", "vector", "verdict"]);
+        let pb = counter(&scrape, "ampguard_policy_bytes_total", "Bytes per policy, vector and verdict (bounded; see README)", &["policy", "victim", "vector", "verdict"]);
+        let expiry = gauge(&scrape, "ampguard_policy_expiry_timestamp_seconds", "When a policy expires (Unix time; absent: never)", &["policy", "victim"]);
+        for (n, p) in store.policies().iter().enumerate() {
+            let Some(slot) = dp.slot_of(&p.victim) else { continue };
+            let Ok(per_vector) = dp.policy_counters(slot) else { continue };
+            let victim = p.victim.to_string();
+            let (id, victim) = if n < limit { (p.id.as_str(), victim.as_str()) } else { ("_other", "_other") };
+            if n < limit {
+                if let Some(e) = p.expires_at.and_then(|e| e.duration_since(std::time::UNIX_EPOCH).ok()) {
+                    expiry.with_label_values(&[id, victim]).set(e.as_secs() as i64);
+                }
+            }
+            for (vid, c) in per_vector.iter().enumerate() {
+                for (i, name) in verdict::NAMES.iter().enumerate() {
+                    if c.by_verdict[i].packets == 0 {
+                        continue;
+                    }
+                    let vname = vectors.name_of(vid as u8).unwrap_or("unknown");
+                    pp.with_label_values(&[id, victim, vname, name]).inc_by(c.by_verdict[i].packets);
+                    pb.with_label_values(&[id, victim, vname, name]).inc_by(c.by_verdict[i].bytes);
+                }
+            }
+        }
+
+        let modes = gauge(&scrape, "ampguard_policies", "Policies by mode", &["mode"]);
+        let monitor = store.policies().iter().filter(|p| p.mode == Mode::Monitor).count() as i64;
+        modes.with_label_values(&["enforce"]).set(store.policies().len() as i64 - monitor);
+        modes.with_label_values(&["monitor"]).set(monitor);
+        let cap = IntGauge::new("ampguard_policy_capacity", "Policies the tables can hold").expect("metric");
+        cap.set(dp.capacity().max_policies as i64 - 1);
+        scrape.register(Box::new(cap)).expect("unique");
+        let allow = IntGauge::new("ampguard_allowlist_entries", "Allowlisted source prefixes").expect("metric");
+        allow.set((store.allowlist().len() + store.config().allowlist.len()) as i64);
+        scrape.register(Box::new(allow)).expect("unique");
+    }
+    let attached = gauge(&scrape, "ampguard_interface_attached", "1 if the XDP program is attached to the interface", &["interface", "mode"]);
+    for i in app.interfaces.lock().expect("not poisoned").iter() {
+        attached.with_label_values(&[&i.name, &i.mode]).set(i.attached as i64);
+    }
+    let up = IntGauge::new("ampguard_uptime_seconds", "Seconds since the daemon started").expect("metric");
+    up.set(app.started.elapsed().as_secs() as i64);
+    scrape.register(Box::new(up)).expect("unique");
+
+    let mut families = app.metrics.registry.gather();
+    families.extend(scrape.gather());
+    let mut out = Vec::new();
+    let enc = TextEncoder::new();
+    if let Err(e) = enc.encode(&families, &mut out) {
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    ([(header::CONTENT_TYPE, enc.format_type().to_string())], out).into_response()
+}
