@@ -248,6 +248,7 @@ async fn watch_links(app: api::Shared, cfg: Config) {
                 match result {
                     Ok(a) => {
                         tracing::info!(iface, mode = a.mode, "re-attached");
+                        app.metrics.reattachments.with_label_values(&[iface.as_str()]).inc();
                         *st = IfaceStatus { name: iface.clone(), ifindex: a.ifindex, mode: a.mode.into(), attached: true, problem: None };
                     }
                     Err(e) => {

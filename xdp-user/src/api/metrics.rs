@@ -27,6 +27,8 @@ pub struct ProcessMetrics {
     pub registry: Registry,
     pub alerts: IntCounterVec,
     pub api_requests: IntCounterVec,
+    /// Times the watchdog found a link gone and attached again.
+    pub reattachments: IntCounterVec,
 }
 
 impl Default for ProcessMetrics {
@@ -42,12 +44,17 @@ impl Default for ProcessMetrics {
             &["route", "method", "status"],
         )
         .expect("metric");
+        let reattachments = IntCounterVec::new(
+            Opts::new("ampguard_xdp_reattachments_total", "Times the XDP link was found detached or unpinned and re-attached"),
+            &["interface"],
+        )
+        .expect("metric");
         let build = IntGaugeVec::new(Opts::new("ampguard_build_info", "Build information"), &["version"]).expect("metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for c in [Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>, Box::new(api_requests.clone()), Box::new(build)] {
+        for c in [Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>, Box::new(api_requests.clone()), Box::new(reattachments.clone()), Box::new(build)] {
             registry.register(c).expect("unique metric");
         }
-        Self { registry, alerts, api_requests }
+        Self { registry, alerts, api_requests, reattachments }
     }
 }
 

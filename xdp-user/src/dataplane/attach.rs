@@ -85,13 +85,12 @@ pub fn attach_or_replace(program: &mut Xdp, iface: &str, mode: XdpModeSetting, p
     Err(last.expect("at least one mode tried"))
 }
 
-/// Whether the link pinned for `iface` still exists and holds a program.
+/// Whether the link pinned for `iface` still exists, holds a program, and is
+/// attached to that interface (a link detached by hand keeps its pin and
+/// program but loses its ifindex).
 pub fn link_alive(pin_dir: &Path, iface: &str) -> bool {
-    match PinnedLink::from_pin(link_pin_path(pin_dir, iface)) {
-        Ok(p) => {
-            let fd: FdLink = p.into();
-            fd.info().map(|i| i.program_id() != 0).unwrap_or(false)
-        }
+    match super::linkinfo::xdp_link_target(&link_pin_path(pin_dir, iface)) {
+        Ok((prog_id, ifindex)) => prog_id != 0 && ifindex != 0 && Some(ifindex) == self::ifindex(iface),
         Err(_) => false,
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod allowbits;
 pub mod attach;
+mod linkinfo;
 pub mod rules;
 pub mod victims4;
 
