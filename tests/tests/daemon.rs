@@ -92,7 +92,8 @@ fn cli_adds_a_policy_with_the_default_profile() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["policies"][0]["profile"], "default");
     assert_eq!(v["policies"][0]["rules"]["memcached"]["action"], "drop");
-    assert_eq!(v["policies"][0]["rules"]["dns"]["action"], "limit");
+    let dns = &v["policies"][0]["rules"]["dns"];
+    assert_eq!((dns["action"].as_str(), dns["signature"].as_bool(), dns["otherwise"].as_str()), (Some("drop"), Some(true), Some("limit")));
     let out = d.cli(&["status"], None).unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("healthy") && s.contains("edge0"), "{s}");

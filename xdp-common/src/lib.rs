@@ -12,6 +12,7 @@ pub mod bucket;
 pub mod counters;
 pub mod maps;
 pub mod policy;
+pub mod signature;
 pub mod vector;
 
 #[cfg(feature = "user")]

@@ -19,6 +19,34 @@ pub mod mode {
     pub const MONITOR: u8 = 2;
 }
 
+/// Conditions a rule can test (`RuleCfg::flags`).
+pub mod cond {
+    /// The vector's reflection signature matches (see `crate::signature`).
+    pub const SIGNATURE: u8 = 1;
+    /// The UDP payload length is within [min_len, max_len].
+    pub const SIZE: u8 = 2;
+}
+
+/// One vector's rule: if the conditions hold (or there are none), `on_match`,
+/// else `otherwise`. A plain rule has no flags and the same action twice.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCfg {
+    pub on_match: u8,
+    pub otherwise: u8,
+    pub flags: u8,
+    pub _pad: u8,
+    /// UDP payload length bounds for `cond::SIZE` (from the UDP header).
+    pub min_len: u16,
+    pub max_len: u16,
+}
+
+impl RuleCfg {
+    pub const fn plain(action: u8) -> Self {
+        Self { on_match: action, otherwise: action, flags: 0, _pad: 0, min_len: 0, max_len: u16::MAX }
+    }
+}
+
 /// Slot 0 of every victim table means "no policy".
 pub const NO_SLOT: u32 = 0;
 
@@ -32,9 +60,9 @@ pub struct Policy {
     pub expires_ns: u64,
     pub mode: u8,
     pub _pad: [u8; 7],
-    /// Rule action per vector id ([`action`]).
-    pub actions: [u8; MAX_VECTORS],
-    /// For `action::LIMIT`: index into `AG_LIMITERS`.
+    /// Rule per vector id.
+    pub rules: [RuleCfg; MAX_VECTORS],
+    /// For rules with `action::LIMIT` on either branch: index into `AG_LIMITERS`.
     pub limiters: [u32; MAX_VECTORS],
 }
 
@@ -44,7 +72,7 @@ impl Policy {
             expires_ns: 0,
             mode: mode::UNUSED,
             _pad: [0; 7],
-            actions: [action::PASS; MAX_VECTORS],
+            rules: [RuleCfg::plain(action::PASS); MAX_VECTORS],
             limiters: [0; MAX_VECTORS],
         }
     }
@@ -58,12 +86,21 @@ impl Policy {
 
 /// Program-wide settings, one entry in `AG_CONFIG`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// When non-zero, the program uses this as "now" instead of the kernel clock:
     /// makes expiry and token buckets deterministic under BPF_PROG_TEST_RUN.
     /// Always 0 in production.
     pub time_override_ns: u64,
+    /// DNS signature: a response with a UDP payload over this many bytes.
+    pub dns_large_bytes: u16,
+    /// DNS signature: a response with at least this many answer records.
+    pub dns_many_answers: u16,
+    pub _pad: u32,
+}
+
+impl Config {
+    pub const DEFAULT: Config = Config { time_override_ns: 0, dns_large_bytes: 512, dns_many_answers: 10, _pad: 0 };
 }
 
 /// Per-CPU cache of the coarse clock, keyed by jiffies (program-private).

@@ -2,7 +2,8 @@
 //!
 //! The pipeline, one stage per file, read top to bottom:
 //! parse (`parse.rs`) -> classify the vector and find the victim's policy
-//! (`classify.rs`) -> decide: allowlist, expiry, rule (`verdict.rs`) -> count.
+//! (`classify.rs`) -> decide: allowlist, rule conditions (`signature.rs`),
+//! expiry, action (`verdict.rs`) -> count.
 //!
 //! Fail open: a packet the program cannot parse is passed and counted as
 //! `parse_error`; nothing is dropped unless a policy's rule says so.
@@ -16,6 +17,7 @@
 mod classify;
 mod maps;
 mod parse;
+mod signature;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

@@ -37,7 +37,8 @@ pub struct L3 {
 }
 
 pub enum Parsed {
-    Udp { l3: L3, sport: u16 },
+    /// `l4`: offset of the UDP header.
+    Udp { l3: L3, l4: usize, sport: u16 },
     Fragment { l3: L3 },
     NotUdp,
     ParseError,
@@ -60,7 +61,7 @@ pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
 }
 
 #[inline(always)]
-fn be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
+pub fn be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
     read::<[u8; 2]>(ctx, offset).map(u16::from_be_bytes)
 }
 
@@ -128,7 +129,7 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Parsed {
         return Parsed::NotUdp;
     }
     match be16(ctx, off + ihl * 4) {
-        Some(sport) => Parsed::Udp { l3, sport },
+        Some(sport) => Parsed::Udp { l3, l4: off + ihl * 4, sport },
         None => Parsed::ParseError,
     }
 }
@@ -151,7 +152,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
         match next {
             IPPROTO_UDP => {
                 return match be16(ctx, off) {
-                    Some(sport) => Parsed::Udp { l3, sport },
+                    Some(sport) => Parsed::Udp { l3, l4: off, sport },
                     None => Parsed::ParseError,
                 };
             }

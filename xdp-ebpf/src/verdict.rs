@@ -10,28 +10,29 @@ use xdp_common::{
     bucket,
     counters::{reason, verdict},
     maps,
-    policy::{action, mode, NO_SLOT},
+    policy::{action, cond, mode, Config, RuleCfg, NO_SLOT},
     vector::{self, MAX_VECTORS},
 };
 
 use crate::{
     classify::{port_vector, victim_slot},
     maps::*,
-    parse::{parse, Parsed, L3},
+    parse::{be16, parse, read, Parsed, L3},
+    signature,
 };
 
 #[inline(always)]
 pub fn decide(ctx: &XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let (l3, vector) = match parse(ctx) {
-        Parsed::Udp { l3, sport } => {
+    let (l3, l4, vector) = match parse(ctx) {
+        Parsed::Udp { l3, l4, sport } => {
             let v = port_vector(sport);
             if v == vector::NONE {
                 return pass(reason::NO_VECTOR, len);
             }
-            (l3, v)
+            (l3, Some(l4), v)
         }
-        Parsed::Fragment { l3 } => (l3, vector::FRAGMENT),
+        Parsed::Fragment { l3 } => (l3, None, vector::FRAGMENT),
         Parsed::NotUdp => return pass(reason::NOT_UDP, len),
         Parsed::ParseError => return pass(reason::PARSE_ERROR, len),
     };
@@ -51,8 +52,9 @@ pub fn decide(ctx: &XdpContext) -> u32 {
     if allowlisted(ctx, &l3) {
         return pass(reason::ALLOWLISTED, len);
     }
+    let rule = policy.rules[vector];
+    let action = if rule.flags == 0 || conditions_hold(ctx, &rule, vector as u8, l4) { rule.on_match } else { rule.otherwise };
     // The clock only where it is needed: a policy with an expiry, or a limit.
-    let action = policy.actions[vector];
     let now = if policy.expires_ns != 0 || action == action::LIMIT { now_ns() } else { 0 };
     if policy.expired(now) {
         return pass(reason::EXPIRED, len);
@@ -84,6 +86,28 @@ pub fn decide(ctx: &XdpContext) -> u32 {
     } else {
         XDP_PASS
     }
+}
+
+/// A conditional rule's test: payload size within bounds, and the vector's
+/// reflection signature. Non-first fragments have no UDP header: payload 0,
+/// no signature.
+#[inline(always)]
+fn conditions_hold(ctx: &XdpContext, rule: &RuleCfg, vector: u8, l4: Option<usize>) -> bool {
+    let (p, plen) = match l4.and_then(|o| be16(ctx, o + 4).map(|ul| (o + 8, ul))) {
+        Some((p, ul)) if read::<[u8; 8]>(ctx, p - 8).is_some() => (p, (ul as usize).saturating_sub(8)),
+        _ => (0, 0),
+    };
+    if rule.flags & cond::SIZE != 0 && (plen < rule.min_len as usize || plen > rule.max_len as usize) {
+        return false;
+    }
+    if rule.flags & cond::SIGNATURE != 0 {
+        let cfg = match AG_CONFIG.get(0) {
+            Some(c) => *c,
+            None => Config::DEFAULT,
+        };
+        return p != 0 && signature::matches(ctx, vector, p, plen, &cfg);
+    }
+    true
 }
 
 /// The clock for expiry and buckets: CLOCK_MONOTONIC, coarse (it advances once

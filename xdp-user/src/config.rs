@@ -52,6 +52,10 @@ pub struct Config {
     /// Per-policy metric series for at most this many policies (the rest are
     /// summed under policy="_other").
     pub metrics_max_policies: usize,
+    /// DNS reflection signature: a response larger than this (UDP payload bytes).
+    pub dns_large_bytes: u16,
+    /// DNS reflection signature: a response with at least this many answers.
+    pub dns_many_answers: u16,
     pub capacity: CapacityConfig,
     /// Extra vectors, or different ports for built-in ones.
     pub vectors: Vec<VectorConfig>,
@@ -124,6 +128,8 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             max_alerts_per_minute: 600,
             metrics_max_policies: 200,
+            dns_large_bytes: 512,
+            dns_many_answers: 10,
             capacity: CapacityConfig::default(),
             vectors: Vec::new(),
             profiles: BTreeMap::new(),

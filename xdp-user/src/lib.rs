@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod model;
 pub mod packet;
+pub mod payloads;
 pub mod profiles;
 pub mod store;
 pub mod vectors;

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::{de, Deserialize, Deserializer, Serialize};
 
-use crate::dataplane::rules::{Limit, Rule};
+use crate::dataplane::rules::{CondRule, Conditions, Limit, Rule, Verb};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,6 +34,18 @@ pub struct RuleSpec {
     /// Bucket depth in bytes (default: one second of `bps`, at least 64 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst_bytes: Option<u64>,
+    /// Condition: the vector's reflection signature matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<bool>,
+    /// Condition: UDP payload of at least this many bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_bytes: Option<u16>,
+    /// Condition: UDP payload of at most this many bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u16>,
+    /// With conditions: what to do when they do not hold (default pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otherwise: Option<ActionName>,
 }
 
 /// Accepts `"drop"` as well as `{"action": "drop"}` (for TOML profiles).
@@ -70,27 +82,83 @@ pub enum RuleError {
     BpsTooLow(u64),
     #[error("{0}")]
     Limit(#[from] crate::dataplane::rules::LimitError),
+    #[error("min_bytes {0} is above max_bytes {1}")]
+    SizeRange(u16, u16),
+    #[error("\"otherwise\" needs a condition (signature, min_bytes or max_bytes)")]
+    OtherwiseWithoutCondition,
 }
 
 impl RuleSpec {
     pub const fn simple(action: ActionName) -> Self {
-        Self { action, pps: None, bps: None, burst: None, burst_bytes: None }
+        Self {
+            action,
+            pps: None,
+            bps: None,
+            burst: None,
+            burst_bytes: None,
+            signature: None,
+            min_bytes: None,
+            max_bytes: None,
+            otherwise: None,
+        }
     }
 
     pub fn limit(pps: u64, bps: Option<u64>) -> Self {
-        Self { action: ActionName::Limit, pps: Some(pps), bps, burst: None, burst_bytes: None }
+        Self { pps: Some(pps), bps, ..Self::simple(ActionName::Limit) }
+    }
+
+    /// "`action` if the signature matches, else `otherwise`".
+    pub fn on_signature(action: ActionName, otherwise: ActionName) -> Self {
+        Self { signature: Some(true), otherwise: Some(otherwise), ..Self::simple(action) }
+    }
+
+    fn conditional(&self) -> bool {
+        self.signature == Some(true) || self.min_bytes.is_some() || self.max_bytes.is_some()
     }
 
     /// The data-plane rule, with defaults filled in and every bound checked.
+    /// (Whether the vector has a signature is checked by the store, which
+    /// knows the vector.)
     pub fn resolve(&self) -> Result<Rule, RuleError> {
-        match self.action {
+        if !self.conditional() {
+            if self.otherwise.is_some() {
+                return Err(RuleError::OtherwiseWithoutCondition);
+            }
+            return self.resolve_plain(self.action);
+        }
+        if let (Some(lo), Some(hi)) = (self.min_bytes, self.max_bytes) {
+            if lo > hi {
+                return Err(RuleError::SizeRange(lo, hi));
+            }
+        }
+        let otherwise = self.otherwise.unwrap_or(ActionName::Pass);
+        let limits = self.action == ActionName::Limit || otherwise == ActionName::Limit;
+        let limit = match self.resolve_plain(if limits { ActionName::Limit } else { ActionName::Pass })? {
+            Rule::Limit(l) => Some(l),
+            _ => None,
+        };
+        let verb = |a: ActionName| match a {
+            ActionName::Pass => Verb::Pass,
+            ActionName::Drop => Verb::Drop,
+            ActionName::Limit => Verb::Limit,
+        };
+        Ok(Rule::Cond(CondRule {
+            when: Conditions { signature: self.signature == Some(true), min_bytes: self.min_bytes, max_bytes: self.max_bytes },
+            on_match: verb(self.action),
+            otherwise: verb(otherwise),
+            limit,
+        }))
+    }
+
+    fn resolve_plain(&self, action: ActionName) -> Result<Rule, RuleError> {
+        match action {
             ActionName::Pass | ActionName::Drop => {
                 for (name, v) in [("pps", self.pps), ("bps", self.bps), ("burst", self.burst), ("burst_bytes", self.burst_bytes)] {
                     if v.is_some() {
                         return Err(RuleError::RateOnNonLimit(name));
                     }
                 }
-                Ok(if self.action == ActionName::Pass { Rule::Pass } else { Rule::Drop })
+                Ok(if action == ActionName::Pass { Rule::Pass } else { Rule::Drop })
             }
             ActionName::Limit => {
                 let pps = self.pps.unwrap_or(0);
@@ -119,13 +187,35 @@ impl RuleSpec {
         match rule {
             Rule::Pass => Self::simple(ActionName::Pass),
             Rule::Drop => Self::simple(ActionName::Drop),
-            Rule::Limit(l) => Self {
-                action: ActionName::Limit,
-                pps: (l.pps != 0).then_some(l.pps),
-                bps: (l.bytes_per_sec != 0).then_some(l.bytes_per_sec * 8),
-                burst: (l.pps != 0).then_some(l.burst_packets),
-                burst_bytes: (l.bytes_per_sec != 0).then_some(l.burst_bytes),
-            },
+            Rule::Limit(l) => Self::with_limit(ActionName::Limit, l),
+            Rule::Cond(c) => {
+                let name = |v: Verb| match v {
+                    Verb::Pass => ActionName::Pass,
+                    Verb::Drop => ActionName::Drop,
+                    Verb::Limit => ActionName::Limit,
+                };
+                let base = match &c.limit {
+                    Some(l) => Self::with_limit(name(c.on_match), l),
+                    None => Self::simple(name(c.on_match)),
+                };
+                Self {
+                    signature: c.when.signature.then_some(true),
+                    min_bytes: c.when.min_bytes,
+                    max_bytes: c.when.max_bytes,
+                    otherwise: Some(name(c.otherwise)),
+                    ..base
+                }
+            }
+        }
+    }
+
+    fn with_limit(action: ActionName, l: &Limit) -> Self {
+        Self {
+            pps: (l.pps != 0).then_some(l.pps),
+            bps: (l.bytes_per_sec != 0).then_some(l.bytes_per_sec * 8),
+            burst: (l.pps != 0).then_some(l.burst_packets),
+            burst_bytes: (l.bytes_per_sec != 0).then_some(l.burst_bytes),
+            ..Self::simple(action)
         }
     }
 }
@@ -142,10 +232,17 @@ pub fn builtin_default() -> Profile {
     for v in ["memcached", "chargen", "qotd", "ssdp", "cldap", "wsd", "ard", "ubiquiti", "dvr", "netbios", "portmap", "coap", "mssql", "tftp"] {
         p.insert(v.into(), RuleSpec::simple(ActionName::Drop));
     }
-    // Rates per victim: generous for one host's own traffic, tiny against a flood.
-    p.insert("dns".into(), RuleSpec::limit(2_000, Some(20_000_000)));
-    p.insert("ntp".into(), RuleSpec::limit(100, Some(1_000_000)));
-    p.insert("snmp".into(), RuleSpec::limit(500, Some(4_000_000)));
+    // DNS, NTP, SNMP: drop what carries a reflection signature (large or ANY
+    // DNS answers, NTP mode 6/7, large SNMP GetResponses), rate-limit the rest
+    // so the victim's own lookups, clock sync and polling keep working. Rates
+    // per victim: generous for one host's own traffic, small against a flood.
+    let sig_else_limit = |pps, bps| RuleSpec { signature: Some(true), otherwise: Some(ActionName::Limit), ..RuleSpec::limit(pps, Some(bps)) };
+    let mut p_drop = |name: &str, r: RuleSpec| {
+        p.insert(name.into(), RuleSpec { action: ActionName::Drop, ..r });
+    };
+    p_drop("dns", sig_else_limit(2_000, 20_000_000));
+    p_drop("ntp", sig_else_limit(100, 1_000_000));
+    p_drop("snmp", RuleSpec { min_bytes: Some(512), ..sig_else_limit(500, 4_000_000) });
     p.insert("mdns".into(), RuleSpec::limit(100, Some(1_000_000)));
     p.insert("fragment".into(), RuleSpec::limit(1_000, Some(10_000_000)));
     p
@@ -179,10 +276,28 @@ mod tests {
         let p = builtin_default();
         assert_eq!(p.len(), 19);
         assert_eq!(p["memcached"].action, ActionName::Drop);
-        assert_eq!(p["ntp"].action, ActionName::Limit);
+        assert_eq!((p["ntp"].action, p["ntp"].signature, p["ntp"].otherwise), (ActionName::Drop, Some(true), Some(ActionName::Limit)));
+        assert_eq!(p["snmp"].min_bytes, Some(512));
         for r in p.values() {
             r.resolve().unwrap();
         }
+    }
+
+    #[test]
+    fn conditional_rules_round_trip_and_validate() {
+        let r = RuleSpec::on_signature(ActionName::Drop, ActionName::Limit);
+        assert_eq!(r.resolve(), Err(RuleError::NoRate), "a limiting branch needs a rate");
+        let r = RuleSpec { pps: Some(100), ..r };
+        let rule = r.resolve().unwrap();
+        let Rule::Cond(c) = rule else { panic!("{rule:?}") };
+        assert_eq!((c.on_match, c.otherwise, c.limit.map(|l| l.pps)), (Verb::Drop, Verb::Limit, Some(100)));
+        assert_eq!(RuleSpec::from_rule(&rule).resolve().unwrap(), rule);
+        let sized = RuleSpec { min_bytes: Some(600), max_bytes: Some(500), ..RuleSpec::simple(ActionName::Drop) };
+        assert_eq!(sized.resolve(), Err(RuleError::SizeRange(600, 500)));
+        let bare = RuleSpec { otherwise: Some(ActionName::Pass), ..RuleSpec::simple(ActionName::Drop) };
+        assert_eq!(bare.resolve(), Err(RuleError::OtherwiseWithoutCondition));
+        let big_only = RuleSpec { min_bytes: Some(1000), ..RuleSpec::simple(ActionName::Drop) };
+        assert!(matches!(big_only.resolve().unwrap(), Rule::Cond(CondRule { otherwise: Verb::Pass, limit: None, .. })));
     }
 
     #[test]

@@ -11,7 +11,10 @@
 mod common;
 use common::*;
 
-use ampguard::{dataplane::rules::{Limit, Rule}, vectors};
+use ampguard::{
+    dataplane::rules::{CondRule, Conditions, Limit, Rule, Verb},
+    payloads, vectors,
+};
 use rand::{rngs::SmallRng, seq::IndexedRandom, Rng, SeedableRng};
 use xdp_common::vector::BUILTIN;
 
@@ -25,10 +28,39 @@ const VICTIM_PREFIXES: &[&str] = &[
     "2001:db8::/32", "2001:db8:2:1::/64",
 ];
 
+fn rand_limit(rng: &mut SmallRng) -> Limit {
+    let mut l = Limit {
+        pps: *[0u64, 1, 5, 100].choose(rng).unwrap(),
+        bytes_per_sec: *[0u64, 2_000, 100_000].choose(rng).unwrap(),
+        burst_packets: rng.random_range(1..5),
+        burst_bytes: rng.random_range(1_600..5_000),
+    };
+    if l.pps == 0 && l.bytes_per_sec == 0 {
+        l.pps = 3;
+    }
+    l
+}
+
+fn rand_verb(rng: &mut SmallRng) -> Verb {
+    *[Verb::Pass, Verb::Drop, Verb::Drop, Verb::Limit].choose(rng).unwrap()
+}
+
 fn rand_rule(rng: &mut SmallRng) -> Rule {
-    match rng.random_range(0..4) {
+    match rng.random_range(0..6) {
         0 => Pass,
         1 | 2 => Drop,
+        4 | 5 => {
+            let (on_match, otherwise) = (rand_verb(rng), rand_verb(rng));
+            let limit = (on_match == Verb::Limit || otherwise == Verb::Limit).then(|| rand_limit(rng));
+            let min = rng.random_bool(0.3).then(|| rng.random_range(0..1500));
+            let max = rng.random_bool(0.2).then(|| rng.random_range(min.unwrap_or(0)..2000));
+            Rule::Cond(CondRule {
+                when: Conditions { signature: rng.random_bool(0.8), min_bytes: min, max_bytes: max },
+                on_match,
+                otherwise,
+                limit,
+            })
+        }
         _ => Rule::Limit(Limit {
             pps: *[0u64, 1, 5, 100].choose(rng).unwrap(),
             bytes_per_sec: *[0u64, 2_000, 100_000].choose(rng).unwrap(),
@@ -81,7 +113,10 @@ fn valid_packet(rng: &mut SmallRng) -> P {
             &format!("{}:{dport}", VICTIMS4.choose(rng).unwrap()),
         )
     };
-    b = b.payload(rng.random_range(0..1400));
+    b = match rng.random_range(0..3) {
+        0 => b.payload(rng.random_range(0..1400)),
+        _ => b.payload_bytes(&real_payload(rng, sport)),
+    };
     if rng.random_bool(0.2) {
         let tags: Vec<(u16, u16)> = (0..rng.random_range(1..4))
             .map(|_| (*[0x8100u16, 0x88a8].choose(rng).unwrap(), rng.random_range(1..4095)))
@@ -107,6 +142,32 @@ fn valid_packet(rng: &mut SmallRng) -> P {
         b = b.more_fragments();
     }
     b
+}
+
+/// A reply of the port's protocol, attack or ordinary, possibly truncated.
+fn real_payload(rng: &mut SmallRng, sport: u16) -> Vec<u8> {
+    let mut p = match sport {
+        53 => [payloads::dns_a_answer(), payloads::dns_any_answer(), payloads::dns_query(), payloads::dns_response("a.example", 255, 1, 0), payloads::dns_response("b.example.org", 1, rng.random_range(0..30), 0)]
+            .choose(rng)
+            .unwrap()
+            .clone(),
+        123 => [payloads::ntp_mode4_reply(), payloads::ntp_monlist_reply(), payloads::ntp_mode6_reply()].choose(rng).unwrap().clone(),
+        11211 => [payloads::memcached_stat_reply(), payloads::memcached_value_reply()].choose(rng).unwrap().clone(),
+        1900 => payloads::ssdp_ok_reply(),
+        389 => payloads::cldap_search_res_entry(),
+        161 => payloads::snmp_get_response(rng.random_range(0..40)),
+        19 => payloads::chargen_reply(),
+        17 => payloads::qotd_reply(),
+        _ => (0..rng.random_range(0..200)).map(|_| rng.random()).collect(),
+    };
+    if rng.random_bool(0.2) {
+        p.truncate(rng.random_range(0..=p.len()));
+    }
+    if rng.random_bool(0.2) && !p.is_empty() {
+        let i = rng.random_range(0..p.len().min(80));
+        p[i] ^= 1 << rng.random_range(0..8);
+    }
+    p
 }
 
 /// Corrupt a valid packet the way broken or hostile traffic does.
@@ -161,6 +222,7 @@ fn program_agrees_with_model() {
     let mut tally = std::collections::HashMap::new();
     let mut sent = 0usize;
     let mut truncations = 0usize;
+    let (mut cond_matched, mut cond_unmatched) = (0u64, 0u64);
     while sent < total {
         // Every 2,000 packets: policy churn and the clock moves on.
         if sent % 2_000 == 0 {
@@ -189,6 +251,13 @@ fn program_agrees_with_model() {
             vec![base]
         };
         for p in pkts {
+            if let Some(m) = f.model.cond_would_match(&p) {
+                if m {
+                    cond_matched += 1;
+                } else {
+                    cond_unmatched += 1;
+                }
+            }
             let want = f.model.decide(&p);
             let got = f.run(&p);
             *tally.entry(want).or_insert(0u64) += 1;
@@ -205,6 +274,8 @@ fn program_agrees_with_model() {
     for r in [reason::NOT_UDP, reason::NO_VECTOR, reason::NO_POLICY, reason::ALLOWLISTED, reason::EXPIRED, reason::PARSE_ERROR] {
         assert!(reasons.contains(&r), "seed {seed}: no packet reached reason {}", reason::NAMES[r]);
     }
+    // Dropped by a signature: the conditional rules were exercised both ways.
+    assert!(cond_matched > 100 && cond_unmatched > 100, "seed {seed}: signature rules matched {cond_matched}, not {cond_unmatched}");
     for vd in [verdict::PASSED, verdict::DROPPED, verdict::RATE_LIMITED, verdict::MONITORED] {
         assert!(tally.keys().any(|o| matches!(o, Outcome::Verdict { verdict, .. } if *verdict == vd)), "seed {seed}: no {}", verdict::NAMES[vd]);
     }

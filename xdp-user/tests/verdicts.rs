@@ -114,3 +114,41 @@ fn verdict_table() {
     assert_eq!(pol[v("ntp") as usize].by_verdict[verdict::RATE_LIMITED].packets, 1);
     assert_eq!(pol[v("ntp") as usize].by_verdict[verdict::PASSED].packets, 3);
 }
+
+/// The default profile against real-format replies: attack replies are dropped
+/// by signature, the victim's own DNS and NTP answers pass.
+#[test]
+fn signatures_with_the_default_profile() {
+    use ampguard::{dataplane::rules::DpPolicy, payloads::*, profiles::builtin_default};
+    let mut f = Fixture::new();
+    f.set_now(100 * SEC);
+    let rules = builtin_default().iter().map(|(name, spec)| (v(name), spec.resolve().unwrap())).collect();
+    let slot = f.policy("203.0.113.10/32", DpPolicy { mode: Enforce, expires_ns: 0, rules });
+    let pkt = |sport: u16, payload: Vec<u8>| P::udp4(&format!("198.51.100.7:{sport}"), "203.0.113.10:40001").payload_bytes(&payload).build();
+    let cases: Vec<(&str, Vec<u8>, &str, usize)> = vec![
+        ("NTP monlist reply (440 B, mode 7)", pkt(123, ntp_monlist_reply()), "ntp", verdict::DROPPED),
+        ("NTP mode 6 control reply", pkt(123, ntp_mode6_reply()), "ntp", verdict::DROPPED),
+        ("NTP mode 4 server reply (48 B)", pkt(123, ntp_mode4_reply()), "ntp", verdict::PASSED),
+        ("DNS ANY answer over 1,000 B", pkt(53, dns_any_answer()), "dns", verdict::DROPPED),
+        ("DNS answer with 12 records", pkt(53, dns_response("example.com", 1, 12, 0)), "dns", verdict::DROPPED),
+        ("small DNS A answer", pkt(53, dns_a_answer()), "dns", verdict::PASSED),
+        ("memcached STAT reply", pkt(11211, memcached_stat_reply()), "memcached", verdict::DROPPED),
+        ("memcached VALUE reply", pkt(11211, memcached_value_reply()), "memcached", verdict::DROPPED),
+        ("SSDP 200 OK", pkt(1900, ssdp_ok_reply()), "ssdp", verdict::DROPPED),
+        ("CLDAP searchResEntry", pkt(389, cldap_search_res_entry()), "cldap", verdict::DROPPED),
+        ("SNMP GetResponse over 512 B", pkt(161, snmp_get_response(40)), "snmp", verdict::DROPPED),
+        ("small SNMP GetResponse", pkt(161, snmp_get_response(2)), "snmp", verdict::PASSED),
+        ("chargen", pkt(19, chargen_reply()), "chargen", verdict::DROPPED),
+        ("qotd", pkt(17, qotd_reply()), "qotd", verdict::DROPPED),
+    ];
+    let mut failures = Vec::new();
+    for (what, p, vec, want) in &cases {
+        let expected = Outcome::Verdict { slot, vector: v(vec), verdict: *want };
+        let model = f.model.decide(p);
+        let got = f.run(p);
+        if model != expected || got != expected.action() {
+            failures.push(format!("{what}: expected {expected:?}, program {got}, model {model:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

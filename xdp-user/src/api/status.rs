@@ -41,6 +41,7 @@ pub async fn vectors(State(app): State<Shared>) -> Json<Value> {
             json!({
                 "id": v.id, "name": v.name, "ports": v.ports, "amplification": v.amplification,
                 "builtin": v.builtin, "default_rule": default.get(&v.name),
+                "signature": xdp_common::signature::describe(v.id).filter(|_| v.builtin),
             })
         })
         .collect();

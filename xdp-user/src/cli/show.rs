@@ -16,15 +16,20 @@ pub fn vectors(api: &ApiArgs) -> anyhow::Result<()> {
         .map(|v| {
             let ports: Vec<String> = v["ports"].as_array().cloned().unwrap_or_default().iter().map(s).collect();
             let rule = &v["default_rule"];
-            let rule = match rule["action"].as_str() {
-                Some("limit") => format!("limit {} pps / {} bit/s", s(&rule["pps"]), s(&rule["bps"])),
-                Some(a) => a.to_string(),
-                None => "-".into(),
+            let verb = |a: &str| match a {
+                "limit" => format!("limit {} pps / {} bit/s", s(&rule["pps"]), s(&rule["bps"])),
+                a => a.to_string(),
             };
-            vec![s(&v["name"]), if ports.is_empty() { "(fragments)".into() } else { ports.join(",") }, s(&v["amplification"]), rule]
+            let mut text = rule["action"].as_str().map(verb).unwrap_or_else(|| "-".into());
+            if rule["signature"] == true {
+                let size = rule["min_bytes"].as_u64().map(|m| format!(" >= {m} B")).unwrap_or_default();
+                text = format!("{text} on signature{size}, else {}", verb(rule["otherwise"].as_str().unwrap_or("pass")));
+            }
+            let sig = v["signature"].as_str().map(|d| d.split_once(": ").map(|x| x.1).unwrap_or(d).to_string()).unwrap_or_else(|| "-".into());
+            vec![s(&v["name"]), if ports.is_empty() { "(fragments)".into() } else { ports.join(",") }, s(&v["amplification"]), text, sig]
         })
         .collect();
-    print_table(&["VECTOR", "UDP SOURCE PORTS", "AMPLIFICATION", "DEFAULT RULE"], &rows);
+    print_table(&["VECTOR", "UDP SOURCE PORTS", "AMPLIFICATION", "DEFAULT RULE", "SIGNATURE MATCHES"], &rows);
     Ok(())
 }
 

@@ -34,7 +34,7 @@ use xdp_common::{
 
 use self::{
     allowbits::AllowBits,
-    rules::{DpPolicy, Rule},
+    rules::DpPolicy,
     victims4::{Victims4, Write},
 };
 
@@ -171,6 +171,8 @@ impl DataPlane {
             .ok_or(DpError::MissingMap(names::PROGRAM))?
             .try_into()?;
         program.load()?;
+        let mut cfg: Array<_, Config> = Array::try_from(map_mut(&mut ebpf, names::CONFIG)?)?;
+        cfg.set(0, Config::DEFAULT, 0)?;
         Ok(Self {
             ebpf,
             v4: Victims4::new(c.v4_chunks),
@@ -235,7 +237,19 @@ impl DataPlane {
     /// For tests only: makes expiry and token buckets deterministic.
     pub fn set_time_override(&mut self, now_ns: u64) -> Result<(), DpError> {
         let mut cfg: Array<_, Config> = Array::try_from(map_mut(&mut self.ebpf, names::CONFIG)?)?;
-        cfg.set(0, Config { time_override_ns: now_ns }, 0)?;
+        let mut c = cfg.get(&0, 0)?;
+        c.time_override_ns = now_ns;
+        cfg.set(0, c, 0)?;
+        Ok(())
+    }
+
+    /// Thresholds of the DNS signature.
+    pub fn set_dns_signature(&mut self, large_bytes: u16, many_answers: u16) -> Result<(), DpError> {
+        let mut cfg: Array<_, Config> = Array::try_from(map_mut(&mut self.ebpf, names::CONFIG)?)?;
+        let mut c = cfg.get(&0, 0)?;
+        c.dns_large_bytes = large_bytes;
+        c.dns_many_answers = many_answers;
+        cfg.set(0, c, 0)?;
         Ok(())
     }
 
@@ -262,10 +276,10 @@ impl DataPlane {
         let mut keep: HashMap<u8, (u32, rules::Limit)> = HashMap::new();
         let mut needed = 0usize;
         for (v, r) in &p.rules {
-            if let Rule::Limit(l) = r {
+            if let Some(l) = r.limit() {
                 match existing.and_then(|e| e.limiters.get(v)) {
-                    Some((idx, old)) if old == l => {
-                        keep.insert(*v, (*idx, *l));
+                    Some((idx, old)) if *old == l => {
+                        keep.insert(*v, (*idx, l));
                     }
                     _ => needed += 1,
                 }
@@ -297,8 +311,9 @@ impl DataPlane {
         let mut limiter_map: Array<_, Limiter> = Array::try_from(map_mut(&mut self.ebpf, names::LIMITERS)?)?;
         let mut installed = HashMap::new();
         for (v, r) in &p.rules {
-            policy.actions[*v as usize] = r.action();
-            if let Rule::Limit(l) = r {
+            policy.rules[*v as usize] = r.cfg();
+            if let Some(l) = r.limit() {
+                let l = &l;
                 let idx = match keep.get(v) {
                     Some((idx, _)) => *idx,
                     None => {

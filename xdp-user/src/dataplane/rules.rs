@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use xdp_common::{
     bucket::{self, LimitCfg, Rate},
-    policy::{action, mode},
+    policy::{action, cond, mode, RuleCfg},
 };
 
 /// A token-bucket limit; at least one of `pps` and `bytes_per_sec` is set.
@@ -68,14 +68,80 @@ pub enum Rule {
     Pass,
     Drop,
     Limit(Limit),
+    /// `on_match` when the conditions hold, else `otherwise`.
+    Cond(CondRule),
+}
+
+/// The action of one branch of a conditional rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Verb {
+    Pass,
+    Drop,
+    Limit,
+}
+
+impl Verb {
+    pub fn raw(self) -> u8 {
+        match self {
+            Verb::Pass => action::PASS,
+            Verb::Drop => action::DROP,
+            Verb::Limit => action::LIMIT,
+        }
+    }
+}
+
+/// Conditions of a rule: all that are set must hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Conditions {
+    /// The vector's reflection signature matches (`xdp_common::signature`).
+    pub signature: bool,
+    /// UDP payload length bounds (bytes, from the UDP header).
+    pub min_bytes: Option<u16>,
+    pub max_bytes: Option<u16>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CondRule {
+    pub when: Conditions,
+    pub on_match: Verb,
+    pub otherwise: Verb,
+    /// The bucket of whichever branch limits (both share it).
+    pub limit: Option<Limit>,
 }
 
 impl Rule {
-    pub fn action(&self) -> u8 {
+    /// The kernel form of the rule.
+    pub fn cfg(&self) -> RuleCfg {
         match self {
-            Rule::Pass => action::PASS,
-            Rule::Drop => action::DROP,
-            Rule::Limit(_) => action::LIMIT,
+            Rule::Pass => RuleCfg::plain(action::PASS),
+            Rule::Drop => RuleCfg::plain(action::DROP),
+            Rule::Limit(_) => RuleCfg::plain(action::LIMIT),
+            Rule::Cond(c) => {
+                let mut flags = 0;
+                if c.when.signature {
+                    flags |= cond::SIGNATURE;
+                }
+                if c.when.min_bytes.is_some() || c.when.max_bytes.is_some() {
+                    flags |= cond::SIZE;
+                }
+                RuleCfg {
+                    on_match: c.on_match.raw(),
+                    otherwise: c.otherwise.raw(),
+                    flags,
+                    _pad: 0,
+                    min_len: c.when.min_bytes.unwrap_or(0),
+                    max_len: c.when.max_bytes.unwrap_or(u16::MAX),
+                }
+            }
+        }
+    }
+
+    /// The token bucket this rule needs, if any.
+    pub fn limit(&self) -> Option<Limit> {
+        match self {
+            Rule::Limit(l) => Some(*l),
+            Rule::Cond(c) => c.limit,
+            _ => None,
         }
     }
 }

@@ -143,6 +143,7 @@ impl Store {
             }
         }
         dp.set_vectors(&vectors.port_table())?;
+        dp.set_dns_signature(cfg.dns_large_bytes, cfg.dns_many_answers)?;
         let file = StateFile::new(&cfg.state_dir);
         let state = file.load()?;
         let mut store = Self { cfg, vectors, profiles, dp, file, state, alert_window: HashMap::new() };
@@ -244,6 +245,13 @@ impl Store {
                 )));
             }
             let rule = spec.resolve().map_err(|e| invalid(format!("rule for {name}: {e}")))?;
+            let id = self.vectors.id_of(name).expect("checked above");
+            if spec.signature == Some(true) && !xdp_common::signature::has_signature(id) {
+                return Err(invalid(format!(
+                    "vector {name} has no reflection signature; vectors with one: {}",
+                    xdp_common::signature::SIGNATURES.iter().filter_map(|(v, _)| self.vectors.name_of(*v)).collect::<Vec<_>>().join(", ")
+                )));
+            }
             rules.insert(name.clone(), RuleSpec::from_rule(&rule));
         }
         // Canonical form (defaults filled in) for what is stored and shown.
