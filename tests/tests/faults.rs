@@ -1,0 +1,465 @@
+//! Faults injected into a running daemon in the lab: SIGKILL loops under
+//! attack, corrupt state files, the XDP link removed or detached by hand, the
+//! pin directory's bpffs unmounted, and tables filled to capacity. Each test
+//! is privileged and bounded in time (waits are polls with deadlines).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use ampguard_tests::{
+    daemon::{ampguard_bin, Daemon},
+    lab::{send_udp, Lab, UdpSink},
+    require_root,
+};
+use serde_json::{json, Value};
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Send `count` datagrams across the lab and count what arrives.
+fn deliver(lab: &Lab, src: &str, dst: &str, count: usize) -> usize {
+    let sink = UdpSink::bind(&lab.edge, sa(dst)).expect("bind sink");
+    assert_eq!(send_udp(&lab.wan, sa(src), sa(dst), count, 300).expect("send"), count);
+    sink.drain(Duration::from_millis(300), Duration::from_secs(5))
+}
+
+fn start(tag: &str, extra: &str) -> (Lab, Daemon) {
+    require_root();
+    let lab = Lab::new(tag).expect("lab");
+    let d = Daemon::start(&lab, extra).expect("daemon");
+    (lab, d)
+}
+
+/// Polls `f` every 100 ms until it returns Some, or panics after `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `ampguard_xdp_reattachments_total{interface="edge0"}` (0 before the first).
+fn reattachments(d: &Daemon) -> u64 {
+    let (st, m) = d.call_with("GET", "/metrics", None, None).unwrap();
+    assert_eq!(st, 200);
+    let m = m.as_str().unwrap_or_default().to_string();
+    m.lines()
+        .find_map(|l| l.strip_prefix(r#"ampguard_xdp_reattachments_total{interface="edge0"} "#))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+fn edge0_status(d: &Daemon) -> Value {
+    let (st, s) = d.call("GET", "/v1/status", None).unwrap();
+    assert_eq!(st, 200, "{s}");
+    s["interfaces"].as_array().unwrap().iter().find(|i| i["name"] == "edge0").cloned().expect("edge0 in status")
+}
+
+/// The XDP program id on edge0 as `ip link` reports it (None: nothing attached).
+fn xdp_prog_on_edge0(lab: &Lab) -> Option<u64> {
+    let out = lab.edge.ip(&["-j", "-d", "link", "show", "edge0"]).unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["xdp"]["prog"]["id"].as_u64().or_else(|| v[0]["xdp"]["attached"][0]["prog"]["id"].as_u64())
+}
+
+// ---------------------------------------------------------------------------
+// SIGKILL under attack, several kinds of state, repeated
+
+#[test]
+fn repeated_sigkill_under_attack_keeps_v4_v6_prefix_policies_and_the_allowlist() {
+    let (lab, mut d) = start("kill3", "");
+    for body in [
+        r#"{"victim": "203.0.113.10", "ttl_secs": 600}"#,
+        r#"{"victim": "203.0.113.0/24", "rules": {"memcached": {"action": "drop"}}, "ttl_secs": 0, "comment": "the /24"}"#,
+        r#"{"victim": "2001:db8:2::10", "rules": {"memcached": {"action": "drop"}, "ntp": {"action": "limit", "pps": 5}}}"#,
+    ] {
+        let (st, p) = d.call("POST", "/v1/policies", Some(body)).unwrap();
+        assert_eq!(st, 201, "{body}: {p}");
+    }
+    let (st, a) = d.call("POST", "/v1/allowlist", Some(r#"{"prefix": "198.51.100.53/32", "comment": "trusted resolver"}"#)).unwrap();
+    assert_eq!(st, 201, "{a}");
+    let policies = d.call("GET", "/v1/policies", None).unwrap().1;
+    let allow = d.call("GET", "/v1/allowlist", None).unwrap().1;
+
+    // Flows (each bounded to 9 s): memcached to the /32 victim, to a host only
+    // the /24 covers, to the IPv6 victim; memcached from the allowlisted
+    // source (must pass) and ordinary UDP (must pass).
+    let sinks: Vec<(&str, UdpSink)> = ["203.0.113.10:40001", "203.0.113.20:40001", "[2001:db8:2::10]:40001", "203.0.113.20:40002", "203.0.113.10:40003"]
+        .into_iter()
+        .map(|a| (a, UdpSink::bind(&lab.edge, sa(a)).unwrap()))
+        .collect();
+    let flows = [
+        ("198.51.100.7:11211", "203.0.113.10:40001"),
+        ("198.51.100.7:11211", "203.0.113.20:40001"),
+        ("[2001:db8:1::7]:11211", "[2001:db8:2::10]:40001"),
+        ("198.51.100.53:11211", "203.0.113.20:40002"),
+        ("198.51.100.7:40000", "203.0.113.10:40003"),
+    ];
+    let stop = AtomicBool::new(false);
+    let (sent, got) = std::thread::scope(|s| {
+        let rx: Vec<_> = sinks.iter().map(|(_, k)| s.spawn(move || k.drain(Duration::from_secs(2), Duration::from_secs(14)))).collect();
+        let tx: Vec<_> = flows
+            .iter()
+            .map(|&(src, dst)| {
+                let (lab, stop) = (&lab, &stop);
+                s.spawn(move || {
+                    let mut sent = 0;
+                    let t = Instant::now();
+                    while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(9) {
+                        sent += send_udp(&lab.wan, sa(src), sa(dst), 20, 200).unwrap();
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    sent
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        for round in 0..3 {
+            d.kill9();
+            std::thread::sleep(Duration::from_millis(300));
+            d.spawn().unwrap_or_else(|e| panic!("restart {round}: {e}"));
+            assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1, policies, "policies after restart {round}");
+            assert_eq!(d.call("GET", "/v1/allowlist", None).unwrap().1, allow, "allowlist after restart {round}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let sent: Vec<usize> = tx.into_iter().map(|h| h.join().unwrap()).collect();
+        let got: Vec<usize> = rx.into_iter().map(|h| h.join().unwrap()).collect();
+        (sent, got)
+    });
+    for (i, (src, dst)) in flows.iter().enumerate() {
+        assert!(sent[i] > 300, "{src} -> {dst} flowed ({} sent)", sent[i]);
+    }
+    assert_eq!(got[0], 0, "memcached leaked to the /32 victim ({} sent)", sent[0]);
+    assert_eq!(got[1], 0, "memcached leaked to the host covered by the /24 ({} sent)", sent[1]);
+    assert_eq!(got[2], 0, "memcached leaked to the IPv6 victim ({} sent)", sent[2]);
+    assert_eq!(got[3], sent[3], "the allowlisted source passed throughout");
+    assert_eq!(got[4], sent[4], "ordinary traffic passed throughout");
+    assert_eq!(d.log().matches("no gap").count(), 3, "each restart swapped into the pinned link:\n{}", d.log());
+}
+
+// ---------------------------------------------------------------------------
+// Corrupt state files
+
+/// Runs `ampguard run` on the daemon's config (not via `spawn`, which waits
+/// for the API) and returns (success, stderr+stdout, elapsed); killed after 20 s.
+fn run_once(d: &Daemon) -> (bool, String, Duration) {
+    let t = Instant::now();
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", d.ns.name))
+        .arg(ampguard_bin())
+        .args(["run", "--config"])
+        .arg(&d.config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+            return (out.status.success(), text, t.elapsed());
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("ampguard run with a bad state file was still running after 20 s:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn garbage_or_wrongly_shaped_state_file_stops_run_at_once_with_the_reason() {
+    let (lab, mut d) = start("corrupt2", "");
+    assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10"}"#)).unwrap().0, 201);
+    d.kill9();
+    let state = d.dir.join("state/state.json");
+    let good = std::fs::read(&state).unwrap();
+    // Deterministic garbage: not UTF-8, not JSON.
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 0x80).collect();
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        ("garbage bytes", garbage, &["corrupt", "state.json.bak"]),
+        ("empty file", Vec::new(), &["corrupt", "state.json.bak"]),
+        ("a JSON array", b"[1, 2, 3]".to_vec(), &["corrupt", "state.json.bak"]),
+        ("policies is a string", br#"{"version": 1, "next_id": 2, "policies": "p-1", "allowlist": []}"#.to_vec(), &["corrupt", "state.json.bak"]),
+        (
+            "a policy of the wrong shape",
+            br#"{"version": 1, "next_id": 2, "policies": [{"id": 1, "victim": "not an address"}], "allowlist": []}"#.to_vec(),
+            &["corrupt", "state.json.bak"],
+        ),
+        ("an unknown field", br#"{"version": 1, "next_id": 2, "policies": [], "allowlist": [], "extra": true}"#.to_vec(), &["corrupt", "state.json.bak"]),
+        ("a future version", br#"{"version": 99, "next_id": 2, "policies": [], "allowlist": []}"#.to_vec(), &["version 99"]),
+    ];
+    for (what, bytes, needles) in &cases {
+        std::fs::write(&state, bytes).unwrap();
+        let (ok, text, took) = run_once(&d);
+        assert!(!ok, "{what}: ampguard run must fail:\n{text}");
+        for n in *needles {
+            assert!(text.contains(n), "{what}: the error names {n:?}:\n{text}");
+        }
+        assert!(took < Duration::from_secs(10), "{what}: took {took:?} to refuse");
+        assert!(&std::fs::read(&state).unwrap() == bytes, "{what}: the bad file is kept as it was");
+        assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0, "{what}: the old program still enforces");
+    }
+    std::fs::write(&state, &good).unwrap();
+    d.spawn().expect("starts once the file is restored");
+    assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1["policies"][0]["victim"], "203.0.113.10/32");
+}
+
+// ---------------------------------------------------------------------------
+// The link detached by hand
+
+/// Waits until the watchdog has re-attached (counter above `before`, status
+/// attached, a program on edge0) and the attack is dropped again.
+fn expect_reattached(lab: &Lab, d: &Daemon, before: u64, what: &str) {
+    let n = wait_for(&format!("{what}: the watchdog re-attaching"), Duration::from_secs(8), || {
+        let n = reattachments(d);
+        (n > before).then_some(n)
+    });
+    assert_eq!(n, before + 1, "{what}: one re-attachment");
+    let st = edge0_status(d);
+    assert_eq!(st["attached"], true, "{what}: {st}");
+    assert!(xdp_prog_on_edge0(lab).is_some(), "{what}: a program is on edge0 again");
+    assert!(d.log().contains("the XDP link is gone"), "{what}: the log says what happened:\n{}", d.log());
+    assert_eq!(deliver(lab, "198.51.100.7:11211", "203.0.113.10:40001", 100), 0, "{what}: attack dropped again");
+    assert_eq!(deliver(lab, "198.51.100.7:40000", "203.0.113.10:40002", 100), 100, "{what}: ordinary traffic passes");
+}
+
+#[test]
+fn link_pin_removed_by_hand_is_detected_and_reattached() {
+    let (lab, d) = start("rmlink", "");
+    assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10"}"#)).unwrap().0, 201);
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0);
+    assert_eq!(reattachments(&d), 0);
+    let old = xdp_prog_on_edge0(&lab).expect("attached");
+    let pin = d.pin_dir.join("link_edge0");
+    std::fs::remove_file(&pin).unwrap();
+    // The pin was the link's last reference: the program is off edge0 at once.
+    assert_eq!(xdp_prog_on_edge0(&lab), None, "removing the pin detached the program");
+    expect_reattached(&lab, &d, 0, "rm link_edge0");
+    assert!(pin.exists(), "the new link is pinned again");
+    assert_eq!(xdp_prog_on_edge0(&lab), Some(old), "the same program is back");
+    // A second time works the same.
+    std::fs::remove_file(&pin).unwrap();
+    expect_reattached(&lab, &d, 1, "rm link_edge0 again");
+}
+
+fn bpftool() -> &'static str {
+    let ok = Command::new("bpftool").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    assert!(ok, "bpftool is missing: run `sudo cargo xtask setup` (it installs Debian's bpftool package)");
+    "bpftool"
+}
+
+#[test]
+fn link_detached_with_bpftool_is_detected_and_reattached() {
+    let (lab, d) = start("bpftool", "");
+    let bpftool = bpftool();
+    assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10"}"#)).unwrap().0, 201);
+    let pin = d.pin_dir.join("link_edge0");
+    let out = Command::new(bpftool).args(["-j", "link", "show", "pinned"]).arg(&pin).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let link: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = link["id"].as_u64().unwrap_or_else(|| panic!("link id in {link}"));
+    let out = Command::new(bpftool).args(["link", "detach", "id", &id.to_string()]).output().unwrap();
+    assert!(out.status.success(), "bpftool link detach: {}", String::from_utf8_lossy(&out.stderr));
+    // The link and its pin stay, but it no longer points at edge0.
+    assert!(pin.exists());
+    assert_eq!(xdp_prog_on_edge0(&lab), None, "bpftool detached the program");
+    expect_reattached(&lab, &d, 0, "bpftool link detach");
+    let out = Command::new(bpftool).args(["-j", "link", "show", "pinned"]).arg(&pin).output().unwrap();
+    let link: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(link["id"].as_u64(), Some(id), "a new link is pinned: {link}");
+}
+
+/// Unmounts (lazily) and removes a bpffs mount point on drop.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid path and out pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == 0xcafe4a11 }
+}
+
+/// The daemon's pin_dir is its own bpffs (a directory under /tmp, on which
+/// `ensure_bpffs` mounts one), and an operator unmounts it: every pin is gone,
+/// so the link is released and the program leaves edge0. The watchdog must
+/// notice, and either re-attach or say clearly in /v1/status what is wrong.
+#[test]
+fn bpffs_of_the_pin_dir_unmounted_is_detected() {
+    require_root();
+    let lab = Lab::new("umount").expect("lab");
+    let mnt = std::env::temp_dir().join(format!("ag-test-bpffs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&mnt);
+    let guard = MountGuard(mnt.clone());
+    // Start with the harness's pin dir, then move the daemon to one of its own.
+    let mut d = Daemon::start(&lab, "").expect("daemon");
+    d.kill9();
+    let out = Command::new(ampguard_bin()).args(["detach", "--pin-dir"]).arg(&d.pin_dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&d.pin_dir);
+    let cfg = std::fs::read_to_string(&d.config).unwrap();
+    let cfg = cfg.replace(&format!("pin_dir = \"{}\"", d.pin_dir.display()), &format!("pin_dir = \"{}\"", mnt.display()));
+    assert!(cfg.contains(&mnt.display().to_string()));
+    std::fs::write(&d.config, cfg).unwrap();
+    d.pin_dir = mnt.clone();
+    d.spawn().expect("daemon on its own bpffs");
+    assert!(is_bpffs(&mnt), "ensure_bpffs mounted a bpffs at {}:\n{}", mnt.display(), d.log());
+    assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10"}"#)).unwrap().0, 201);
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0);
+
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    let rc = unsafe { libc::umount2(c.as_ptr(), 0) };
+    assert_eq!(rc, 0, "umount {}: {}", mnt.display(), std::io::Error::last_os_error());
+    assert!(!is_bpffs(&mnt));
+
+    // Detected within two watchdog periods (and then some).
+    let st = wait_for("the watchdog noticing the unmounted bpffs", Duration::from_secs(8), || {
+        let st = edge0_status(&d);
+        let log = d.log();
+        (log.contains("the XDP link is gone")).then_some(st)
+    });
+    std::thread::sleep(Duration::from_millis(2500)); // let a retry happen too
+    let st = if st["attached"] == true { edge0_status(&d) } else { st };
+    let attached_now = xdp_prog_on_edge0(&lab).is_some();
+    let dropped = deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 100) == 0;
+    let (_, status) = d.call("GET", "/v1/status", None).unwrap();
+    // Re-attached for real (program on edge0, attack dropped, status says so),
+    // or clearly reported: not attached, not healthy, a problem naming the pin dir.
+    let reattached = st["attached"] == true && attached_now && dropped;
+    let reported = st["attached"] == false
+        && status["healthy"] == false
+        && st["problem"].as_str().is_some_and(|p| p.contains(&mnt.display().to_string()));
+    assert!(
+        reattached || reported,
+        "neither re-attached nor reported: status {status}, program on edge0: {attached_now}, attack dropped: {dropped}\n{}",
+        d.log()
+    );
+    eprintln!("bpffs unmounted: re-attached {reattached}, reported {reported}; status {status}");
+    // The status must not claim protection that is not there.
+    assert_eq!(st["attached"] == true, attached_now && dropped, "status {status} vs program on edge0 {attached_now}, dropped {dropped}");
+    drop(d);
+    drop(guard);
+}
+
+// ---------------------------------------------------------------------------
+// Tables full
+
+fn error_of(v: &Value) -> (&str, &str) {
+    (v["error"]["code"].as_str().unwrap_or_default(), v["error"]["message"].as_str().unwrap_or_default())
+}
+
+#[test]
+fn full_policy_table_answers_507_and_existing_policies_keep_working() {
+    // max_policies counts slot 0 (reserved): 3 policies fit.
+    let (lab, d) = start("fullpol", "[capacity]\nmax_policies = 4\n");
+    for v in ["203.0.113.10", "203.0.113.20", "2001:db8:2::10"] {
+        let (st, p) = d.call("POST", "/v1/policies", Some(&json!({"victim": v}).to_string())).unwrap();
+        assert_eq!(st, 201, "{v}: {p}");
+    }
+    let (_, status) = d.call("GET", "/v1/status", None).unwrap();
+    assert_eq!(status["policies"]["capacity"], 3, "{status}");
+    let before = d.call("GET", "/v1/policies", None).unwrap().1;
+    let state_before = std::fs::read_to_string(d.dir.join("state/state.json")).unwrap();
+
+    let (st, e) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.30"}"#)).unwrap();
+    assert_eq!(st, 507, "{e}");
+    let (code, msg) = error_of(&e);
+    assert_eq!(code, "table_full", "{e}");
+    assert!(msg.contains("full") && msg.contains("max_policies"), "the message says which table and which knob: {msg}");
+    // An alert for a new victim meets the same wall.
+    let (st, e) = d.call("POST", "/v1/alerts", Some(r#"{"victim": "203.0.113.31", "action": "ban"}"#)).unwrap();
+    assert_eq!((st, error_of(&e).0), (507, "table_full"), "{e}");
+    assert!(std::fs::read_to_string(d.dir.join("state/state.json")).unwrap() == state_before, "the refusals did not touch the state file");
+    // Replacing an existing policy still works when full.
+    let id = before["policies"][0]["id"].as_str().unwrap();
+    let (st, p) = d.call("PUT", &format!("/v1/policies/{id}"), Some(r#"{"victim": "203.0.113.10", "comment": "replaced"}"#)).unwrap();
+    assert_eq!(st, 200, "{p}");
+    let (st, _) = d.call("PUT", &format!("/v1/policies/{id}"), Some(r#"{"victim": "203.0.113.10"}"#)).unwrap();
+    assert_eq!(st, 200);
+
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 100), 0, "existing v4 policy still drops");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.20:40001", 100), 0, "existing v4 policy still drops");
+    assert_eq!(deliver(&lab, "[2001:db8:1::7]:11211", "[2001:db8:2::10]:40001", 100), 0, "existing v6 policy still drops");
+    let after = d.call("GET", "/v1/policies", None).unwrap().1;
+    let ids = |v: &Value| v["policies"].as_array().unwrap().iter().map(|p| p["victim"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&after), ids(&before), "the refusals changed nothing");
+
+    // Room again after a delete.
+    let id = before["policies"][1]["id"].as_str().unwrap();
+    assert_eq!(d.call("DELETE", &format!("/v1/policies/{id}"), None).unwrap().0, 204);
+    assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.30"}"#)).unwrap().0, 201);
+}
+
+#[test]
+fn full_v4_chunk_table_answers_507_and_existing_policies_keep_working() {
+    // One level-2 chunk: one /16 may hold prefixes longer than /16.
+    let (lab, d) = start("fullchunk", "[capacity]\nv4_chunks = 1\n");
+    assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10"}"#)).unwrap().0, 201);
+    assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.20"}"#)).unwrap().0, 201, "same /16, same chunk");
+    let before = d.call("GET", "/v1/policies", None).unwrap().1;
+    let state_before = std::fs::read_to_string(d.dir.join("state/state.json")).unwrap();
+    for v in ["198.18.0.10", "198.18.7.0/24"] {
+        let (st, e) = d.call("POST", "/v1/policies", Some(&json!({"victim": v}).to_string())).unwrap();
+        assert_eq!(st, 507, "{v}: {e}");
+        let (code, msg) = error_of(&e);
+        assert_eq!(code, "table_full", "{e}");
+        assert!(msg.contains("chunk") && msg.contains("v4_chunks"), "{v}: the message names the table and the knob: {msg}");
+    }
+    assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1, before, "refusals changed nothing");
+    assert!(std::fs::read_to_string(d.dir.join("state/state.json")).unwrap() == state_before, "nor the state file");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 100), 0, "existing policy still drops");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.20:40001", 100), 0, "existing policy still drops");
+    // A /16 needs no chunk; IPv6 has its own table.
+    assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "198.18.0.0/16"}"#)).unwrap().0, 201);
+    assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "2001:db8:2::10"}"#)).unwrap().0, 201);
+    assert_eq!(deliver(&lab, "[2001:db8:1::7]:11211", "[2001:db8:2::10]:40001", 100), 0);
+    // Freeing the chunk's last prefix frees the chunk.
+    for p in before["policies"].as_array().unwrap() {
+        assert_eq!(d.call("DELETE", &format!("/v1/policies/{}", p["id"].as_str().unwrap()), None).unwrap().0, 204);
+    }
+    let (st, e) = d.call("POST", "/v1/policies", Some(r#"{"victim": "198.18.0.10"}"#)).unwrap();
+    assert_eq!(st, 201, "the chunk is free again: {e}");
+}
+
+#[test]
+fn full_allowlist_answers_507_and_existing_entries_keep_working() {
+    let (lab, d) = start("fullallow", "[capacity]\nmax_allow = 2\n");
+    assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10"}"#)).unwrap().0, 201);
+    for p in ["198.51.100.53/32", "2001:db8:1::7/128"] {
+        let (st, a) = d.call("POST", "/v1/allowlist", Some(&json!({"prefix": p}).to_string())).unwrap();
+        assert_eq!(st, 201, "{p}: {a}");
+    }
+    let before = d.call("GET", "/v1/allowlist", None).unwrap().1;
+    let (st, e) = d.call("POST", "/v1/allowlist", Some(r#"{"prefix": "198.51.100.123/32"}"#)).unwrap();
+    assert_eq!(st, 507, "{e}");
+    let (code, msg) = error_of(&e);
+    assert_eq!(code, "table_full", "{e}");
+    assert!(msg.contains("allowlist") && msg.contains("max_allow"), "{msg}");
+    assert_eq!(d.call("GET", "/v1/allowlist", None).unwrap().1, before, "the refusal changed nothing");
+    assert_eq!(deliver(&lab, "198.51.100.53:11211", "203.0.113.10:40001", 100), 100, "allowlisted source still passes");
+    assert_eq!(deliver(&lab, "198.51.100.123:11211", "203.0.113.10:40001", 100), 0, "the refused one is not allowlisted");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 100), 0, "the policy still drops");
+}
