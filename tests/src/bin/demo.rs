@@ -1,43 +1,46 @@
 //! `cargo xtask demo`: ampguard doing its job, in a lab of network namespaces.
 //!
-//! A victim (203.0.113.10) behind the edge is hit by a memcached reflection
-//! flood while its DNS answers and ordinary clients keep arriving. A FastNetMon
-//! alert (its exact notify-script call) bans the attack; the flood stops at the
-//! edge, the legitimate traffic does not; the unban restores everything.
+//! A victim (203.0.113.10) behind the edge is hit by memcached, DNS ANY and NTP
+//! monlist reflection floods while its own DNS answers, NTP replies and
+//! ordinary clients keep arriving. A FastNetMon alert (its exact notify-script
+//! call) bans the attack; the floods stop at the edge, the legitimate traffic
+//! does not (DNS and NTP are told apart by their reflection signatures); the
+//! unban restores everything.
 //! Everything runs inside namespaces the demo creates and removes.
 
 use std::{net::SocketAddr, time::Duration};
 
+use ampguard::payloads;
 use ampguard_tests::{
     daemon::Daemon,
-    lab::{send_udp, send_udp_payload, Lab, UdpSink},
+    lab::{send_udp_payload, Lab, UdpSink},
     require_root,
 };
 
-const ATTACK: (&str, usize, usize) = ("198.51.100.7:11211", 3000, 1200); // memcached replies, 1,200 bytes
-const DNS: (&str, usize, usize) = ("198.51.100.53:53", 200, 120); // the victim's resolver answering
-const CLIENT: (&str, usize, usize) = ("192.0.2.10:40000", 500, 300); // an ordinary client
+/// (what, source, count, payload): two floods and three legitimate flows.
+fn flows() -> Vec<(&'static str, &'static str, usize, Vec<u8>)> {
+    vec![
+        ("memcached flood (STAT replies)", "198.51.100.7:11211", 3000, payloads::memcached_stat_reply()),
+        ("DNS ANY flood (1,100 B answers)", "198.51.100.53:53", 2000, payloads::dns_any_answer()),
+        ("NTP monlist flood (440 B)", "198.51.100.123:123", 1000, payloads::ntp_monlist_reply()),
+        ("DNS answers (small A records)", "198.51.100.53:53", 200, payloads::dns_a_answer()),
+        ("NTP server replies (mode 4)", "198.51.100.123:123", 50, payloads::ntp_mode4_reply()),
+        ("ordinary client (sport 40000)", "192.0.2.10:40000", 500, vec![0x42; 300]),
+    ]
+}
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// Send the three flows to the victim and print what arrived.
+/// Send every flow to the victim and print what arrived.
 fn traffic(lab: &Lab, title: &str) -> anyhow::Result<()> {
     println!("\n--- {title}");
     println!("    {:<34} {:>6} {:>9}", "flow to 203.0.113.10", "sent", "arrived");
-    for (what, (src, n, size), port) in [
-        ("memcached flood (sport 11211)", ATTACK, 41001),
-        ("DNS answers (sport 53)", DNS, 41002),
-        ("ordinary client (sport 40000)", CLIENT, 41003),
-    ] {
-        let dst = sa(&format!("203.0.113.10:{port}"));
+    for (i, (what, src, n, payload)) in flows().into_iter().enumerate() {
+        let dst = sa(&format!("203.0.113.10:{}", 41001 + i));
         let sink = UdpSink::bind(&lab.edge, dst)?;
-        let sent = if src.ends_with(":53") {
-            send_udp_payload(&lab.wan, sa(src), dst, n, &[0x12u8; 120][..size.min(120)])?
-        } else {
-            send_udp(&lab.wan, sa(src), dst, n, size)?
-        };
+        let sent = send_udp_payload(&lab.wan, sa(src), dst, n, &payload)?;
         let got = sink.drain(Duration::from_millis(300), Duration::from_secs(5));
         println!("    {what:<34} {sent:>6} {got:>9}");
     }
@@ -69,7 +72,7 @@ fn main() -> anyhow::Result<()> {
     show(&d, &["alert", "fastnetmon", "203.0.113.10", "incoming", "3209", "attack_details"], Some(details))?;
     show(&d, &["policy", "list"], None)?;
 
-    traffic(&lab, "with the policy: the flood dies at the edge, DNS is rate-limited (2,000 pps), clients pass")?;
+    traffic(&lab, "with the default profile: memcached dropped, DNS and NTP replies dropped by their reflection signature; the victim's own DNS and NTP answers and its clients pass")?;
     show(&d, &["policy", "show", "p-1"], None)?;
 
     println!("\n--- the attack is over: FastNetMon unbans");

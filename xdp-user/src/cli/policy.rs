@@ -128,12 +128,13 @@ pub fn run(cmd: PolicyCmd, api: &ApiArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|p| {
                     let rules = p["rules"].as_object().cloned().unwrap_or_default();
-                    let count = |a: &str| rules.values().filter(|r| r["action"] == a).count();
+                    let plain = |a: &str| rules.values().filter(|r| r["action"] == a && r["signature"] != true).count();
+                    let signed = rules.values().filter(|r| r["signature"] == true).count();
                     vec![
                         s(&p["id"]),
                         s(&p["victim"]),
                         s(&p["mode"]),
-                        format!("{} drop, {} limit", count("drop"), count("limit")),
+                        format!("{} drop, {} by signature, {} limit", plain("drop"), signed, plain("limit")),
                         s(&p["expires_at"]),
                         s(&p["source"]),
                         s(&p["comment"]),
@@ -153,9 +154,15 @@ pub fn run(cmd: PolicyCmd, api: &ApiArgs) -> anyhow::Result<()> {
             for (v, r) in p["rules"].as_object().cloned().unwrap_or_default() {
                 let c = &p["counters"][&v];
                 let n = |k: &str| c[k]["packets"].as_u64().unwrap_or(0).to_string();
-                rows.push(vec![v.clone(), s(&r["action"]), s(&r["pps"]), s(&r["bps"]), n("dropped"), n("rate_limited"), n("monitored"), n("passed")]);
+                let action = if r["signature"] == true {
+                    format!("{} on signature, else {}", s(&r["action"]), s(&r["otherwise"]))
+                } else {
+                    s(&r["action"])
+                };
+                rows.push(vec![v.clone(), action, s(&r["pps"]), s(&r["bps"]), n("dropped"), n("rate_limited"), n("monitored"), n("passed")]);
             }
             print_table(&["VECTOR", "ACTION", "PPS", "BPS", "DROPPED", "LIMITED", "MONITORED", "PASSED"], &rows);
+            println!("(\"drop on signature, else limit\": the vector's reflection signature decides; see `ampguard vectors`)");
         }
         PolicyCmd::Del { id } => {
             c.request("DELETE", &format!("/v1/policies/{id}"), None)?;
