@@ -32,6 +32,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "inspecting lab traffic when a test fails"),
     ("jq", "reading ampguard's JSON output in scripts"),
     ("curl", "talking to the daemon's HTTP endpoints from scripts"),
+    ("bpftool", "detaching the XDP link by hand in the fault tests (tests/tests/faults.rs)"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
