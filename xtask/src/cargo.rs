@@ -51,3 +51,8 @@ pub fn bench(args: &[String]) -> Result<()> {
     c.args(args);
     cmd::run(&mut c)
 }
+
+/// `cargo build --release -p xdp-user --bins`: target/release/ampguard, for `install`.
+pub fn build_release_binary() -> Result<()> {
+    cmd::run(cargo().args(["build", "--release", "-p", "xdp-user", "--bins"]))
+}

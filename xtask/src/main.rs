@@ -7,6 +7,8 @@
 //! - `demo`:  setup, then runs the demo binary of `ampguard-tests`.
 //! - `bench`: setup, then runs the benchmarks (`ampguard-tests`' `bench` binary,
 //!   release build) and writes BENCHMARKS.md at the workspace root (root only).
+//! - `install`: builds release and installs the binary, the systemd unit, the
+//!   notify wrapper, a config and a token (never overwriting them); `install.rs`.
 //!
 //! One file per concern: `cmd.rs` runs and prints commands, `preflight.rs`
 //! refuses early on machines that cannot work, `setup.rs` installs, `cargo.rs`
@@ -14,6 +16,7 @@
 
 mod cargo;
 mod cmd;
+mod install;
 mod preflight;
 mod setup;
 
@@ -56,6 +59,19 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build release and install ampguard as a systemd service (binary, unit, FastNetMon
+    /// wrapper, /etc/ampguard config and token only if absent, /var/lib/ampguard).
+    Install {
+        /// Installation prefix for bin/ and share/.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Staging root: install into DIR/... instead of / (no root needed).
+        #[arg(long, value_name = "DIR")]
+        dest_dir: Option<std::path::PathBuf>,
+        /// Install this ampguard binary instead of building target/release/ampguard.
+        #[arg(long, value_name = "FILE")]
+        bin: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() {
@@ -66,6 +82,7 @@ fn main() {
         Command::Test { args } => test(&args),
         Command::Demo { args } => demo(&args),
         Command::Bench { args } => bench(&args),
+        Command::Install { prefix, dest_dir, bin } => install::run(install::Options { prefix, dest_dir, bin }),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
