@@ -33,6 +33,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("jq", "reading ampguard's JSON output in scripts"),
     ("curl", "talking to the daemon's HTTP endpoints from scripts"),
     ("bpftool", "detaching the XDP link by hand in the fault tests (tests/tests/faults.rs)"),
+    ("prometheus", "prometheus and promtool: the observability tests scrape the daemon and check deploy/'s config and alert rules"),
+    ("fastnetmon", "the detector the FastNetMon end-to-end test runs inside the lab (tests/tests/observability.rs)"),
+    ("systemd", "systemd-analyze: verifying deploy/ampguard.service (tests/tests/deploy.rs)"),
+    ("strace", "checking the daemon's system calls against the unit's SystemCallFilter (tests/tests/deploy.rs)"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -83,6 +87,7 @@ fn apt_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         c.env("DEBIAN_FRONTEND", "noninteractive").args(args);
         c
     };
+    mask_test_only_services(&to_install)?;
     cmd::run(&mut apt(&["update"]))?;
     let mut install = apt(&["install", "-y", "--no-install-recommends"]);
     install.args(&to_install);
@@ -216,4 +221,24 @@ fn bpffs(mode: Mode, _missing: &mut Vec<String>) -> Result<()> {
     }
     println!("mounting bpffs at {BPFFS}: ampguard pins its maps there");
     cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
+
+/// Packages installed only for the tests, whose Debian service would start at
+/// once with the packaged config: FastNetMon sniffing the host's interfaces and
+/// (with its default `disable_usage_report = off`) reporting usage to the
+/// internet, Prometheus listening on :9090. The tests run their own instances
+/// inside lab namespaces, so the services are masked (a symlink to /dev/null,
+/// only when nothing is there yet) before installing; `systemctl unmask` undoes it.
+const TEST_ONLY_SERVICES: &[(&str, &str)] = &[("fastnetmon", "fastnetmon.service"), ("prometheus", "prometheus.service")];
+
+fn mask_test_only_services(to_install: &[&str]) -> Result<()> {
+    for (pkg, unit) in TEST_ONLY_SERVICES {
+        let link = std::path::Path::new("/etc/systemd/system").join(unit);
+        if to_install.contains(pkg) && std::fs::symlink_metadata(&link).is_err() {
+            println!("masking {unit} before installing {pkg}: the tests start their own {pkg} inside lab namespaces; the packaged service must not run on this host");
+            std::fs::create_dir_all("/etc/systemd/system")?;
+            std::os::unix::fs::symlink("/dev/null", &link).with_context(|| format!("masking {}", link.display()))?;
+        }
+    }
+    Ok(())
 }
