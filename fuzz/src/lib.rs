@@ -1,0 +1,150 @@
+//! The bodies of the fuzz targets: one function per parser that takes outside
+//! input, each of which must return (never panic) for any bytes, and check a
+//! property on what the parser accepts.
+//!
+//! Shared by the libFuzzer binaries in `fuzz/fuzz_targets/` and by the
+//! regression replay `tests/tests/fuzz_regressions.rs` (which includes this
+//! file with `#[path]` and runs every committed input of `fuzz/corpus/<target>/`
+//! and `fuzz/regressions/<target>/` under `cargo xtask test`). So: only the
+//! `ampguard` and `serde_json` crates, no `crate::` paths.
+
+use std::sync::OnceLock;
+
+use ampguard::{
+    alerts::{self, fastnetmon, generic::parse_generic, Alert},
+    config::Config,
+    profiles::RuleSpec,
+    store::{self, state, PolicyRequest},
+    vectors::VectorTable,
+};
+
+/// Every target, by the name of its binary and its corpus directory.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("fastnetmon_script", fastnetmon_script),
+    ("fastnetmon_json", fastnetmon_json),
+    ("generic_alert", generic_alert),
+    ("policy_json", policy_json),
+    ("config_toml", config_toml),
+    ("state_file", state_file),
+];
+
+fn vectors() -> &'static VectorTable {
+    static TABLE: OnceLock<VectorTable> = OnceLock::new();
+    TABLE.get_or_init(VectorTable::default)
+}
+
+fn port_vector(port: u16) -> Option<String> {
+    vectors().name_of_port(port)
+}
+
+/// What `ampguard alert fastnetmon` and every other sender rely on: an alert
+/// sent as `to_generic_json` to `POST /v1/alerts` is accepted and means the same.
+fn assert_generic_round_trip(alert: &Alert) {
+    let body = serde_json::to_vec(&alerts::to_generic_json(alert)).expect("a JSON value serializes");
+    match parse_generic(&body) {
+        Ok(back) => assert_eq!(&back, alert, "alert changed through to_generic_json -> parse_generic"),
+        Err(e) => panic!(
+            "parse_generic refuses to_generic_json of an accepted alert: {e}\nalert: {alert:?}\nbody: {}",
+            String::from_utf8_lossy(&body)
+        ),
+    }
+}
+
+/// `ampguard alert fastnetmon IP DIRECTION PPS ACTION` with details on stdin.
+/// Input: the 4 arguments on the first 4 lines, stdin is the rest (lossy
+/// UTF-8, as the CLI reads it).
+pub fn fastnetmon_script(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(5, '\n');
+    let argv: Vec<String> = parts.by_ref().take(4).map(str::to_owned).collect();
+    let stdin = parts.next().unwrap_or("");
+    if let Ok(Some(alert)) = fastnetmon::parse_script(&argv, stdin, &port_vector) {
+        assert_generic_round_trip(&alert);
+    }
+}
+
+/// FastNetMon Advanced's JSON callback (`POST /v1/alerts/fastnetmon`).
+pub fn fastnetmon_json(data: &[u8]) {
+    if let Ok(alert) = fastnetmon::parse_json(data, &port_vector) {
+        assert_generic_round_trip(&alert);
+    }
+}
+
+/// The generic alert body (`POST /v1/alerts`); an accepted alert round-trips.
+pub fn generic_alert(data: &[u8]) {
+    if let Ok(alert) = parse_generic(data) {
+        assert_generic_round_trip(&alert);
+    }
+}
+
+/// A policy request (`POST /v1/policies`, `PUT /v1/policies/{id}`): the
+/// victim prefix and every rule. A resolved rule's canonical form (what the
+/// API shows back, and what the state file stores) resolves to the same rule;
+/// an accepted prefix, printed, parses back to itself.
+pub fn policy_json(data: &[u8]) {
+    let Ok(req) = serde_json::from_slice::<PolicyRequest>(data) else {
+        return;
+    };
+    if let Ok(net) = store::parse_prefix(&req.victim) {
+        let again = store::parse_prefix(&net.to_string()).ok();
+        assert_eq!(again, Some(net), "victim {:?} -> {net} does not parse back", req.victim);
+    }
+    for (vector, spec) in req.rules.iter().flatten() {
+        let Ok(rule) = spec.resolve() else { continue };
+        let canonical = RuleSpec::from_rule(&rule);
+        assert_eq!(
+            canonical.resolve(),
+            Ok(rule),
+            "rule {vector}: {spec:?} resolves to {rule:?}, its canonical form {canonical:?} does not"
+        );
+    }
+}
+
+/// The daemon's TOML configuration (lossy UTF-8: a config file is text).
+pub fn config_toml(data: &[u8]) {
+    let _ = Config::parse(&String::from_utf8_lossy(data));
+}
+
+/// The state file, read at every start: an accepted state is written the way
+/// the daemon writes it (`serde_json::to_vec_pretty`) and reads back equal,
+/// but for sub-second parts of timestamps: the reader accepts
+/// `2026-11-25T18:00:00.5Z`, the writer keeps whole seconds
+/// (fuzz/regressions/state_file/fractional-seconds.json; the daemon itself
+/// never writes fractions). What was written once must then read back exactly.
+pub fn state_file(data: &[u8]) {
+    let Ok(st) = state::parse(data) else { return };
+    let bytes = serde_json::to_vec_pretty(&st).expect("an accepted state serializes");
+    match state::parse(&bytes) {
+        Ok(back) => {
+            assert_eq!(back, whole_seconds(&st), "state changed through a save and load");
+            let again = serde_json::to_vec_pretty(&back).expect("serializes");
+            assert_eq!(state::parse(&again).ok().as_ref(), Some(&back), "a saved state changed through a second save");
+        }
+        Err(e) => panic!(
+            "a saved state is refused: {e}\nstate: {st:?}\nfile: {}",
+            String::from_utf8_lossy(&bytes)
+        ),
+    }
+}
+
+/// `st` with every timestamp cut to whole seconds since the epoch.
+fn whole_seconds(st: &state::State) -> state::State {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let cut = |t: &mut SystemTime| {
+        if let Ok(d) = t.duration_since(UNIX_EPOCH) {
+            *t = UNIX_EPOCH + Duration::from_secs(d.as_secs());
+        }
+    };
+    let mut st = st.clone();
+    for p in &mut st.policies {
+        cut(&mut p.created_at);
+        cut(&mut p.updated_at);
+        if let Some(t) = &mut p.expires_at {
+            cut(t);
+        }
+    }
+    for a in &mut st.allowlist {
+        cut(&mut a.created_at);
+    }
+    st
+}
