@@ -26,6 +26,12 @@
 
 /// Program-wide settings ([`crate::policy::Config`]), 1 entry.
 pub const CONFIG: &str = "AG_CONFIG";
+/// Ring buffer of sampled dropped/limited/monitored packets ([`crate::policy::Sample`]).
+pub const SAMPLES: &str = "AG_SAMPLES";
+/// Per CPU: sampling budget (program-private).
+pub const SAMPLER: &str = "AG_SAMPLER";
+/// Ring buffer size in bytes (~1,600 samples).
+pub const SAMPLES_RING_BYTES: u32 = 256 * 1024;
 /// Per CPU: cached coarse clock (program-private).
 pub const CLOCK: &str = "AG_CLOCK";
 /// UDP source port -> vector id (u8), 65,536 entries.
@@ -55,7 +61,7 @@ pub const REASONS: &str = "AG_REASONS";
 
 /// Every map, for pinning and adoption.
 pub const ALL: &[&str] = &[
-    CONFIG, CLOCK, PORTS, V4_L1, V4_L2, V6_VICTIMS, POLICIES, LIMITERS, ALLOW_BITS, ALLOW_V4,
+    CONFIG, CLOCK, SAMPLES, SAMPLER, PORTS, V4_L1, V4_L2, V6_VICTIMS, POLICIES, LIMITERS, ALLOW_BITS, ALLOW_V4,
     ALLOW_V6, POLICY_COUNTERS, VECTOR_COUNTERS, REASONS,
 ];
 

@@ -96,11 +96,41 @@ pub struct Config {
     pub dns_large_bytes: u16,
     /// DNS signature: a response with at least this many answer records.
     pub dns_many_answers: u16,
-    pub _pad: u32,
+    /// Most dropped/limited/monitored packets per second and CPU copied to
+    /// `AG_SAMPLES` (0 = sampling off: the default, turned on by captures).
+    pub samples_per_sec: u32,
 }
 
 impl Config {
-    pub const DEFAULT: Config = Config { time_override_ns: 0, dns_large_bytes: 512, dns_many_answers: 10, _pad: 0 };
+    pub const DEFAULT: Config = Config { time_override_ns: 0, dns_large_bytes: 512, dns_many_answers: 10, samples_per_sec: 0 };
+}
+
+/// Bytes of each sampled packet copied to the ring buffer.
+pub const SAMPLE_BYTES: usize = 128;
+
+/// One sampled packet in `AG_SAMPLES` (written by the program).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// CLOCK_MONOTONIC (coarse), ns.
+    pub ts_ns: u64,
+    pub slot: u32,
+    pub ifindex: u32,
+    /// Length of the frame (linear part).
+    pub orig_len: u32,
+    /// Bytes of `data` that are valid.
+    pub cap_len: u16,
+    pub vector: u8,
+    pub verdict: u8,
+    pub data: [u8; SAMPLE_BYTES],
+}
+
+/// Per-CPU sampling budget (program-private).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SamplerState {
+    pub window_ns: u64,
+    pub count: u64,
 }
 
 /// Per-CPU cache of the coarse clock, keyed by jiffies (program-private).

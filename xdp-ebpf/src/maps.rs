@@ -4,19 +4,27 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, PerCpuArray, RingBuf},
 };
 use xdp_common::{
     bucket::Limiter,
     counters::{reason, Counter, VerdictCounters},
     maps::*,
-    policy::{ClockCache, Config, Policy},
+    policy::{ClockCache, Config, Policy, SamplerState},
     vector::MAX_VECTORS,
 };
 
 /// Program settings (test clock). Written by the controller.
 #[map]
 pub static AG_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Sampled dropped/limited/monitored packets, read by `ampguard capture`.
+#[map]
+pub static AG_SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_RING_BYTES, 0);
+
+/// Per CPU: how many samples this second (see verdict::sample).
+#[map]
+pub static AG_SAMPLER: PerCpuArray<SamplerState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU: the coarse clock and the jiffies it was read at (see verdict::now_ns).
 #[map]

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
     maps::lpm_trie::Key,
     programs::XdpContext,
 };
@@ -10,7 +10,7 @@ use xdp_common::{
     bucket,
     counters::{reason, verdict},
     maps,
-    policy::{action, cond, mode, Config, RuleCfg, NO_SLOT},
+    policy::{action, cond, mode, Config, RuleCfg, Sample, NO_SLOT, SAMPLE_BYTES},
     vector::{self, MAX_VECTORS},
 };
 
@@ -81,10 +81,58 @@ pub fn decide(ctx: &XdpContext) -> u32 {
     }
 
     count_policy(slot, vector, v, len);
+    if v != verdict::PASSED {
+        sample(ctx, slot, vector as u8, v as u8, len);
+    }
     if v == verdict::DROPPED || v == verdict::RATE_LIMITED {
         XDP_DROP
     } else {
         XDP_PASS
+    }
+}
+
+/// Copy the first bytes of a dropped, limited or monitored packet to the ring
+/// buffer, at most `samples_per_sec` a second per CPU. Off (one config read)
+/// unless a capture is running.
+#[inline(always)]
+fn sample(ctx: &XdpContext, slot: u32, vector: u8, v: u8, len: u64) {
+    let limit = match AG_CONFIG.get(0) {
+        Some(c) if c.samples_per_sec != 0 => c.samples_per_sec as u64,
+        _ => return,
+    };
+    let now = now_ns();
+    let Some(st) = AG_SAMPLER.get_ptr_mut(0) else { return };
+    unsafe {
+        if now.wrapping_sub((*st).window_ns) >= 1_000_000_000 {
+            (*st).window_ns = now;
+            (*st).count = 0;
+        }
+        if (*st).count >= limit {
+            return;
+        }
+        (*st).count += 1;
+    }
+    let Some(mut e) = AG_SAMPLES.reserve::<Sample>(0) else { return };
+    let cap = if len < SAMPLE_BYTES as u64 { len as u32 } else { SAMPLE_BYTES as u32 };
+    // Same value for 1..=128 (frames are never empty), written so the verifier
+    // can see the length is never 0.
+    let cap = (cap.wrapping_sub(1) & (SAMPLE_BYTES as u32 - 1)) + 1;
+    let p = e.as_mut_ptr();
+    // Safety: p points to a reserved Sample; the helper bounds the copy by cap.
+    let copied = unsafe {
+        (*p).ts_ns = now;
+        (*p).slot = slot;
+        (*p).ifindex = (*ctx.ctx).ingress_ifindex;
+        (*p).orig_len = len as u32;
+        (*p).cap_len = cap as u16;
+        (*p).vector = vector;
+        (*p).verdict = v;
+        bpf_xdp_load_bytes(ctx.ctx, 0, (*p).data.as_mut_ptr() as *mut _, cap) == 0
+    };
+    if copied {
+        e.submit(0);
+    } else {
+        e.discard(0);
     }
 }
 

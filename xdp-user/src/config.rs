@@ -56,6 +56,8 @@ pub struct Config {
     pub dns_large_bytes: u16,
     /// DNS reflection signature: a response with at least this many answers.
     pub dns_many_answers: u16,
+    /// Packets sampled per second and CPU while a capture runs.
+    pub capture_samples_per_sec: u32,
     pub capacity: CapacityConfig,
     /// Extra vectors, or different ports for built-in ones.
     pub vectors: Vec<VectorConfig>,
@@ -130,6 +132,7 @@ impl Default for Config {
             metrics_max_policies: 200,
             dns_large_bytes: 512,
             dns_many_answers: 10,
+            capture_samples_per_sec: 1000,
             capacity: CapacityConfig::default(),
             vectors: Vec::new(),
             profiles: BTreeMap::new(),

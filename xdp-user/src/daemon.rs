@@ -172,6 +172,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         interfaces.push(IfaceStatus { name: iface.clone(), ifindex: a.ifindex, mode: a.mode.into(), attached: true, problem: None });
     }
     store.dataplane().pin_maps(&cfg.pin_dir.join("maps"))?;
+    let samples = store.dataplane_mut().take_samples()?;
     tracing::info!("data plane ready in {:?}", started.elapsed());
 
     let app = Arc::new(AppState {
@@ -180,9 +181,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         started,
         interfaces: std::sync::Mutex::new(interfaces),
         metrics: Default::default(),
+        capture: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(serve(app.clone(), cfg.clone()))?;
+    rt.block_on(async {
+        tokio::spawn(app.capture.clone().run(samples));
+        serve(app.clone(), cfg.clone()).await
+    })?;
 
     if args.detach_on_exit {
         remove_pins(&cfg.pin_dir)?;

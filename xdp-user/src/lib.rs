@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -3,6 +3,7 @@
 
 mod alerts;
 mod allowlist;
+mod capture;
 pub mod metrics;
 mod policies;
 mod status;
@@ -43,6 +44,7 @@ pub struct AppState {
     pub started: Instant,
     pub interfaces: std::sync::Mutex<Vec<IfaceStatus>>,
     pub metrics: metrics::ProcessMetrics,
+    pub capture: Arc<crate::capture::CaptureHub>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -143,6 +145,8 @@ pub fn router(app: Shared, max_body: usize) -> Router {
         .route("/v1/policies/{id}", get(policies::show).put(policies::replace).delete(policies::delete))
         .route("/v1/allowlist", get(allowlist::list).post(allowlist::create))
         .route("/v1/allowlist/{id}", axum::routing::delete(allowlist::delete))
+        .route("/v1/counters", get(policies::counters))
+        .route("/v1/capture", get(capture::capture))
         .route("/v1/alerts", post(alerts::generic))
         .route("/v1/alerts/fastnetmon", post(alerts::fastnetmon))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));

@@ -28,27 +28,50 @@ pub async fn create(State(app): State<Shared>, body: Result<Bytes, BytesRejectio
     Ok((StatusCode::CREATED, Json(view(&rec))))
 }
 
+/// Counters of one slot, by vector name and verdict (non-zero only).
+fn counters_of(store: &crate::store::Store, slot: u32) -> Result<Map<String, Value>, ApiError> {
+    let counters = store.dataplane().policy_counters(slot).map_err(crate::store::StoreError::from)?;
+    let mut out = Map::new();
+    for (i, c) in counters.iter().enumerate() {
+        if c.by_verdict.iter().all(|x| x.packets == 0) {
+            continue;
+        }
+        let name = store.vectors().name_of(i as u8).unwrap_or("unknown").to_string();
+        let by: Map<String, Value> = verdict::NAMES
+            .iter()
+            .zip(c.by_verdict.iter())
+            .map(|(n, x)| (n.to_string(), json!({"packets": x.packets, "bytes": x.bytes})))
+            .collect();
+        out.insert(name, Value::Object(by));
+    }
+    Ok(out)
+}
+
+/// GET /v1/counters?limit=N: every policy's counters in one call (for `ampguard top`).
+pub async fn counters(
+    State(app): State<Shared>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit: usize = match q.get("limit") {
+        Some(l) => l.parse().map_err(|_| ApiError::bad_request("limit must be a number"))?,
+        None => 1000,
+    };
+    let store = app.store.lock().await;
+    let mut list = Vec::new();
+    for p in store.policies().iter().take(limit) {
+        let Some(slot) = store.dataplane().slot_of(&p.victim) else { continue };
+        list.push(json!({"id": p.id, "victim": p.victim, "mode": p.mode, "counters": counters_of(&store, slot)?}));
+    }
+    Ok(Json(json!({"uptime_ms": app.started.elapsed().as_millis() as u64, "policies": list})))
+}
+
 /// One policy, with its counters per vector and verdict.
 pub async fn show(State(app): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let store = app.store.lock().await;
     let rec = store.policy(&id)?;
     let mut v = view(rec);
     if let Some(slot) = store.dataplane().slot_of(&rec.victim) {
-        let counters = store.dataplane().policy_counters(slot).map_err(crate::store::StoreError::from)?;
-        let mut out = Map::new();
-        for (i, c) in counters.iter().enumerate() {
-            if c.by_verdict.iter().all(|x| x.packets == 0) {
-                continue;
-            }
-            let name = store.vectors().name_of(i as u8).unwrap_or("unknown").to_string();
-            let by: Map<String, Value> = verdict::NAMES
-                .iter()
-                .zip(c.by_verdict.iter())
-                .map(|(n, x)| (n.to_string(), json!({"packets": x.packets, "bytes": x.bytes})))
-                .collect();
-            out.insert(name, Value::Object(by));
-        }
-        v["counters"] = Value::Object(out);
+        v["counters"] = Value::Object(counters_of(&store, slot)?);
     }
     Ok(Json(v))
 }

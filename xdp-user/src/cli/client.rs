@@ -42,6 +42,28 @@ impl Client {
         Ok((status, json))
     }
 
+    /// GET raw bytes (e.g. a pcap); an API error becomes a readable error.
+    pub fn get_bytes(&self, path: &str) -> anyhow::Result<(Vec<u8>, Option<String>)> {
+        let url = format!("{}{}", self.base, path);
+        let mut res = self
+            .agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .config()
+            .timeout_global(Some(std::time::Duration::from_secs(330)))
+            .build()
+            .call()
+            .with_context(|| format!("cannot reach the ampguard API at {}", self.base))?;
+        let status = res.status().as_u16();
+        let samples = res.headers().get("x-ampguard-samples").and_then(|v| v.to_str().ok()).map(String::from);
+        let body = res.body_mut().with_config().limit(64 * 1024 * 1024).read_to_vec()?;
+        if status >= 400 {
+            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            bail!("GET {path}: {status}: {}", json["error"]["message"].as_str().unwrap_or("error"));
+        }
+        Ok((body, samples))
+    }
+
     /// Call and turn an API error into a readable error.
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let (status, json) = self.call(method, path, body)?;

@@ -3,9 +3,11 @@
 
 mod alert;
 mod allow;
+mod capture;
 pub mod client;
 mod policy;
 mod show;
+mod top;
 
 use std::path::PathBuf;
 
@@ -71,6 +73,20 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Live view of the victims under attack: dropped/limited/passed rates per vector.
+    Top {
+        #[command(flatten)]
+        args: top::TopArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Write sampled dropped/limited/monitored packets to a pcap file.
+    Capture {
+        #[command(flatten)]
+        args: capture::CaptureArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -83,6 +99,8 @@ pub fn main() -> anyhow::Result<()> {
         Command::Alert { cmd, api } => alert::run(cmd, &api),
         Command::Vectors { api } => show::vectors(&api),
         Command::Status { api } => show::status(&api),
+        Command::Top { args, api } => top::run(args, &api),
+        Command::Capture { args, api } => capture::run(args, &api),
     }
 }
 

@@ -243,6 +243,27 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Sample at most `per_sec` dropped/limited/monitored packets a second
+    /// per CPU into the ring buffer (0 = off).
+    pub fn set_sampling(&mut self, per_sec: u32) -> Result<(), DpError> {
+        let mut cfg: Array<_, Config> = Array::try_from(map_mut(&mut self.ebpf, names::CONFIG)?)?;
+        let mut c = cfg.get(&0, 0)?;
+        c.samples_per_sec = per_sec;
+        cfg.set(0, c, 0)?;
+        Ok(())
+    }
+
+    /// The ring buffer of samples, for a reader task (can be taken once).
+    pub fn take_samples(&mut self) -> Result<aya::maps::RingBuf<MapData>, DpError> {
+        let m = self.ebpf.take_map(names::SAMPLES).ok_or(DpError::MissingMap(names::SAMPLES))?;
+        Ok(aya::maps::RingBuf::try_from(m)?)
+    }
+
+    /// The victim prefix whose policy sits in `slot`.
+    pub fn victim_of_slot(&self, slot: u32) -> Option<IpNet> {
+        self.policies.iter().find(|(_, p)| p.slot == slot).map(|(v, _)| *v)
+    }
+
     /// Thresholds of the DNS signature.
     pub fn set_dns_signature(&mut self, large_bytes: u16, many_answers: u16) -> Result<(), DpError> {
         let mut cfg: Array<_, Config> = Array::try_from(map_mut(&mut self.ebpf, names::CONFIG)?)?;

@@ -1,0 +1,147 @@
+//! Packet samples: a task reads the XDP program's ring buffer of dropped,
+//! limited and monitored packets and fans them out to captures
+//! (`GET /v1/capture`, `ampguard capture`). Sampling is switched on in the
+//! data plane only while a capture runs, so it costs nothing otherwise.
+
+use std::{
+    net::IpAddr,
+    sync::{atomic::{AtomicUsize, Ordering}, Arc},
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use ipnet::IpNet;
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use tokio::{io::unix::AsyncFd, sync::broadcast};
+use xdp_common::policy::{Sample, SAMPLE_BYTES};
+
+use crate::{clock, model};
+
+/// A sample as captures see it.
+#[derive(Clone, Debug)]
+pub struct Captured {
+    pub at: SystemTime,
+    pub slot: u32,
+    pub vector: u8,
+    pub verdict: u8,
+    pub orig_len: u32,
+    pub data: Vec<u8>,
+}
+
+impl Captured {
+    /// Destination address of the sampled packet.
+    pub fn dst(&self) -> Option<IpAddr> {
+        match model::parse(&self.data) {
+            model::Parsed::Udp { dst, .. } | model::Parsed::Fragment { dst, .. } => Some(dst),
+            _ => None,
+        }
+    }
+}
+
+pub struct CaptureHub {
+    tx: broadcast::Sender<Arc<Captured>>,
+    active: AtomicUsize,
+}
+
+impl Default for CaptureHub {
+    fn default() -> Self {
+        Self { tx: broadcast::channel(4096).0, active: AtomicUsize::new(0) }
+    }
+}
+
+impl CaptureHub {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Captured>> {
+        self.tx.subscribe()
+    }
+
+    /// Register a capture; returns true for the first one (turn sampling on).
+    pub fn start(&self) -> bool {
+        self.active.fetch_add(1, Ordering::SeqCst) == 0
+    }
+
+    /// Unregister; returns true for the last one (turn sampling off).
+    pub fn stop(&self) -> bool {
+        self.active.fetch_sub(1, Ordering::SeqCst) == 1
+    }
+
+    /// Read the ring buffer for as long as the daemon runs.
+    pub async fn run(self: Arc<Self>, ring: RingBuf<MapData>) {
+        // Safety: the RingBuf owns its fd and moves into the AsyncFd, which
+        // deregisters before the fd closes.
+        let mut fd = match unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!("cannot poll the sample ring buffer: {e}; captures will be empty");
+                return;
+            }
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else { return };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if item.len() < std::mem::size_of::<Sample>() {
+                    continue;
+                }
+                // Safety: the program writes whole `Sample`s; read_unaligned copies one.
+                let s: Sample = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Sample) };
+                let cap = (s.cap_len as usize).min(SAMPLE_BYTES);
+                let c = Captured {
+                    at: clock::monotonic_to_wall(s.ts_ns),
+                    slot: s.slot,
+                    vector: s.vector,
+                    verdict: s.verdict,
+                    orig_len: s.orig_len,
+                    data: s.data[..cap].to_vec(),
+                };
+                let _ = self.tx.send(Arc::new(c));
+            }
+            guard.clear_ready();
+        }
+    }
+}
+
+/// Collect up to `count` samples (to addresses in `victim`, if given) for at most `max`.
+pub async fn collect(rx: &mut broadcast::Receiver<Arc<Captured>>, count: usize, victim: Option<IpNet>, max: Duration) -> Vec<Arc<Captured>> {
+    let deadline = tokio::time::Instant::now() + max;
+    let mut out = Vec::new();
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(c)) => {
+                if victim.is_none_or(|v| c.dst().is_some_and(|d| v.contains(&d))) {
+                    out.push(c);
+                }
+            }
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    out
+}
+
+/// A classic pcap file (Ethernet link type) of the samples; `orig_len` keeps
+/// the real frame length, so tools show the packets as truncated captures.
+pub fn to_pcap(samples: &[Arc<Captured>]) -> Vec<u8> {
+    let header = PcapHeader { snaplen: SAMPLE_BYTES as u32, ..Default::default() };
+    let mut w = PcapWriter::with_header(Vec::new(), header).expect("writing to memory");
+    for s in samples {
+        let ts = s.at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        w.write_packet(&PcapPacket::new(ts, s.orig_len.max(s.data.len() as u32), &s.data)).expect("writing to memory");
+    }
+    w.into_writer()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcap_has_the_header_and_the_records() {
+        let pkt = crate::packet::PacketBuilder::udp4("198.51.100.7:11211", "203.0.113.10:1").payload(200).build();
+        let c = Arc::new(Captured { at: SystemTime::now(), slot: 1, vector: 16, verdict: 1, orig_len: pkt.len() as u32, data: pkt[..128].to_vec() });
+        assert_eq!(c.dst(), Some("203.0.113.10".parse().unwrap()));
+        let bytes = to_pcap(&[c.clone(), c]);
+        assert_eq!(&bytes[..4], &0xa1b2c3d4u32.to_le_bytes(), "pcap magic");
+        assert_eq!(bytes.len(), 24 + 2 * (16 + 128));
+        assert_eq!(u32::from_le_bytes(bytes[24 + 12..24 + 16].try_into().unwrap()), pkt.len() as u32, "orig_len");
+    }
+}
