@@ -56,3 +56,17 @@ pub fn bench(args: &[String]) -> Result<()> {
 pub fn build_release_binary() -> Result<()> {
     cmd::run(cargo().args(["build", "--release", "-p", "xdp-user", "--bins"]))
 }
+
+/// Builds the daemon and the soak binary in release and runs the soak; it
+/// writes SOAK.md at the workspace root and records the command that made it.
+pub fn soak(minutes: f64, args: &[String]) -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ is inside the workspace");
+    cmd::run(cargo().args(["build", "--release", "-p", "xdp-user", "--bins"]))?;
+    let mut c = cargo();
+    c.args(["run", "--release", "-p", "ampguard-tests", "--bin", "soak", "--"]);
+    c.arg("--minutes").arg(minutes.to_string());
+    c.arg("--out").arg(root.join("SOAK.md"));
+    c.args(["--command", &format!("sudo cargo xtask soak --minutes {minutes}")]);
+    c.args(args);
+    cmd::run(&mut c)
+}

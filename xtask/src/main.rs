@@ -7,6 +7,8 @@
 //! - `demo`:  setup, then runs the demo binary of `ampguard-tests`.
 //! - `bench`: setup, then runs the benchmarks (`ampguard-tests`' `bench` binary,
 //!   release build) and writes BENCHMARKS.md at the workspace root (root only).
+//! - `soak`:  setup, then the soak binary of `ampguard-tests` (release): the daemon
+//!   under churn and traffic for N minutes, RSS and fds watched; writes SOAK.md (root only).
 //! - `install`: builds release and installs the binary, the systemd unit, the
 //!   notify wrapper, a config and a token (never overwriting them); `install.rs`.
 //!
@@ -59,6 +61,17 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, then run the daemon under policy churn, alerts and traffic for N minutes,
+    /// sampling its RSS and open fds; fails if they grow past their bounds. Writes
+    /// SOAK.md at the workspace root. Needs root. Not part of `test`.
+    Soak {
+        /// Length of the run in minutes.
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Extra arguments passed to the soak binary (e.g. `-- --interval 5`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Build release and install ampguard as a systemd service (binary, unit, FastNetMon
     /// wrapper, /etc/ampguard config and token only if absent, /var/lib/ampguard).
     Install {
@@ -82,6 +95,7 @@ fn main() {
         Command::Test { args } => test(&args),
         Command::Demo { args } => demo(&args),
         Command::Bench { args } => bench(&args),
+        Command::Soak { minutes, args } => soak(minutes, &args),
         Command::Install { prefix, dest_dir, bin } => install::run(install::Options { prefix, dest_dir, bin }),
     };
     if let Err(e) = result {
@@ -128,4 +142,12 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     }
     setup::run(setup::Mode::Install)?;
     cargo::bench(args)
+}
+
+fn soak(minutes: f64, args: &[String]) -> anyhow::Result<()> {
+    if !preflight::is_root() {
+        anyhow::bail!("the soak test attaches XDP and creates network namespaces: run as root (sudo cargo xtask soak)");
+    }
+    setup::run(setup::Mode::Install)?;
+    cargo::soak(minutes, args)
 }
