@@ -9,6 +9,9 @@
 //!   release build) and writes BENCHMARKS.md at the workspace root (root only).
 //! - `soak`:  setup, then the soak binary of `ampguard-tests` (release): the daemon
 //!   under churn and traffic for N minutes, RSS and fds watched; writes SOAK.md (root only).
+//! - `fuzz`:  setup, then every libFuzzer target of `fuzz/` for a bounded time
+//!   (`fuzz.rs`; CI runs it after `test`). `fuzz-xdp`: a long differential run
+//!   of the XDP program against the model (root only; not in CI).
 //! - `install`: builds release and installs the binary, the systemd unit, the
 //!   notify wrapper, a config and a token (never overwriting them); `install.rs`.
 //!
@@ -18,6 +21,7 @@
 
 mod cargo;
 mod cmd;
+mod fuzz;
 mod install;
 mod preflight;
 mod setup;
@@ -61,6 +65,12 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, then run every fuzz target (fuzz/) for a bounded time from its
+    /// committed seeds; fails on any crash. Needs the nightly toolchain and cargo-fuzz.
+    Fuzz(FuzzArgs),
+    /// A long differential run of the XDP program against the model (release build,
+    /// fresh random seed). Needs root. Not part of `test` or CI.
+    FuzzXdp(FuzzXdpArgs),
     /// Setup, then run the daemon under policy churn, alerts and traffic for N minutes,
     /// sampling its RSS and open fds; fails if they grow past their bounds. Writes
     /// SOAK.md at the workspace root. Needs root. Not part of `test`.
@@ -87,6 +97,28 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct FuzzArgs {
+    /// Seconds per target.
+    #[arg(long, default_value_t = 45)]
+    seconds: u64,
+    /// Targets run at a time (default: one per CPU).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Only these targets (default: all).
+    targets: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct FuzzXdpArgs {
+    /// Packets through the program and the model.
+    #[arg(long, default_value_t = 10_000_000)]
+    packets: u64,
+    /// Seed (default: a fresh random one, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -96,6 +128,8 @@ fn main() {
         Command::Demo { args } => demo(&args),
         Command::Bench { args } => bench(&args),
         Command::Soak { minutes, args } => soak(minutes, &args),
+        Command::Fuzz(a) => fuzz(a),
+        Command::FuzzXdp(a) => fuzz_xdp(a),
         Command::Install { prefix, dest_dir, bin } => install::run(install::Options { prefix, dest_dir, bin }),
     };
     if let Err(e) = result {
@@ -142,6 +176,21 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     }
     setup::run(setup::Mode::Install)?;
     cargo::bench(args)
+}
+
+fn fuzz(a: FuzzArgs) -> anyhow::Result<()> {
+    // Root installs what is missing (cargo-fuzz among it); anyone else gets a check.
+    let mode = if preflight::is_root() { setup::Mode::Install } else { setup::Mode::CheckOnly };
+    setup::run(mode)?;
+    fuzz::run(a.seconds, a.jobs, &a.targets)
+}
+
+fn fuzz_xdp(a: FuzzXdpArgs) -> anyhow::Result<()> {
+    if !preflight::is_root() {
+        anyhow::bail!("the differential test loads the XDP program: run as root (sudo cargo xtask fuzz-xdp)");
+    }
+    setup::run(setup::Mode::Install)?;
+    fuzz::xdp(a.packets, a.seed)
 }
 
 fn soak(minutes: f64, args: &[String]) -> anyhow::Result<()> {

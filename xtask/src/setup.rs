@@ -37,11 +37,13 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("fastnetmon", "the detector the FastNetMon end-to-end test runs inside the lab (tests/tests/observability.rs)"),
     ("systemd", "systemd-analyze: verifying deploy/ampguard.service (tests/tests/deploy.rs)"),
     ("strace", "checking the daemon's system calls against the unit's SystemCallFilter (tests/tests/deploy.rs)"),
+    ("g++", "C++ compiler: the fuzz targets link libFuzzer, which libfuzzer-sys builds from source"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPFFS: &str = "/sys/fs/bpf";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn run(mode: Mode) -> Result<()> {
     if mode == Mode::Install {
@@ -52,6 +54,7 @@ pub fn run(mode: Mode) -> Result<()> {
     rust_src(mode, &mut missing)?;
     bpf_linker(mode, &mut missing)?;
     bpffs(mode, &mut missing)?;
+    cargo_fuzz(mode)?;
     if !missing.is_empty() {
         bail!(
             "this machine is missing:\n  {}\nrun `sudo cargo xtask setup` to install it",
@@ -221,6 +224,38 @@ fn bpffs(mode: Mode, _missing: &mut Vec<String>) -> Result<()> {
     }
     println!("mounting bpffs at {BPFFS}: ampguard pins its maps there");
     cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
+
+fn cargo_fuzz_version() -> Option<String> {
+    let bin = find_tool("cargo-fuzz")?;
+    // `cargo-fuzz --version`: "cargo-fuzz 0.13.2"
+    let out = probe(&bin, &["--version"])?;
+    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).map(str::to_owned)
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (and CI). Only needed to fuzz, so a
+/// non-root check only notes it; `xtask fuzz` fails clearly without it.
+fn cargo_fuzz(mode: Mode) -> Result<()> {
+    let found = cargo_fuzz_version();
+    if found.as_deref() == Some(CARGO_FUZZ_VERSION) {
+        println!("ok: cargo-fuzz {CARGO_FUZZ_VERSION} already present");
+        return Ok(());
+    }
+    let why = format!(
+        "builds and runs the libFuzzer targets of fuzz/ for `cargo xtask fuzz` (found: {}; pinned: {CARGO_FUZZ_VERSION})",
+        found.as_deref().unwrap_or("none")
+    );
+    if mode == Mode::CheckOnly {
+        println!("note: cargo-fuzz {CARGO_FUZZ_VERSION} missing: {why}; `sudo cargo xtask setup` installs it");
+        return Ok(());
+    }
+    println!("installing cargo-fuzz {CARGO_FUZZ_VERSION}: {why}; takes about a minute");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    cmd::run(Command::new(cargo).args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked"]))?;
+    match cargo_fuzz_version() {
+        Some(v) if v == CARGO_FUZZ_VERSION => Ok(()),
+        other => bail!("cargo-fuzz still reports {other:?} after installing {CARGO_FUZZ_VERSION}"),
+    }
 }
 
 /// Packages installed only for the tests, whose Debian service would start at
