@@ -463,3 +463,79 @@ fn full_allowlist_answers_507_and_existing_entries_keep_working() {
     assert_eq!(deliver(&lab, "198.51.100.123:11211", "203.0.113.10:40001", 100), 0, "the refused one is not allowlisted");
     assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 100), 0, "the policy still drops");
 }
+
+// ---------------------------------------------------------------------------
+// Threat model (README): what the token guards, what an alert source is held to
+
+#[test]
+fn every_v1_route_needs_the_token_and_the_open_routes_are_read_only() {
+    let (_lab, d) = start("token", "");
+    let routes = [
+        ("GET", "/v1/status"),
+        ("GET", "/v1/vectors"),
+        ("GET", "/v1/policies"),
+        ("POST", "/v1/policies"),
+        ("GET", "/v1/policies/p-1"),
+        ("PUT", "/v1/policies/p-1"),
+        ("DELETE", "/v1/policies/p-1"),
+        ("GET", "/v1/allowlist"),
+        ("POST", "/v1/allowlist"),
+        ("DELETE", "/v1/allowlist/a-1"),
+        ("POST", "/v1/alerts"),
+        ("POST", "/v1/alerts/fastnetmon"),
+    ];
+    let body = r#"{"victim": "203.0.113.10", "action": "ban", "prefix": "192.0.2.0/24"}"#;
+    for (m, path) in routes {
+        for token in [None, Some("wrong-token-wrong-token")] {
+            let (st, v) = d.call_with(m, path, (m != "GET" && m != "DELETE").then_some(body), token).unwrap();
+            assert_eq!(st, 401, "{m} {path} with token {token:?}: {v}");
+        }
+    }
+    for path in ["/healthz", "/metrics"] {
+        assert_eq!(d.call_with("GET", path, None, None).unwrap().0, 200, "GET {path} is open");
+        for m in ["POST", "PUT", "DELETE"] {
+            let (st, _) = d.call_with(m, path, Some("{}"), None).unwrap();
+            assert_eq!(st, 405, "{m} {path}: open routes only read");
+        }
+    }
+    assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1["policies"], json!([]), "nothing was created");
+}
+
+#[test]
+fn an_alert_source_is_held_to_hosts_ttls_its_budget_and_the_allowlist() {
+    let (lab, d) = start("alertlim", "max_alerts_per_minute = 3\nallowlist = [\"203.0.113.128/25\"]\n");
+    // Hosts only: a prefix is refused, whatever its length.
+    for v in ["203.0.113.0/24", "0.0.0.0/0", "2001:db8:2::/64"] {
+        let (st, e) = d.call("POST", "/v1/alerts", Some(&json!({"victim": v, "action": "ban"}).to_string())).unwrap();
+        assert_eq!(st, 400, "{v}: {e}");
+    }
+    // Every alert policy has a TTL, within max_ttl_secs.
+    for ttl in [0u64, 7 * 24 * 3600 + 1] {
+        let (st, e) = d.call("POST", "/v1/alerts", Some(&json!({"victim": "203.0.113.10", "action": "ban", "ttl_secs": ttl}).to_string())).unwrap();
+        assert_eq!(st, 400, "ttl {ttl}: {e}");
+    }
+    // Victims in allowlisted space are refused (409), and use no budget.
+    let (st, e) = d.call("POST", "/v1/alerts", Some(r#"{"victim": "203.0.113.200", "action": "ban"}"#)).unwrap();
+    assert_eq!((st, error_of(&e).0), (409, "conflict"), "{e}");
+    // The budget: 3 changes a minute from this source, then 429 and nothing changes.
+    let (_, op) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.20", "rules": {"ntp": {"action": "drop"}}, "ttl_secs": 0}"#)).unwrap();
+    for v in ["203.0.113.10", "203.0.113.11", "2001:db8:2::10"] {
+        let (st, r) = d.call("POST", "/v1/alerts", Some(&json!({"victim": v, "action": "ban"}).to_string())).unwrap();
+        assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{v}: {r}");
+        assert_eq!(r["policy"]["expires_at"].is_string(), true, "{r}");
+    }
+    let before = d.call("GET", "/v1/policies", None).unwrap().1;
+    let (st, e) = d.call("POST", "/v1/alerts", Some(r#"{"victim": "203.0.113.12", "action": "ban"}"#)).unwrap();
+    assert_eq!((st, error_of(&e).0), (429, "rate_limited"), "{e}");
+    let (st, _) = d.call("POST", "/v1/alerts", Some(r#"{"victim": "203.0.113.10", "action": "unban"}"#)).unwrap();
+    assert_eq!(st, 429, "unbans count too");
+    assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1, before, "refused alerts changed nothing");
+    // An unban never removes the operator's policy (and uses no budget doing nothing).
+    let (st, r) = d.call("POST", "/v1/alerts", Some(r#"{"victim": "203.0.113.20", "action": "unban"}"#)).unwrap();
+    assert_eq!((st, r["result"].as_str()), (200, Some("ignored")), "{r}");
+    assert_eq!(d.call("GET", &format!("/v1/policies/{}", op["id"].as_str().unwrap()), None).unwrap().0, 200);
+    // Allowlisted sources pass even to a banned victim.
+    assert_eq!(d.call("POST", "/v1/allowlist", Some(r#"{"prefix": "198.51.100.53/32"}"#)).unwrap().0, 201);
+    assert_eq!(deliver(&lab, "198.51.100.53:11211", "203.0.113.10:40001", 50), 50);
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0);
+}
