@@ -236,9 +236,14 @@ impl DataPlane {
     /// Use a fixed "now" (ns) instead of the kernel clock; 0 restores the clock.
     /// For tests only: makes expiry and token buckets deterministic.
     pub fn set_time_override(&mut self, now_ns: u64) -> Result<(), DpError> {
+        self.update_config(|c| c.time_override_ns = now_ns)
+    }
+
+    /// Read-modify-write of the program's one `Config` entry.
+    fn update_config(&mut self, change: impl FnOnce(&mut Config)) -> Result<(), DpError> {
         let mut cfg: Array<_, Config> = Array::try_from(map_mut(&mut self.ebpf, names::CONFIG)?)?;
         let mut c = cfg.get(&0, 0)?;
-        c.time_override_ns = now_ns;
+        change(&mut c);
         cfg.set(0, c, 0)?;
         Ok(())
     }
@@ -246,11 +251,7 @@ impl DataPlane {
     /// Sample at most `per_sec` dropped/limited/monitored packets a second
     /// per CPU into the ring buffer (0 = off).
     pub fn set_sampling(&mut self, per_sec: u32) -> Result<(), DpError> {
-        let mut cfg: Array<_, Config> = Array::try_from(map_mut(&mut self.ebpf, names::CONFIG)?)?;
-        let mut c = cfg.get(&0, 0)?;
-        c.samples_per_sec = per_sec;
-        cfg.set(0, c, 0)?;
-        Ok(())
+        self.update_config(|c| c.samples_per_sec = per_sec)
     }
 
     /// The ring buffer of samples, for a reader task (can be taken once).
@@ -266,12 +267,10 @@ impl DataPlane {
 
     /// Thresholds of the DNS signature.
     pub fn set_dns_signature(&mut self, large_bytes: u16, many_answers: u16) -> Result<(), DpError> {
-        let mut cfg: Array<_, Config> = Array::try_from(map_mut(&mut self.ebpf, names::CONFIG)?)?;
-        let mut c = cfg.get(&0, 0)?;
-        c.dns_large_bytes = large_bytes;
-        c.dns_many_answers = many_answers;
-        cfg.set(0, c, 0)?;
-        Ok(())
+        self.update_config(|c| {
+            c.dns_large_bytes = large_bytes;
+            c.dns_many_answers = many_answers;
+        })
     }
 
     pub fn policy_count(&self) -> usize {
