@@ -121,7 +121,8 @@ pub async fn collect(rx: &mut broadcast::Receiver<Arc<Captured>>, count: usize, 
 /// A classic pcap file (Ethernet link type) of the samples; `orig_len` keeps
 /// the real frame length, so tools show the packets as truncated captures.
 pub fn to_pcap(samples: &[Arc<Captured>]) -> Vec<u8> {
-    let header = PcapHeader { snaplen: SAMPLE_BYTES as u32, ..Default::default() };
+    // Little-endian, as tcpdump writes on x86 (readers accept both).
+    let header = PcapHeader { snaplen: SAMPLE_BYTES as u32, endianness: pcap_file::Endianness::Little, ..Default::default() };
     let mut w = PcapWriter::with_header(Vec::new(), header).expect("writing to memory");
     for s in samples {
         let ts = s.at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
