@@ -12,11 +12,13 @@
 //! of runs (so every repeat took the path being timed).
 
 use ampguard::{
+    clock,
     dataplane::{
-        rules::{DpPolicy, Limit, Mode, Rule},
+        rules::{CondRule, Conditions, DpPolicy, Limit, Mode, Rule, Verb},
         DataPlane,
     },
     packet::PacketBuilder as P,
+    payloads,
 };
 use anyhow::{bail, Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
@@ -33,19 +35,26 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 
 /// The bench's own victims, added to the realistic tables.
+/// Drop memcached; the policy has an expiry (every API and alert policy has a TTL).
 pub const V_DROP: &str = "203.0.113.10/32";
 pub const V_LIMITED: &str = "203.0.113.11/32";
 pub const V_UNDER: &str = "203.0.113.12/32";
 pub const V_FRAG: &str = "203.0.113.13/32";
 pub const V_ALLOW: &str = "203.0.113.14/32";
+/// Drop memcached; the policy has no expiry (`ttl_secs: 0`).
+pub const V_DROP_NO_TTL: &str = "203.0.113.15/32";
+/// NTP and DNS: drop on the reflection signature, else limit (a limit that never runs out).
+pub const V_SIG: &str = "203.0.113.16/32";
 pub const V6_DROP: &str = "2001:db8:2::10/128";
+/// Expiry of the bench's policies that have one: a day after the bench starts.
+pub const TTL_NS: u64 = 24 * 3600 * 1_000_000_000;
 /// The allowlisted source of the "allowlisted" path (the lab's client).
 pub const ALLOWED_SRC: &str = "192.0.2.10/32";
 /// The limit of the rate-limited path, also used by the nftables rule of part 2.
 pub const LIMIT_PPS: u64 = 10_000;
 pub const LIMIT_BURST: u64 = 100;
 
-pub const BENCH_V4_VICTIMS: usize = 5;
+pub const BENCH_V4_VICTIMS: usize = 7;
 pub const BENCH_V6_VICTIMS: usize = 1;
 pub const BENCH_ALLOW: usize = 1;
 
@@ -55,6 +64,8 @@ pub const PAYLOAD_64: usize = 22;
 /// Slots of the bench's victims.
 pub struct BenchSlots {
     pub drop: u32,
+    pub drop_no_ttl: u32,
+    pub sig: u32,
     pub limited: u32,
     pub under: u32,
     pub frag: u32,
@@ -75,6 +86,24 @@ fn with(extra: (u8, Rule)) -> DpPolicy {
     DpPolicy { mode: Mode::Enforce, expires_ns: 0, rules }
 }
 
+/// The bench's IPv4 victims (for the table histogram and chunk count).
+pub const BENCH_V4: [&str; BENCH_V4_VICTIMS] = [V_DROP, V_LIMITED, V_UNDER, V_FRAG, V_ALLOW, V_DROP_NO_TTL, V_SIG];
+
+/// `Rule::Cond`: drop when the vector's reflection signature matches, else
+/// limit (the default profile's rule for DNS and NTP; here with a bucket that
+/// never runs out, so the "else" packets pass and are counted as passed).
+pub fn signature_rule() -> Rule {
+    Rule::Cond(CondRule {
+        when: Conditions { signature: true, min_bytes: None, max_bytes: None },
+        on_match: Verb::Drop,
+        otherwise: Verb::Limit,
+        limit: Some(Limit { pps: bucket::MAX_RATE, bytes_per_sec: 0, burst_packets: bucket::MAX_BURST, burst_bytes: 0 }),
+    })
+}
+
+/// Limiters the bench's own victims use.
+pub const BENCH_LIMITERS: u32 = 4;
+
 pub fn limit_rule(pps: u64, burst: u64) -> Rule {
     Rule::Limit(Limit { pps, bytes_per_sec: 0, burst_packets: burst, burst_bytes: 0 })
 }
@@ -86,8 +115,13 @@ pub fn install(dp: &mut DataPlane) -> Result<BenchSlots> {
         dp.upsert_policy(net, &p).with_context(|| format!("policy for {v}"))
     };
     let ntp = vid("ntp");
+    let expires_ns = clock::monotonic_ns() + TTL_NS;
+    let mut sig = with((ntp, signature_rule()));
+    sig.rules.push((vid("dns"), signature_rule()));
     let slots = BenchSlots {
-        drop: up(dp, V_DROP, with((vid("memcached"), Rule::Drop)))?,
+        drop: up(dp, V_DROP, DpPolicy { expires_ns, ..with((vid("memcached"), Rule::Drop)) })?,
+        drop_no_ttl: up(dp, V_DROP_NO_TTL, with((vid("memcached"), Rule::Drop)))?,
+        sig: up(dp, V_SIG, sig)?,
         limited: up(dp, V_LIMITED, with((ntp, limit_rule(LIMIT_PPS, LIMIT_BURST))))?,
         under: up(dp, V_UNDER, with((ntp, limit_rule(bucket::MAX_RATE, bucket::MAX_BURST))))?,
         frag: up(dp, V_FRAG, with((vector::FRAGMENT, Rule::Drop)))?,
@@ -154,10 +188,19 @@ pub fn paths(s: &BenchSlots) -> Vec<Path> {
         },
         Path {
             label: "attack, dropped",
-            what: "memcached 198.51.100.7:11211 -> 203.0.113.10/32 (drop)".into(),
+            what: "memcached 198.51.100.7:11211 -> 203.0.113.10/32 (drop; the policy expires in 24 h, so the clock is read: jiffies, then the per-CPU cache)".into(),
             pkt: v4("198.51.100.7:11211", "203.0.113.10:40001").build(),
             expect: XDP_DROP,
             check: Check::Verdict { slot: s.drop, vector: memcached, verdict: verdict::DROPPED },
+            also: None,
+            target: Some(2.0),
+        },
+        Path {
+            label: "attack, dropped, policy without expiry",
+            what: "memcached 198.51.100.7:11211 -> 203.0.113.15/32 (drop; no expiry: the clock is not read)".into(),
+            pkt: v4("198.51.100.7:11211", "203.0.113.15:40001").build(),
+            expect: XDP_DROP,
+            check: Check::Verdict { slot: s.drop_no_ttl, vector: memcached, verdict: verdict::DROPPED },
             also: None,
             target: Some(2.0),
         },
@@ -176,6 +219,54 @@ pub fn paths(s: &BenchSlots) -> Vec<Path> {
             pkt: v4("198.51.100.123:123", "203.0.113.12:40001").build(),
             expect: XDP_PASS,
             check: Check::Verdict { slot: s.under, vector: ntp, verdict: verdict::PASSED },
+            also: None,
+            target: None,
+        },
+        Path {
+            label: "NTP monlist reply dropped by signature",
+            what: format!(
+                "ntp 198.51.100.123:123 -> 203.0.113.16/32, mode 7 MON_GETLIST_1 reply ({} B payload); rule: drop on signature, else limit",
+                payloads::ntp_monlist_reply().len()
+            ),
+            pkt: P::udp4("198.51.100.123:123", "203.0.113.16:40001").payload_bytes(&payloads::ntp_monlist_reply()).build(),
+            expect: XDP_DROP,
+            check: Check::Verdict { slot: s.sig, vector: ntp, verdict: verdict::DROPPED },
+            also: None,
+            target: None,
+        },
+        Path {
+            label: "NTP mode 4 reply under a signature rule (passes the limit)",
+            what: format!(
+                "ntp 198.51.100.123:123 -> 203.0.113.16/32, mode 4 server reply ({} B); no signature, so the limit (never runs out) passes it",
+                payloads::ntp_mode4_reply().len()
+            ),
+            pkt: P::udp4("198.51.100.123:123", "203.0.113.16:40001").payload_bytes(&payloads::ntp_mode4_reply()).build(),
+            expect: XDP_PASS,
+            check: Check::Verdict { slot: s.sig, vector: ntp, verdict: verdict::PASSED },
+            also: None,
+            target: None,
+        },
+        Path {
+            label: "DNS ANY answer dropped by signature",
+            what: format!(
+                "dns 198.51.100.53:53 -> 203.0.113.16/32, ANY answer ({} B: over 512 B, matched by size before the question is walked); drop on signature, else limit",
+                payloads::dns_any_answer().len()
+            ),
+            pkt: P::udp4("198.51.100.53:53", "203.0.113.16:40001").payload_bytes(&payloads::dns_any_answer()).build(),
+            expect: XDP_DROP,
+            check: Check::Verdict { slot: s.sig, vector: vid("dns"), verdict: verdict::DROPPED },
+            also: None,
+            target: None,
+        },
+        Path {
+            label: "small DNS A answer under the signature rule",
+            what: format!(
+                "dns 198.51.100.53:53 -> 203.0.113.16/32, one A record for www.example.com ({} B; the signature walks its 3 labels to QTYPE 1: no match), passes the limit",
+                payloads::dns_a_answer().len()
+            ),
+            pkt: P::udp4("198.51.100.53:53", "203.0.113.16:40001").payload_bytes(&payloads::dns_a_answer()).build(),
+            expect: XDP_PASS,
+            check: Check::Verdict { slot: s.sig, vector: vid("dns"), verdict: verdict::PASSED },
             also: None,
             target: None,
         },

@@ -1,11 +1,13 @@
 //! Diagnostics: where the per-packet time of ampguard's paths goes, measured
 //! from outside the program (the kernel side is not ours to instrument).
 //!
-//! - Clock: the same paths with the test clock set (`set_time_override`), which
-//!   replaces `bpf_ktime_get_coarse_ns` with a read of the 1-entry AG_CONFIG
-//!   array the program reads anyway; the difference is the helper call.
+//! - Clock: the same paths with the test clock set (`set_time_override`): the
+//!   program's `now_ns()` then returns the AG_CONFIG value it reads first
+//!   anyway, skipping `bpf_jiffies64` and the per-CPU clock cache (which calls
+//!   `bpf_ktime_get_coarse_ns` once per tick); the difference is the real
+//!   clock's cost, on the paths that read it (an expiring policy, a limit).
 //! - Tables: the same paths through a second ampguard instance whose maps hold
-//!   only the bench's own 6 victims and 1 allowlist entry (default capacity).
+//!   only the bench's own victims and 1 allowlist entry (default capacity).
 //!
 //! Rounds interleave: in each round, the bare program, the full-table
 //! instance with the real clock, the same with the test clock, and the small

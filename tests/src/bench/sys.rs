@@ -21,6 +21,23 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
     Ok(())
 }
 
+/// Lets the calling thread (and what it spawns from now on) run on every CPU.
+pub fn unpin() -> Result<()> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // SAFETY: as in pin_to_cpu.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in 0..cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("unpinning");
+    }
+    Ok(())
+}
+
 pub struct Machine {
     pub kernel: String,
     pub cpu_model: String,

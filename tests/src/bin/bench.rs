@@ -1,4 +1,4 @@
-//! `bench`: ampguard's benchmarks (parts 1 and 2 of the benchmark issue),
+//! `bench`: ampguard's benchmarks (parts 1 to 3 of the benchmark issue),
 //! written to BENCHMARKS.md. Run it with `sudo cargo xtask bench`; it needs
 //! root (it loads XDP programs, creates network namespaces, runs nft).
 //!
@@ -8,6 +8,10 @@
 //! 2. Live traffic: an in-kernel generator sends attack frames across the lab's
 //!    veth pair; ampguard's drop rate per core against nftables and against a
 //!    count-and-drop program, in the same run.
+//! 3. Control plane: policy adds and removes per second through the
+//!    `DataPlane` handle and through the real daemon's API, the time from a ban
+//!    alert to the first dropped attack packet, and the daemon's memory with
+//!    100,000 policies.
 //!
 //! Nothing leaves the lab namespaces; only documentation prefixes carry traffic.
 
@@ -23,6 +27,7 @@ use aya::{programs::Xdp, Ebpf};
 use ipnet::IpNet;
 
 use bench::{
+    control,
     cost::{self, BENCH_ALLOW, BENCH_V4_VICTIMS, BENCH_V6_VICTIMS},
     diag,
     live::{Live, LiveConfig},
@@ -32,7 +37,8 @@ use bench::{
 };
 
 const USAGE: &str = "usage: bench [--out FILE] [--rounds N] [--repeat N] [--live-rounds N] [--live-secs S]
-             [--batch N] [--cpu N] [--skip-live] [--command TEXT] [--rev TEXT]
+             [--batch N] [--cpu N] [--skip-live] [--skip-control] [--bans N] [--api-secs S]
+             [--command TEXT] [--rev TEXT]
   --out FILE        where to write the report (default BENCHMARKS.md)
   --rounds N        rounds of part 1, median taken (default 7)
   --repeat N        BPF_PROG_TEST_RUN repeats per call in part 1 (default 2000000)
@@ -40,7 +46,10 @@ const USAGE: &str = "usage: bench [--out FILE] [--rounds N] [--repeat N] [--live
   --live-secs S     length of one live round per receiver, seconds (default 3)
   --batch N         live-frames batch size (default 64)
   --cpu N           CPU to pin the bench (and the generator) to (default: the last)
-  --skip-live       part 1 only
+  --skip-live       no part 2 (live traffic)
+  --skip-control    no part 3 (control plane)
+  --bans N          ban alerts timed in part 3 (default 200)
+  --api-secs S      how long part 3 keeps adding policies through the API (default 60)
   --command TEXT    the command line to record in the report
   --rev TEXT        the source revision to record (default: git of the workspace)";
 
@@ -53,6 +62,9 @@ struct Args {
     batch: u32,
     cpu: usize,
     skip_live: bool,
+    skip_control: bool,
+    bans: usize,
+    api_secs: f64,
     command: String,
     rev: Option<String>,
 }
@@ -68,6 +80,9 @@ fn parse_args() -> Result<Args> {
         batch: 64,
         cpu: cpus - 1,
         skip_live: false,
+        skip_control: false,
+        bans: 200,
+        api_secs: 60.0,
         command: "sudo cargo xtask bench".into(),
         rev: None,
     };
@@ -85,6 +100,9 @@ fn parse_args() -> Result<Args> {
             "--command" => a.command = value()?,
             "--rev" => a.rev = Some(value()?),
             "--skip-live" => a.skip_live = true,
+            "--skip-control" => a.skip_control = true,
+            "--bans" => a.bans = value()?.parse()?,
+            "--api-secs" => a.api_secs = value()?.parse()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -134,13 +152,13 @@ fn run() -> Result<()> {
         tables::V6_TOTAL - BENCH_V6_VICTIMS,
         tables::ALLOW_TOTAL - BENCH_ALLOW,
     );
-    let bench_v4: Vec<IpNet> = [cost::V_DROP, cost::V_LIMITED, cost::V_UNDER, cost::V_FRAG, cost::V_ALLOW]
+    let bench_v4: Vec<IpNet> = cost::BENCH_V4
         .iter()
         .map(|s| s.parse().expect("bench victim"))
         .collect();
     let bench_v6: IpNet = cost::V6_DROP.parse().expect("bench victim");
     let v4_chunks = Tables::chunks_needed(t.v4.iter().map(|(n, _)| n).chain(bench_v4.iter()));
-    let limiters = Tables::limiters_needed(t.v4.iter().chain(t.v6.iter()).map(|(_, p)| p)) + 2;
+    let limiters = Tables::limiters_needed(t.v4.iter().chain(t.v6.iter()).map(|(_, p)| p)) + cost::BENCH_LIMITERS;
     let capacity = Capacity {
         max_policies: 131_072,
         // Index 0 is reserved; headroom for a policy replacing its limiters.
@@ -195,7 +213,16 @@ fn run() -> Result<()> {
             &small,
             bare,
             &paths,
-            &["UDP, non-vector port", "attack, dropped", "attack, rate-limited", "IPv6 attack, dropped", "allowlisted source"],
+            &[
+                "UDP, non-vector port",
+                "attack, dropped",
+                "attack, dropped, policy without expiry",
+                "attack, rate-limited",
+                "NTP monlist reply dropped by signature",
+                "small DNS A answer under the signature rule",
+                "IPv6 attack, dropped",
+                "allowlisted source",
+            ],
             args.rounds,
             args.repeat,
         )?
@@ -228,6 +255,24 @@ fn run() -> Result<()> {
         progs.push(sys::prog_facts(name, p)?);
     }
     let maps = sys::map_facts(dp.program())?;
+    drop(dp);
+
+    // Part 3. The benchmark stays pinned to its CPU; the daemon runs unpinned.
+    let control = if args.skip_control {
+        None
+    } else {
+        eprintln!("bench: part 3, control plane: {} policies through the DataPlane handle", control::N_POLICIES);
+        let handle = control::handle(control::N_POLICIES)?;
+        eprintln!(
+            "  add {:.0}/s, replace {:.0}/s, remove {:.0}/s",
+            handle.n as f64 / handle.add_secs,
+            handle.replace_n as f64 / handle.replace_secs,
+            handle.n as f64 / handle.remove_secs
+        );
+        eprintln!("bench: part 3, the daemon's API in a lab ({} bans)", args.bans);
+        let api = control::api(args.bans, std::time::Duration::from_secs_f64(args.api_secs))?;
+        Some(control::Control { handle, api: Some(api) })
+    };
 
     let notes = std::fs::read_to_string(&args.out)
         .ok()
@@ -253,6 +298,7 @@ fn run() -> Result<()> {
         live,
         progs,
         maps,
+        control,
         notes,
     };
     std::fs::write(&args.out, report.render()).with_context(|| format!("writing {}", args.out))?;
