@@ -44,6 +44,8 @@ pub fn demo(args: &[String]) -> Result<()> {
 pub fn bench(args: &[String]) -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ is inside the workspace");
     let out = root.join("BENCHMARKS.md");
+    // Part 3 runs the release daemon (target/release/ampguard, next to the bench binary).
+    cmd::run(cargo().args(["build", "--release", "-p", "xdp-user", "--bins"]))?;
     let mut c = cargo();
     c.args(["run", "--release", "-p", "ampguard-tests", "--bin", "bench", "--"]);
     c.arg("--out").arg(&out);
