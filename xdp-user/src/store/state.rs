@@ -166,9 +166,15 @@ pub mod rfc3339 {
         s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string())
     }
 
+    /// Whole seconds, the file's resolution: a fraction written by hand is
+    /// dropped on reading, so a save writes back exactly what was read.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)
+        let t = humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)?;
+        Ok(match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(since) => std::time::UNIX_EPOCH + std::time::Duration::from_secs(since.as_secs()),
+            Err(_) => t,
+        })
     }
 }
 
@@ -186,7 +192,7 @@ pub mod rfc3339_opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
         match Option::<String>::deserialize(d)? {
-            Some(s) => humantime::parse_rfc3339_weak(&s).map(Some).map_err(serde::de::Error::custom),
+            Some(s) => super::rfc3339::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&s)).map(Some),
             None => Ok(None),
         }
     }
@@ -249,6 +255,16 @@ mod tests {
         assert!(e.contains("corrupt") && e.contains("state.json.bak"), "{e}");
         assert_eq!(fs::read(f.path()).unwrap(), &good[..good.len() / 2], "left untouched");
         let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn fractional_seconds_are_read_as_whole_seconds() {
+        let mut s = sample();
+        s.policies[0].expires_at = None;
+        let text = serde_json::to_string(&s).unwrap().replace("2026-11-25T17:00:00Z", "2026-11-25T17:00:00.5Z");
+        let back = parse(text.as_bytes()).unwrap();
+        assert_eq!(back, s, "the fraction is dropped");
+        assert_eq!(parse(&serde_json::to_vec(&back).unwrap()).unwrap(), back);
     }
 
     #[test]
