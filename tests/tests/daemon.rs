@@ -279,3 +279,32 @@ fn fastnetmon_json_and_generic_alerts_ban_and_unban() {
     let (_, r) = d.call("POST", "/v1/alerts", Some(r#"{"victim": "2001:db8:2::10", "action": "unban"}"#)).unwrap();
     assert_eq!(r["result"], "removed", "{r}");
 }
+
+#[test]
+fn an_alert_token_may_only_post_alerts_and_alerts_keep_room_for_operators() {
+    require_root();
+    let lab = Lab::new("atok").expect("lab");
+    let dir = std::env::temp_dir().join(format!("ag-alert-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let alert_token = "alert-only-token-0123456789abcdef";
+    std::fs::write(dir.join("alert-token"), alert_token).unwrap();
+    let extra = format!("alert_token_file = \"{}\"\nmax_alert_policies = 2\n", dir.join("alert-token").display());
+    let d = Daemon::start(&lab, &extra).expect("daemon");
+    let ban = |v: &str| format!(r#"{{"victim": "{v}", "action": "ban"}}"#);
+    let (st, r) = d.call_with("POST", "/v1/alerts", Some(&ban("203.0.113.10")), Some(alert_token)).unwrap();
+    assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{r}");
+    for (method, path, body) in [("GET", "/v1/policies", None), ("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.30"}"#)), ("DELETE", "/v1/policies/p-1", None)] {
+        let (st, e) = d.call_with(method, path, body, Some(alert_token)).unwrap();
+        assert_eq!((st, e["error"]["code"].as_str()), (403, Some("forbidden")), "{method} {path}: {e}");
+    }
+    // Alerts may hold 2 policies; the next ban is refused, operators still have room.
+    assert_eq!(d.call_with("POST", "/v1/alerts", Some(&ban("203.0.113.11")), Some(alert_token)).unwrap().0, 200);
+    let (st, e) = d.call_with("POST", "/v1/alerts", Some(&ban("203.0.113.12")), Some(alert_token)).unwrap();
+    assert_eq!((st, e["error"]["code"].as_str()), (507, Some("table_full")), "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("max_alert_policies"));
+    assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.20"}"#)).unwrap().0, 201);
+    // Even a ban that claims another source shares the one budget.
+    let (st, _) = d.call_with("POST", "/v1/alerts", Some(r#"{"victim": "203.0.113.13", "action": "ban", "source": "fastnetmon_script"}"#), Some(alert_token)).unwrap();
+    assert_eq!(st, 507);
+    let _ = std::fs::remove_dir_all(&dir);
+}

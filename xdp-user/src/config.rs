@@ -46,9 +46,16 @@ pub struct Config {
     pub min_prefix_len_v6: u8,
     /// Largest request body accepted by the API, in bytes.
     pub max_body_bytes: usize,
-    /// Most policy changes per minute from one alert source (a runaway
-    /// detector cannot fill the table).
+    /// Most policy changes per minute made by alerts, all sources together.
     pub max_alerts_per_minute: u32,
+    /// Most policies alerts may hold at once (the rest of the table stays
+    /// free for operators); default half of `capacity.max_policies`.
+    pub max_alert_policies: Option<usize>,
+    /// Longest TTL an alert may ask for (seconds).
+    pub max_alert_ttl_secs: u64,
+    /// Optional second token that may only post alerts (give it to detectors,
+    /// keep `token_file` for operators and automation).
+    pub alert_token_file: Option<PathBuf>,
     /// Per-policy metric series for at most this many policies (the rest are
     /// summed under policy="_other").
     pub metrics_max_policies: usize,
@@ -129,6 +136,9 @@ impl Default for Config {
             min_prefix_len_v6: 48,
             max_body_bytes: 64 * 1024,
             max_alerts_per_minute: 600,
+            max_alert_policies: None,
+            max_alert_ttl_secs: 24 * 3600,
+            alert_token_file: None,
             metrics_max_policies: 200,
             dns_large_bytes: 512,
             dns_many_answers: 10,
@@ -152,6 +162,11 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// `max_alert_policies`, or half the policy table.
+    pub fn alert_policy_limit(&self) -> usize {
+        self.max_alert_policies.unwrap_or(self.capacity.max_policies as usize / 2)
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(&text).map_err(|e| match e {
@@ -183,6 +198,9 @@ impl Config {
         }
         if c.max_limiters < 2 || c.max_v6_victims == 0 || c.max_allow == 0 {
             return bad("capacity.max_limiters, max_v6_victims and max_allow must be positive".into());
+        }
+        if self.alert_ttl_secs > self.max_alert_ttl_secs {
+            return bad("alert_ttl_secs must not exceed max_alert_ttl_secs".into());
         }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes must be at least 1024".into());

@@ -150,6 +150,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let token_file = cfg.token_file.clone().unwrap_or_else(|| "/etc/ampguard/token".into());
     let token = read_token(&token_file)?;
+    let alert_token = cfg.alert_token_file.as_deref().map(read_token).transpose()?;
+    if alert_token.as_deref() == Some(token.as_str()) {
+        bail!("alert_token_file holds the same token as token_file; give detectors a token of their own");
+    }
     ensure_bpffs(&cfg.pin_dir)?;
 
     // Fresh maps, filled from the state file while the previous program (if
@@ -178,6 +182,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let app = Arc::new(AppState {
         store: tokio::sync::Mutex::new(store),
         token,
+        alert_token,
         started,
         interfaces: std::sync::Mutex::new(interfaces),
         metrics: Default::default(),
@@ -246,8 +251,19 @@ async fn watch_links(app: api::Shared, cfg: Config) {
             }
             tracing::error!(iface, "the XDP link is gone (detached by hand, or pins removed); re-attaching");
             let mut store = app.store.lock().await;
-            let _ = std::fs::remove_file(attach::link_pin_path(&cfg.pin_dir, iface));
-            let result = attach::attach_or_replace(store.dataplane_mut().program_mut(), iface, cfg.xdp_mode, &cfg.pin_dir);
+            // The pins live on a bpffs: if it was unmounted, mount it again.
+            let result = ensure_bpffs(&cfg.pin_dir)
+                .map_err(|e| format!("the pin directory {} is not a usable bpffs: {e:#}", cfg.pin_dir.display()))
+                .and_then(|()| {
+                    let _ = std::fs::remove_file(attach::link_pin_path(&cfg.pin_dir, iface));
+                    attach::attach_or_replace(store.dataplane_mut().program_mut(), iface, cfg.xdp_mode, &cfg.pin_dir)
+                        .map_err(|e| e.to_string())
+                });
+            if result.is_ok() {
+                if let Err(e) = store.dataplane().pin_maps(&cfg.pin_dir.join("maps")) {
+                    tracing::warn!("re-pinning the maps under {}: {e}", cfg.pin_dir.display());
+                }
+            }
             let mut ifs = app.interfaces.lock().expect("not poisoned");
             if let Some(st) = ifs.iter_mut().find(|s| &s.name == iface) {
                 match result {
@@ -259,7 +275,7 @@ async fn watch_links(app: api::Shared, cfg: Config) {
                     Err(e) => {
                         tracing::error!(iface, "cannot re-attach: {e}");
                         st.attached = false;
-                        st.problem = Some(e.to_string());
+                        st.problem = Some(e);
                     }
                 }
             }

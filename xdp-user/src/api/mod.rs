@@ -41,6 +41,8 @@ pub struct IfaceStatus {
 pub struct AppState {
     pub store: Mutex<Store>,
     pub token: String,
+    /// A token that may only post alerts (`alert_token_file`), if configured.
+    pub alert_token: Option<String>,
     pub started: Instant,
     pub interfaces: std::sync::Mutex<Vec<IfaceStatus>>,
     pub metrics: metrics::ProcessMetrics,
@@ -114,13 +116,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn require_token(State(app): State<Shared>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| same(t.trim().as_bytes(), app.token.as_bytes()));
-    if !ok {
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let admin = given.is_some_and(|t| same(t.trim().as_bytes(), app.token.as_bytes()));
+    let alerter = !admin && given.zip(app.alert_token.as_deref()).is_some_and(|(t, a)| same(t.trim().as_bytes(), a.as_bytes()));
+    if alerter && !req.uri().path().starts_with("/v1/alerts") {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may only post alerts (POST /v1/alerts, /v1/alerts/fastnetmon)")
+            .into_response();
+    }
+    if !admin && !alerter {
         let mut r = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

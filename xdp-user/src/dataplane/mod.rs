@@ -188,15 +188,17 @@ impl DataPlane {
     }
 
     /// Pin every map under `dir` (replacing pins of a previous run), so
-    /// bpftool and operators can inspect what is enforced.
+    /// bpftool and operators can inspect what is enforced. Maps handed out
+    /// with `take_samples` are no longer here to pin.
     pub fn pin_maps(&self, dir: &std::path::Path) -> Result<(), DpError> {
         std::fs::create_dir_all(dir)?;
         for name in names::ALL {
+            let Some(m) = self.ebpf.map(name) else { continue };
             let path = dir.join(name);
             if path.exists() {
                 std::fs::remove_file(&path)?;
             }
-            map(&self.ebpf, name)?.pin(&path).map_err(|e| std::io::Error::other(format!("pin {}: {e}", path.display())))?;
+            m.pin(&path).map_err(|e| std::io::Error::other(format!("pin {}: {e}", path.display())))?;
         }
         Ok(())
     }

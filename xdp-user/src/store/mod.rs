@@ -457,17 +457,19 @@ impl Store {
         Ok(rec)
     }
 
-    /// Alerts from one source may change at most `max_alerts_per_minute` policies a minute.
-    fn alert_budget(&mut self, source: &str) -> Result<(), StoreError> {
+    /// Alerts may change at most `max_alerts_per_minute` policies a minute, all
+    /// sources together: the `source` of an alert is whatever its sender says,
+    /// so a budget per claimed source would multiply for a lying sender.
+    fn alert_budget(&mut self, _source: &str) -> Result<(), StoreError> {
         let now = Instant::now();
         let limit = self.cfg.max_alerts_per_minute;
-        let entry = self.alert_window.entry(source.to_string()).or_insert((now, 0));
+        let entry = self.alert_window.entry("alerts".to_string()).or_insert((now, 0));
         if now.duration_since(entry.0) >= Duration::from_secs(60) {
             *entry = (now, 0);
         }
         if entry.1 >= limit {
             return Err(StoreError::RateLimited(format!(
-                "alert source {source} sent more than {limit} alerts this minute; ignoring until the minute is over"
+                "alerts changed {limit} policies this minute (max_alerts_per_minute); ignoring alerts until the minute is over"
             )));
         }
         entry.1 += 1;
@@ -506,8 +508,15 @@ impl Store {
             }
             AlertAction::Ban => {
                 let ttl = alert.ttl_secs.unwrap_or(self.cfg.alert_ttl_secs);
-                if ttl == 0 || ttl > self.cfg.max_ttl_secs {
-                    return Err(invalid(format!("alert ttl_secs {ttl} must be in 1..={}", self.cfg.max_ttl_secs)));
+                let max = self.cfg.max_alert_ttl_secs.min(self.cfg.max_ttl_secs);
+                if ttl == 0 || ttl > max {
+                    return Err(invalid(format!("alert ttl_secs {ttl} must be in 1..={max} (max_alert_ttl_secs)")));
+                }
+                let by_alerts = self.state.policies.iter().filter(|p| p.source != "api").count();
+                if existing.is_none() && by_alerts >= self.cfg.alert_policy_limit() {
+                    return Err(StoreError::Full(format!(
+                        "alerts already hold {by_alerts} policies, the most max_alert_policies allows; the rest of the table is kept for operators"
+                    )));
                 }
                 self.check_allowlist_overlap(&victim)?;
                 self.alert_budget(source)?;
