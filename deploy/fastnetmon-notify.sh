@@ -6,5 +6,14 @@
 # on stdin (for ban and attack_details); ampguard reads all of it, infers the
 # vectors from the packet dump, and posts the ban or unban to the daemon.
 export AMPGUARD_API="${AMPGUARD_API:-http://127.0.0.1:9470}"
-export AMPGUARD_TOKEN_FILE="${AMPGUARD_TOKEN_FILE:-/etc/ampguard/token}"
+# Prefer the alert-only token (alert_token_file in ampguard.toml): with it a
+# compromised detector can post alerts and nothing else.
+if [ -z "${AMPGUARD_TOKEN_FILE:-}" ]; then
+    if [ -r /etc/ampguard/alert-token ]; then
+        AMPGUARD_TOKEN_FILE=/etc/ampguard/alert-token
+    else
+        AMPGUARD_TOKEN_FILE=/etc/ampguard/token
+    fi
+fi
+export AMPGUARD_TOKEN_FILE
 exec /usr/local/bin/ampguard alert fastnetmon "$@"
