@@ -356,7 +356,7 @@ impl Report {
             None => {
                 let _ = writeln!(w, "Not run in this report (`--skip-control`).\n");
             }
-            Some(c) => control_section(w, c),
+            Some(c) => control_section(w, c, self.machine.cpus),
         }
 
         let _ = writeln!(w, "## Notes\n");
@@ -441,7 +441,7 @@ fn control_targets(w: &mut String, c: &Control) {
     }
 }
 
-fn control_section(w: &mut String, c: &Control) {
+fn control_section(w: &mut String, c: &Control, cpus: usize) {
     let h = &c.handle;
     let _ = writeln!(w, "### Through the typed handle\n");
     let _ = writeln!(
@@ -470,7 +470,7 @@ fn control_section(w: &mut String, c: &Control) {
          loaded: total memlock **{}** on this {}-CPU machine.\n",
         h.n,
         mib(total),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        cpus
     );
     let _ = writeln!(w, "| map | type | max entries | value bytes | memlock |\n| --- | --- | --- | --- | --- |");
     for mp in &h.maps {

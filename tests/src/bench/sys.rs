@@ -23,7 +23,9 @@ pub fn pin_to_cpu(cpu: usize) -> Result<()> {
 
 /// Lets the calling thread (and what it spawns from now on) run on every CPU.
 pub fn unpin() -> Result<()> {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // Not available_parallelism(): that is the affinity mask, i.e. 1 once pinned.
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
     // SAFETY: as in pin_to_cpu.
     let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
