@@ -179,8 +179,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let samples = store.dataplane_mut().take_samples()?;
     tracing::info!("data plane ready in {:?}", started.elapsed());
 
+    let persist = Arc::new(crate::store::persist::Persister::new(store.generation()));
     let app = Arc::new(AppState {
-        store: tokio::sync::Mutex::new(store),
+        store: Arc::new(tokio::sync::Mutex::new(store)),
+        persist: persist.clone(),
         token,
         alert_token,
         started,
@@ -191,6 +193,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         tokio::spawn(app.capture.clone().run(samples));
+        tokio::spawn(persist.run(app.store.clone()));
         serve(app.clone(), cfg.clone()).await
     })?;
 
@@ -232,7 +235,10 @@ async fn sweep(app: api::Shared) {
     loop {
         tick.tick().await;
         match app.store.lock().await.sweep_expired() {
-            Ok(ids) if !ids.is_empty() => tracing::info!(?ids, "expired policies removed"),
+            Ok(ids) if !ids.is_empty() => {
+                tracing::info!(?ids, "expired policies removed");
+                app.persist.kick();
+            }
             Ok(_) => {}
             Err(e) => tracing::error!("removing expired policies: {e}"),
         }

@@ -17,10 +17,10 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 async fn apply(app: &Shared, alert: Alert) -> Result<Json<Value>, ApiError> {
-    let result = app.store.lock().await.apply_alert(&alert);
+    let result = super::change(app, |s| s.apply_alert(&alert)).await;
     let label = match &result {
         Ok(o) => o.result,
-        Err(e) => e.code(),
+        Err(e) => e.code,
     };
     app.metrics.alerts.with_label_values(&[alert.source.as_str(), alert.action.as_str(), label]).inc();
     let outcome = result?;

@@ -27,13 +27,13 @@ pub async fn list(State(app): State<Shared>) -> Json<Value> {
 
 pub async fn create(State(app): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: AllowRequest = parse_json(body)?;
-    let rec = app.store.lock().await.add_allow(&req.prefix, req.comment)?;
+    let rec = super::change(&app, |s| s.add_allow(&req.prefix, req.comment)).await?;
     tracing::info!(id = rec.id, prefix = %rec.prefix, "allowlist entry added");
     Ok((StatusCode::CREATED, Json(serde_json::to_value(rec).expect("serializes"))))
 }
 
 pub async fn delete(State(app): State<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let rec = app.store.lock().await.delete_allow(&id)?;
+    let rec = super::change(&app, |s| s.delete_allow(&id)).await?;
     tracing::info!(id = rec.id, prefix = %rec.prefix, "allowlist entry removed");
     Ok(StatusCode::NO_CONTENT)
 }

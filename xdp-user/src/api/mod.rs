@@ -39,7 +39,9 @@ pub struct IfaceStatus {
 }
 
 pub struct AppState {
-    pub store: Mutex<Store>,
+    pub store: Arc<Mutex<Store>>,
+    /// Group commit of the state file.
+    pub persist: Arc<crate::store::persist::Persister>,
     pub token: String,
     /// A token that may only post alerts (`alert_token_file`), if configured.
     pub alert_token: Option<String>,
@@ -93,6 +95,24 @@ impl From<StoreError> for ApiError {
         };
         ApiError::new(status, e.code(), e.to_string())
     }
+}
+
+/// Run a change on the store, then wait until the state file holds it (group
+/// commit: see store/persist.rs).
+pub async fn change<T>(app: &Shared, f: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, ApiError> {
+    let (out, gen) = {
+        let mut store = app.store.lock().await;
+        let out = f(&mut store)?;
+        (out, store.generation())
+    };
+    app.persist.wait(gen).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "state_file",
+            format!("the change is in force but the state file could not be written ({e}); it is retried every second, and the change is lost if the daemon restarts first"),
+        )
+    })?;
+    Ok(out)
 }
 
 /// Parse a JSON body with errors that name the problem (axum's own `Json`

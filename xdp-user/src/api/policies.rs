@@ -23,7 +23,7 @@ pub async fn list(State(app): State<Shared>) -> Json<Value> {
 
 pub async fn create(State(app): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: PolicyRequest = parse_json(body)?;
-    let rec = app.store.lock().await.create_policy(req, "api")?;
+    let rec = super::change(&app, |s| s.create_policy(req, "api")).await?;
     tracing::info!(id = rec.id, victim = %rec.victim, "policy created");
     Ok((StatusCode::CREATED, Json(view(&rec))))
 }
@@ -82,13 +82,13 @@ pub async fn replace(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let req: PolicyRequest = parse_json(body)?;
-    let rec = app.store.lock().await.replace_policy(&id, req)?;
+    let rec = super::change(&app, |s| s.replace_policy(&id, req)).await?;
     tracing::info!(id = rec.id, victim = %rec.victim, "policy replaced");
     Ok(Json(view(&rec)))
 }
 
 pub async fn delete(State(app): State<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let rec = app.store.lock().await.delete_policy(&id)?;
+    let rec = super::change(&app, |s| s.delete_policy(&id)).await?;
     tracing::info!(id = rec.id, victim = %rec.victim, "policy deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,10 +1,12 @@
 //! The policy store: validates every change, applies it to the data plane,
 //! persists it, enforces TTLs, and turns ban/unban alerts into policies.
 //!
-//! Order of every change: validate -> data plane -> state file. If the state
-//! file cannot be written the data-plane change is rolled back, so what is
-//! enforced and what is saved never disagree.
+//! Order of every change: validate -> data plane -> in-memory state; the
+//! state file follows by group commit (`persist.rs`): the API answers a change
+//! only once a save that includes it is on disk, and one save covers every
+//! change made while the previous one was being written.
 
+pub mod persist;
 pub mod state;
 
 use std::{
@@ -108,6 +110,8 @@ pub struct Store {
     file: StateFile,
     state: State,
     alert_window: HashMap<String, (Instant, u32)>,
+    /// Bumped by every change to `state`; `persist` saves up to a generation.
+    generation: u64,
 }
 
 /// Parse a victim: a prefix, or an address meaning its host prefix.
@@ -146,7 +150,7 @@ impl Store {
         dp.set_dns_signature(cfg.dns_large_bytes, cfg.dns_many_answers)?;
         let file = StateFile::new(&cfg.state_dir);
         let state = file.load()?;
-        let mut store = Self { cfg, vectors, profiles, dp, file, state, alert_window: HashMap::new() };
+        let mut store = Self { cfg, vectors, profiles, dp, file, state, alert_window: HashMap::new(), generation: 0 };
         for p in store.cfg.allowlist.clone() {
             store.dp.add_allow(p)?;
         }
@@ -189,6 +193,20 @@ impl Store {
 
     pub fn state_path(&self) -> &std::path::Path {
         self.file.path()
+    }
+
+    /// The state file and what to write to it, at the current generation.
+    pub fn snapshot(&self) -> (u64, StateFile, State) {
+        (self.generation, StateFile::new(self.file.path().parent().unwrap_or(std::path::Path::new("."))), self.state.clone())
+    }
+
+    /// How many changes the in-memory state has seen.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn changed(&mut self) {
+        self.generation += 1;
     }
 
     pub fn policies(&self) -> &[PolicyRecord] {
@@ -304,33 +322,16 @@ impl Store {
         }
     }
 
-    /// Apply a record to the data plane and persist it, rolling back on failure.
+    /// Apply a record to the data plane and the in-memory state; the state file
+    /// follows (see `persist`).
     fn commit(&mut self, rec: PolicyRecord, replacing: Option<usize>) -> Result<PolicyRecord, StoreError> {
         let dpp = self.to_dp(&rec)?;
         self.dp.upsert_policy(rec.victim, &dpp).map_err(full_or)?;
-        let old = match replacing {
-            Some(i) => Some(std::mem::replace(&mut self.state.policies[i], rec.clone())),
-            None => {
-                self.state.policies.push(rec.clone());
-                None
-            }
-        };
-        if let Err(e) = self.file.save(&self.state) {
-            // Roll back: the map must say what the file says.
-            match old {
-                Some(old) => {
-                    let i = replacing.expect("index");
-                    let back = self.to_dp(&old)?;
-                    self.state.policies[i] = old.clone();
-                    self.dp.upsert_policy(old.victim, &back)?;
-                }
-                None => {
-                    self.state.policies.pop();
-                    self.dp.remove_policy(&rec.victim)?;
-                }
-            }
-            return Err(e.into());
+        match replacing {
+            Some(i) => self.state.policies[i] = rec.clone(),
+            None => self.state.policies.push(rec.clone()),
         }
+        self.changed();
         Ok(rec)
     }
 
@@ -388,12 +389,9 @@ impl Store {
 
     pub fn delete_policy(&mut self, id: &str) -> Result<PolicyRecord, StoreError> {
         let i = self.state.policies.iter().position(|p| p.id == id).ok_or_else(|| StoreError::NotFound(format!("no policy {id}")))?;
+        self.dp.remove_policy(&self.state.policies[i].victim)?;
         let rec = self.state.policies.remove(i);
-        if let Err(e) = self.file.save(&self.state) {
-            self.state.policies.insert(i, rec);
-            return Err(e.into());
-        }
-        self.dp.remove_policy(&rec.victim)?;
+        self.changed();
         Ok(rec)
     }
 
@@ -433,27 +431,19 @@ impl Store {
         self.dp.add_allow(prefix).map_err(full_or)?;
         let rec = AllowRecord { id: self.next_id("a"), prefix, comment, created_at: SystemTime::now() };
         self.state.allowlist.push(rec.clone());
-        if let Err(e) = self.file.save(&self.state) {
-            self.state.allowlist.pop();
-            if !self.cfg.allowlist.contains(&prefix) {
-                self.dp.remove_allow(&prefix)?;
-            }
-            return Err(e.into());
-        }
+        self.changed();
         Ok(rec)
     }
 
     pub fn delete_allow(&mut self, id: &str) -> Result<AllowRecord, StoreError> {
         let i = self.state.allowlist.iter().position(|a| a.id == id).ok_or_else(|| StoreError::NotFound(format!("no allowlist entry {id}")))?;
-        let rec = self.state.allowlist.remove(i);
-        if let Err(e) = self.file.save(&self.state) {
-            self.state.allowlist.insert(i, rec);
-            return Err(e.into());
-        }
         // Entries from the config file stay in force.
-        if !self.cfg.allowlist.contains(&rec.prefix) {
-            self.dp.remove_allow(&rec.prefix)?;
+        let prefix = self.state.allowlist[i].prefix;
+        if !self.cfg.allowlist.contains(&prefix) {
+            self.dp.remove_allow(&prefix)?;
         }
+        let rec = self.state.allowlist.remove(i);
+        self.changed();
         Ok(rec)
     }
 

@@ -115,7 +115,8 @@ impl StateFile {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(err)?;
         let tmp = self.path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(state).expect("state serializes");
+        // Compact: with many policies the file is large and written often (`jq .` reads it).
+        let body = serde_json::to_vec(state).expect("state serializes");
         {
             let mut f = File::create(&tmp).map_err(err)?;
             f.write_all(&body).map_err(err)?;
