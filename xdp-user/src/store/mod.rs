@@ -11,6 +11,7 @@ pub mod state;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     net::IpAddr,
     time::{Duration, Instant, SystemTime},
 };
@@ -112,6 +113,8 @@ pub struct Store {
     alert_window: HashMap<String, (Instant, u32)>,
     /// Bumped by every change to `state`; `persist` saves up to a generation.
     generation: u64,
+    /// Distinct rule sets in use, shared by the policies that have them.
+    rule_sets: Vec<Arc<BTreeMap<String, RuleSpec>>>,
 }
 
 /// Parse a victim: a prefix, or an address meaning its host prefix.
@@ -150,13 +153,18 @@ impl Store {
         dp.set_dns_signature(cfg.dns_large_bytes, cfg.dns_many_answers)?;
         let file = StateFile::new(&cfg.state_dir);
         let state = file.load()?;
-        let mut store = Self { cfg, vectors, profiles, dp, file, state, alert_window: HashMap::new(), generation: 0 };
+        let mut store = Self { cfg, vectors, profiles, dp, file, state, alert_window: HashMap::new(), generation: 0, rule_sets: Vec::new() };
         for p in store.cfg.allowlist.clone() {
             store.dp.add_allow(p)?;
         }
         for a in store.state.allowlist.clone() {
             store.dp.add_allow(a.prefix)?;
         }
+        let mut policies = std::mem::take(&mut store.state.policies);
+        for p in &mut policies {
+            p.rules = store.intern((*p.rules).clone());
+        }
+        store.state.policies = policies;
         let now = SystemTime::now();
         let (live, expired): (Vec<_>, Vec<_>) =
             store.state.policies.clone().into_iter().partition(|p| p.expires_at.is_none_or(|e| e > now));
@@ -209,6 +217,18 @@ impl Store {
         self.generation += 1;
     }
 
+    /// The shared copy of a rule set: 100,000 policies from one profile hold
+    /// one map, not 100,000. Sets no policy uses any more are dropped.
+    fn intern(&mut self, rules: BTreeMap<String, RuleSpec>) -> Arc<BTreeMap<String, RuleSpec>> {
+        if let Some(a) = self.rule_sets.iter().find(|a| ***a == rules) {
+            return a.clone();
+        }
+        self.rule_sets.retain(|a| Arc::strong_count(a) > 1);
+        let a = Arc::new(rules);
+        self.rule_sets.push(a.clone());
+        a
+    }
+
     pub fn policies(&self) -> &[PolicyRecord] {
         &self.state.policies
     }
@@ -223,7 +243,7 @@ impl Store {
 
     fn to_dp(&self, p: &PolicyRecord) -> Result<DpPolicy, StoreError> {
         let mut rules = Vec::new();
-        for (name, spec) in &p.rules {
+        for (name, spec) in p.rules.iter() {
             let id = self.vectors.id_of(name).ok_or_else(|| invalid(format!("unknown vector {name:?}")))?;
             rules.push((id, spec.resolve().map_err(|e| invalid(format!("rule for {name}: {e}")))?));
         }
@@ -350,6 +370,7 @@ impl Store {
             )));
         }
         let now = SystemTime::now();
+        let rules = self.intern(rules);
         let rec = PolicyRecord {
             id: self.next_id("p"),
             victim,
@@ -372,6 +393,8 @@ impl Store {
         if victim != old.victim {
             return Err(invalid(format!("policy {id} is for {}; a policy's victim cannot change (delete it and create another)", old.victim)));
         }
+        let (created_at, source) = (old.created_at, old.source.clone());
+        let rules = self.intern(rules);
         let rec = PolicyRecord {
             id: id.into(),
             victim,
@@ -379,10 +402,10 @@ impl Store {
             rules,
             mode: req.mode.unwrap_or_default(),
             expires_at,
-            created_at: old.created_at,
+            created_at,
             updated_at: SystemTime::now(),
             comment: req.comment,
-            source: old.source.clone(),
+            source,
         };
         self.commit(rec, Some(i))
     }
@@ -520,7 +543,9 @@ impl Store {
                         }
                         _ => false,
                     };
-                    let added = self.add_alert_vectors(&mut rec.rules, &alert.vectors);
+                    let mut rules = (*rec.rules).clone();
+                    let added = self.add_alert_vectors(&mut rules, &alert.vectors);
+                    rec.rules = self.intern(rules);
                     if !extended && !added {
                         return Ok(AlertOutcome {
                             result: "ignored",

@@ -24,8 +24,9 @@ pub struct PolicyRecord {
     pub victim: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
-    /// The resolved rules, by vector name.
-    pub rules: std::collections::BTreeMap<String, RuleSpec>,
+    /// The resolved rules, by vector name. Shared between the many policies
+    /// that have the same rules (alerts make them all from one profile).
+    pub rules: std::sync::Arc<std::collections::BTreeMap<String, RuleSpec>>,
     pub mode: Mode,
     /// Wall-clock expiry; None = never.
     #[serde(with = "rfc3339_opt", default)]
@@ -218,7 +219,7 @@ mod tests {
                 id: "p-1".into(),
                 victim: "203.0.113.10/32".parse().unwrap(),
                 profile: Some("default".into()),
-                rules: [("memcached".to_string(), RuleSpec::simple(crate::profiles::ActionName::Drop))].into(),
+                rules: std::sync::Arc::new([("memcached".to_string(), RuleSpec::simple(crate::profiles::ActionName::Drop))].into()),
                 mode: Mode::Enforce,
                 expires_at: Some(now),
                 created_at: now,
