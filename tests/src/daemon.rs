@@ -9,7 +9,7 @@
 //! removes both.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},

@@ -527,3 +527,16 @@ impl UdpSink {
         &self.sock
     }
 }
+
+/// A socket address from a test literal, e.g. `sa("198.51.100.7:11211")`.
+pub fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s:?} is not a socket address: {e}"))
+}
+
+/// Send `count` datagrams of 300 bytes from `src` (wan side) to `dst` (edge
+/// side) and count how many arrive (bounded: 5 s).
+pub fn deliver(lab: &Lab, src: &str, dst: &str, count: usize) -> usize {
+    let sink = UdpSink::bind(&lab.edge, sa(dst)).expect("bind sink");
+    assert_eq!(send_udp(&lab.wan, sa(src), sa(dst), count, 300).expect("send"), count);
+    sink.drain(Duration::from_millis(300), Duration::from_secs(5))
+}

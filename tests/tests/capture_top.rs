@@ -3,20 +3,15 @@
 //! dropped rate while the attack flows.
 
 use std::{
-    net::SocketAddr,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use ampguard_tests::{
     daemon::Daemon,
-    lab::{send_udp, Lab},
+    lab::{Lab, sa, send_udp},
     require_root,
 };
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 /// Run `f` while memcached attack traffic flows to 203.0.113.10 (bounded: 20 s).
 fn under_attack<T>(lab: &Lab, f: impl FnOnce() -> T) -> T {

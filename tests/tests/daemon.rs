@@ -2,28 +2,16 @@
 //! alerts, restart under attack without a gap, and bad requests refused.
 
 use std::{
-    net::SocketAddr,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use ampguard_tests::{
     daemon::Daemon,
-    lab::{send_udp, Lab, UdpSink},
+    lab::{Lab, UdpSink, deliver, sa, send_udp},
     require_root,
 };
 use serde_json::{json, Value};
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-/// Send `count` datagrams across the lab and count what arrives.
-fn deliver(lab: &Lab, src: &str, dst: &str, count: usize) -> usize {
-    let sink = UdpSink::bind(&lab.edge, sa(dst)).expect("bind sink");
-    assert_eq!(send_udp(&lab.wan, sa(src), sa(dst), count, 300).expect("send"), count);
-    sink.drain(Duration::from_millis(300), Duration::from_secs(5))
-}
 
 fn start(tag: &str) -> (Lab, Daemon) {
     require_root();

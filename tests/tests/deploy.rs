@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeSet,
-    net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -16,7 +15,7 @@ use std::{
 
 use ampguard_tests::{
     daemon::{ampguard_bin, Daemon},
-    lab::{send_udp, Lab, UdpSink},
+    lab::{Lab, deliver},
     require_root,
 };
 
@@ -26,10 +25,6 @@ fn root() -> PathBuf {
 
 fn deploy(name: &str) -> PathBuf {
     root().join("deploy").join(name)
-}
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
 }
 
 /// A temporary directory removed on drop (kept with AMPGUARD_KEEP_TEST_DIRS).
@@ -222,12 +217,6 @@ fn detach(d: &Daemon) {
     assert!(o.status.success(), "{}", text(&o));
 }
 
-fn delivered(lab: &Lab, src: &str, dst: &str, n: usize) -> usize {
-    let sink = UdpSink::bind(&lab.edge, sa(dst)).unwrap();
-    assert_eq!(send_udp(&lab.wan, sa(src), sa(dst), n, 300).unwrap(), n);
-    sink.drain(Duration::from_millis(300), Duration::from_secs(5))
-}
-
 /// Every system call name in an `strace -f -o` log.
 fn syscalls_in(log: &str) -> BTreeSet<String> {
     log.lines()
@@ -290,21 +279,21 @@ fn the_daemon_works_with_only_the_units_capabilities_and_system_calls() {
     assert!(r.ready(&d), "the daemon did not start with {caps:?}:\n{}", d.log());
     let (st, p) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10"}"#)).unwrap();
     assert_eq!(st, 201, "{p}");
-    assert_eq!(delivered(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 200), 0, "memcached dropped");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 200), 0, "memcached dropped");
     let (st, m) = d.call_with("GET", "/metrics", None, None).unwrap();
     assert_eq!(st, 200);
     assert!(m.as_str().unwrap().contains(r#"ampguard_interface_attached{interface="edge0",mode="native"} 1"#), "{m}");
     r.term();
     drop(r);
     // SIGTERM left the program enforcing.
-    assert_eq!(delivered(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 200), 0, "still dropped after SIGTERM");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 200), 0, "still dropped after SIGTERM");
 
     // Restart with the same set: the swap into the pinned link works too.
     let mut r = Restricted::start(&d, &caps, Some(&dir.0.join("strace2.log")));
     assert!(r.ready(&d), "the restricted restart failed:\n{}", d.log());
     assert!(d.log().contains("no gap"), "the restart swapped into the pinned link:\n{}", d.log());
-    assert_eq!(delivered(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 200), 0);
-    assert_eq!(delivered(&lab, "198.51.100.7:40000", "203.0.113.10:40002", 100), 100, "ordinary traffic passes");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 200), 0);
+    assert_eq!(deliver(&lab, "198.51.100.7:40000", "203.0.113.10:40002", 100), 100, "ordinary traffic passes");
     let out = d.cli(&["status"], None).unwrap();
     assert!(out.status.success(), "{}", text(&out));
     r.term();

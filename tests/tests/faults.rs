@@ -4,7 +4,6 @@
 //! is privileged and bounded in time (waits are polls with deadlines).
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -13,21 +12,10 @@ use std::{
 
 use ampguard_tests::{
     daemon::{ampguard_bin, Daemon},
-    lab::{send_udp, Lab, UdpSink},
+    lab::{Lab, UdpSink, deliver, sa, send_udp},
     require_root,
 };
 use serde_json::{json, Value};
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-/// Send `count` datagrams across the lab and count what arrives.
-fn deliver(lab: &Lab, src: &str, dst: &str, count: usize) -> usize {
-    let sink = UdpSink::bind(&lab.edge, sa(dst)).expect("bind sink");
-    assert_eq!(send_udp(&lab.wan, sa(src), sa(dst), count, 300).expect("send"), count);
-    sink.drain(Duration::from_millis(300), Duration::from_secs(5))
-}
 
 fn start(tag: &str, extra: &str) -> (Lab, Daemon) {
     require_root();

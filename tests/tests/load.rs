@@ -14,7 +14,7 @@ use std::{
 
 use ampguard_tests::{
     daemon::Daemon,
-    lab::{send_udp, Lab, UdpSink, EDGE_MAC},
+    lab::{EDGE_MAC, Lab, UdpSink, sa, send_udp},
     require_root,
 };
 use aya::maps::{Array, Map, MapData};
@@ -22,10 +22,6 @@ use serde_json::{json, Value};
 use xdp_common::policy::Policy;
 
 const CLIENTS: usize = 1000;
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 /// The victim of client `i`: 200 in 203.0.113.0/24, 400 in 2001:db8:2::/64,
 /// 400 in 198.18.0.0/15 (documentation and benchmarking prefixes only).

@@ -11,7 +11,6 @@
 //! when a test fails; every wait is bounded.
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -19,14 +18,10 @@ use std::{
 
 use ampguard_tests::{
     daemon::{ampguard_bin, Daemon},
-    lab::{send_udp, Lab, Netns, UdpSink},
+    lab::{Lab, Netns, UdpSink, sa, send_udp},
     require_root,
 };
 use serde_json::Value;
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 fn deploy(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name)

@@ -2,8 +2,6 @@
 //! across from the wan side are dropped as the policy says, ordinary traffic
 //! to the same victim arrives, and removing the policy restores everything.
 
-use std::{net::SocketAddr, time::Duration};
-
 use ampguard::{
     dataplane::{
         rules::{DpPolicy, Mode, Rule},
@@ -12,17 +10,10 @@ use ampguard::{
     vectors,
 };
 use ampguard_tests::{
-    lab::{send_udp, Lab, UdpSink},
+    lab::{Lab, deliver},
     require_root,
 };
 use aya::programs::XdpMode;
-
-fn deliver(lab: &Lab, src: &str, dst: &str, count: usize) -> usize {
-    let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
-    let sink = UdpSink::bind(&lab.edge, dst).expect("bind sink");
-    assert_eq!(send_udp(&lab.wan, src, dst, count, 200).expect("send"), count);
-    sink.drain(Duration::from_millis(300), Duration::from_secs(5))
-}
 
 fn attack_dropped_ordinary_passes(mode: XdpMode, tag: &str) {
     require_root();
