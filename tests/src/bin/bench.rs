@@ -49,7 +49,7 @@ const USAGE: &str = "usage: bench [--out FILE] [--rounds N] [--repeat N] [--live
   --skip-live       no part 2 (live traffic)
   --skip-control    no part 3 (control plane)
   --bans N          ban alerts timed in part 3 (default 200)
-  --api-secs S      how long part 3 keeps adding policies through the API (default 60)
+  --api-secs S      how long part 3 keeps adding policies through the API (default 150)
   --command TEXT    the command line to record in the report
   --rev TEXT        the source revision to record (default: git of the workspace)";
 
@@ -82,7 +82,7 @@ fn parse_args() -> Result<Args> {
         skip_live: false,
         skip_control: false,
         bans: 200,
-        api_secs: 60.0,
+        api_secs: 150.0,
         command: "sudo cargo xtask bench".into(),
         rev: None,
     };
