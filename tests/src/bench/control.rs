@@ -464,10 +464,11 @@ pub fn api(n_bans: usize, api_budget: Duration) -> Result<ApiResult> {
         table += size;
     }
     // Deletes: 500 of the policies just added, then add them back.
-    let (_, list) = d.call("GET", "/v1/policies", None)?;
+    // (Daemon::call has a 5 s timeout: too short for a list of many thousands.)
+    let (_, list) = d.ns.enter(|| call(&agent(), &d, "GET", "/v1/policies", None))??;
     let ids: Vec<String> = list["policies"]
         .as_array()
-        .context("policy list")?
+        .with_context(|| format!("policy list: {}", list.to_string().chars().take(300).collect::<String>()))?
         .iter()
         .rev()
         .take(500)
