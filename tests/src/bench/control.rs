@@ -219,7 +219,8 @@ fn call(agent: &ureq::Agent, d: &Daemon, method: &str, path: &str, body: Option<
         None => agent.run(req.body(())?)?,
     };
     let status = res.status().as_u16();
-    let text = res.body_mut().read_to_string().unwrap_or_default();
+    // ureq reads at most 10 MB by default; a list of thousands of policies is more.
+    let text = res.body_mut().with_config().limit(1 << 30).read_to_string().context("reading the response")?;
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
 }
 
@@ -464,7 +465,7 @@ pub fn api(n_bans: usize, api_budget: Duration) -> Result<ApiResult> {
         table += size;
     }
     // Deletes: 500 of the policies just added, then add them back.
-    // (Daemon::call has a 5 s timeout: too short for a list of many thousands.)
+    // (Not Daemon::call: its 5 s timeout and ureq's 10 MB body limit are too small for thousands.)
     let (_, list) = d.ns.enter(|| call(&agent(), &d, "GET", "/v1/policies", None))??;
     let ids: Vec<String> = list["policies"]
         .as_array()
