@@ -467,20 +467,27 @@ pub fn api(n_bans: usize, api_budget: Duration) -> Result<ApiResult> {
     // Deletes: 500 of the policies just added, then add them back.
     // (Not Daemon::call: its 5 s timeout and ureq's 10 MB body limit are too small for thousands.)
     let (_, list) = d.ns.enter(|| call(&agent(), &d, "GET", "/v1/policies", None))??;
-    let ids: Vec<String> = list["policies"]
+    // (id, victim) of the last 500 listed.
+    let del: Vec<(String, String)> = list["policies"]
         .as_array()
         .with_context(|| format!("policy list: {}", list.to_string().chars().take(300).collect::<String>()))?
         .iter()
         .rev()
         .take(500)
-        .filter_map(|p| p["id"].as_str().map(str::to_string))
+        .filter_map(|p| Some((p["id"].as_str()?.to_string(), p["victim"].as_str()?.to_string())))
         .collect();
-    let ids_ref = &ids;
-    batches.push(batch(&d, "DELETE /v1/policies/{id}", table, 4, ids.len(), &move |i| {
-        ("DELETE".into(), format!("/v1/policies/{}", ids_ref[i]), None, 204)
+    let del_ref = &del;
+    batches.push(batch(&d, "DELETE /v1/policies/{id}", table, 4, del.len(), &move |i| {
+        ("DELETE".into(), format!("/v1/policies/{}", del_ref[i].0), None, 204)
     })?);
-    let deleted = ids.len();
-    batches.push(batch(&d, "POST /v1/policies", table - deleted, 4, deleted, &move |i| add_req(table - deleted + i))?);
+    batches.push(batch(&d, "POST /v1/policies", table - del.len(), 4, del.len(), &move |i| {
+        (
+            "POST".into(),
+            "/v1/policies".into(),
+            Some(format!(r#"{{"victim": "{}", "ttl_secs": 3600, "comment": "bench"}}"#, del_ref[i].1)),
+            201,
+        )
+    })?);
     let through_api = table;
     rss_v.push(rss(&d, "after the API batches (all added through the API)", table)?);
 
