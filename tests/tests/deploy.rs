@@ -14,6 +14,7 @@ use std::{
 };
 
 use ampguard_tests::{
+    TempDir,
     daemon::{ampguard_bin, Daemon},
     lab::{Lab, deliver},
     require_root,
@@ -28,25 +29,6 @@ fn deploy(name: &str) -> PathBuf {
 }
 
 /// A temporary directory removed on drop (kept with AMPGUARD_KEEP_TEST_DIRS).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("ag-deploy-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("AMPGUARD_KEEP_TEST_DIRS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 fn run(program: &str, args: &[&str], cwd: &Path) -> Output {
     Command::new(program)
         .args(args)
@@ -98,7 +80,7 @@ fn unit_value(key: &str) -> String {
 #[test]
 fn systemd_analyze_verifies_the_unit_without_warnings_and_rates_it_ok() {
     require_root();
-    let dir = TempDir::new("verify");
+    let dir = TempDir::new("deploy-verify");
     let unit = unit_for_built_binary(&dir.0);
     let o = run("systemd-analyze", &["verify", unit.to_str().unwrap()], &dir.0);
     // Unknown keys are only warnings (exit 0): any output at all is a failure.
@@ -273,7 +255,7 @@ fn the_daemon_works_with_only_the_units_capabilities_and_system_calls() {
     detach(&d);
 
     // With the unit's bounding set, fresh start (under strace), enforcing.
-    let dir = TempDir::new("caps");
+    let dir = TempDir::new("deploy-caps");
     let trace = dir.0.join("strace.log");
     let mut r = Restricted::start(&d, &caps, Some(&trace));
     assert!(r.ready(&d), "the daemon did not start with {caps:?}:\n{}", d.log());
@@ -332,7 +314,7 @@ fn xtask_install(dest: &Path, target: &Path) -> Output {
 #[test]
 fn xtask_install_stages_every_file_with_its_mode_and_never_overwrites_config_or_token() {
     require_root();
-    let dir = TempDir::new("install");
+    let dir = TempDir::new("deploy-install");
     let dest = dir.0.join("root");
     // A stable place for xtask's own build, so later runs are quick.
     let target = root().join("target/xtask-install-test");

@@ -17,6 +17,7 @@ use std::{
 };
 
 use ampguard_tests::{
+    TempDir,
     daemon::{ampguard_bin, Daemon},
     lab::{Lab, Netns, UdpSink, sa, send_udp},
     require_root,
@@ -28,25 +29,6 @@ fn deploy(name: &str) -> PathBuf {
 }
 
 /// A temporary directory removed on drop (kept with AMPGUARD_KEEP_TEST_DIRS).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("ag-obs-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("AMPGUARD_KEEP_TEST_DIRS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 /// A child process killed (SIGTERM, then SIGKILL after 5 s) on drop.
 struct Proc {
     child: Child,
@@ -208,7 +190,7 @@ fn prometheus_scrapes_the_daemon_and_counts_every_dropped_attack_packet() {
     require_root();
     let lab = Lab::new("prom").expect("lab");
     let d = Daemon::start(&lab, "").expect("daemon");
-    let dir = TempDir::new("prom");
+    let dir = TempDir::new("obs-prom");
     let prom = Prometheus::start(&lab.edge, &dir.0);
 
     wait_for(Duration::from_secs(20), "up{job=\"ampguard\"} == 1", || (prom.scalar(r#"up{job="ampguard"}"#) == Some(1.0)).then_some(()));
@@ -354,7 +336,7 @@ fn fastnetmon_detects_the_flood_and_its_notify_script_bans_and_unbans() {
     let ban_time = 10;
     let lab = Lab::new("fnm").expect("lab");
     let d = Daemon::start(&lab, "").expect("daemon");
-    let dir = TempDir::new("fnm");
+    let dir = TempDir::new("obs-fnm");
     let t = &dir.0;
     std::fs::write(t.join("networks_list"), "203.0.113.0/24\n").unwrap();
     std::fs::write(t.join("networks_whitelist"), "").unwrap();
