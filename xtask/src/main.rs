@@ -138,65 +138,52 @@ fn main() {
     }
 }
 
+/// Refuse at once unless root (saying what needs it and the command to run),
+/// then install whatever setup finds missing.
+fn as_root(needs: &str, command: &str) -> anyhow::Result<()> {
+    if !preflight::is_root() {
+        anyhow::bail!("{needs}: run as root (sudo cargo xtask {command})");
+    }
+    setup::run(setup::Mode::Install)
+}
+
+/// Root installs what is missing; anyone else gets a check that says what to run.
+fn setup_if_root() -> anyhow::Result<()> {
+    setup::run(if preflight::is_root() { setup::Mode::Install } else { setup::Mode::CheckOnly })
+}
+
 fn build(args: &[String]) -> anyhow::Result<()> {
-    // Root installs what is missing; anyone else gets a check that says what to run.
-    let mode = if preflight::is_root() { setup::Mode::Install } else { setup::Mode::CheckOnly };
-    setup::run(mode)?;
+    setup_if_root()?;
     cargo::build(args)
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
-    if !preflight::is_root() {
-        anyhow::bail!(
-            "the test suite attaches XDP programs and creates network namespaces: \
-             run as root (sudo cargo xtask test)"
-        );
-    }
-    setup::run(setup::Mode::Install)?;
+    as_root("the test suite attaches XDP programs and creates network namespaces", "test")?;
     cargo::test(args)
 }
 
 fn demo(args: &[String]) -> anyhow::Result<()> {
-    if !preflight::is_root() {
-        anyhow::bail!(
-            "the demo attaches an XDP program and creates network namespaces: \
-             run as root (sudo cargo xtask demo)"
-        );
-    }
-    setup::run(setup::Mode::Install)?;
+    as_root("the demo attaches an XDP program and creates network namespaces", "demo")?;
     cargo::demo(args)
 }
 
 fn bench(args: &[String]) -> anyhow::Result<()> {
-    if !preflight::is_root() {
-        anyhow::bail!(
-            "the benchmarks load XDP programs, create network namespaces and run nft: \
-             run as root (sudo cargo xtask bench)"
-        );
-    }
-    setup::run(setup::Mode::Install)?;
+    as_root("the benchmarks load XDP programs, create network namespaces and run nft", "bench")?;
     cargo::bench(args)
 }
 
 fn fuzz(a: FuzzArgs) -> anyhow::Result<()> {
     // Root installs what is missing (cargo-fuzz among it); anyone else gets a check.
-    let mode = if preflight::is_root() { setup::Mode::Install } else { setup::Mode::CheckOnly };
-    setup::run(mode)?;
+    setup_if_root()?;
     fuzz::run(a.seconds, a.jobs, &a.targets)
 }
 
 fn fuzz_xdp(a: FuzzXdpArgs) -> anyhow::Result<()> {
-    if !preflight::is_root() {
-        anyhow::bail!("the differential test loads the XDP program: run as root (sudo cargo xtask fuzz-xdp)");
-    }
-    setup::run(setup::Mode::Install)?;
+    as_root("the differential test loads the XDP program", "fuzz-xdp")?;
     fuzz::xdp(a.packets, a.seed)
 }
 
 fn soak(minutes: f64, args: &[String]) -> anyhow::Result<()> {
-    if !preflight::is_root() {
-        anyhow::bail!("the soak test attaches XDP and creates network namespaces: run as root (sudo cargo xtask soak)");
-    }
-    setup::run(setup::Mode::Install)?;
+    as_root("the soak test attaches XDP and creates network namespaces", "soak")?;
     cargo::soak(minutes, args)
 }
