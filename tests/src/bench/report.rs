@@ -66,6 +66,16 @@ fn hist(h: &BTreeMap<u8, usize>) -> String {
     h.iter().map(|(len, n)| format!("/{len}: {n}")).collect::<Vec<_>>().join(", ")
 }
 
+/// The maps' facts as a markdown table, followed by a blank line.
+fn map_table(w: &mut String, maps: &[MapFacts]) {
+    let _ = writeln!(w, "| map | type | max entries | value bytes | memlock |\n| --- | --- | --- | --- | --- |");
+    for mp in maps {
+        let memlock = mp.memlock.map(mib).unwrap_or("?".into());
+        let _ = writeln!(w, "| {} | {} | {} | {} | {} |", mp.name, mp.kind, mp.max_entries, mp.value_size, memlock);
+    }
+    let _ = writeln!(w);
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -337,19 +347,7 @@ impl Report {
         }
         let total: u64 = self.maps.iter().filter_map(|m| m.memlock).sum();
         let _ = writeln!(w, "\nampguard's maps at this capacity (total memlock **{}**):\n", mib(total));
-        let _ = writeln!(w, "| map | type | max entries | value bytes | memlock |\n| --- | --- | --- | --- | --- |");
-        for mp in &self.maps {
-            let _ = writeln!(
-                w,
-                "| {} | {} | {} | {} | {} |",
-                mp.name,
-                mp.kind,
-                mp.max_entries,
-                mp.value_size,
-                mp.memlock.map(mib).unwrap_or("?".into())
-            );
-        }
-        let _ = writeln!(w);
+        map_table(w, &self.maps);
 
         let _ = writeln!(w, "## 3. Control plane\n");
         match &self.control {
@@ -472,19 +470,7 @@ fn control_section(w: &mut String, c: &Control, cpus: usize) {
         mib(total),
         cpus
     );
-    let _ = writeln!(w, "| map | type | max entries | value bytes | memlock |\n| --- | --- | --- | --- | --- |");
-    for mp in &h.maps {
-        let _ = writeln!(
-            w,
-            "| {} | {} | {} | {} | {} |",
-            mp.name,
-            mp.kind,
-            mp.max_entries,
-            mp.value_size,
-            mp.memlock.map(mib).unwrap_or("?".into())
-        );
-    }
-    let _ = writeln!(w);
+    map_table(w, &h.maps);
     let Some(a) = &c.api else { return };
     let _ = writeln!(w, "### Through the daemon's API\n");
     let _ = writeln!(
