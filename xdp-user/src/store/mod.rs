@@ -205,7 +205,7 @@ impl Store {
 
     /// The state file and what to write to it, at the current generation.
     pub fn snapshot(&self) -> (u64, StateFile, State) {
-        (self.generation, StateFile::new(self.file.path().parent().unwrap_or(std::path::Path::new("."))), self.state.clone())
+        (self.generation, self.file.clone(), self.state.clone())
     }
 
     /// How many changes the in-memory state has seen.

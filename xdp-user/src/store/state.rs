@@ -73,6 +73,7 @@ pub enum StateError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
+#[derive(Clone)]
 pub struct StateFile {
     path: PathBuf,
 }
