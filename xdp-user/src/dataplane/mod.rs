@@ -7,6 +7,7 @@
 
 pub mod allowbits;
 pub mod attach;
+mod batch;
 mod linkinfo;
 pub mod rules;
 pub mod victims4;
@@ -97,7 +98,39 @@ struct Installed {
     slot: u32,
     /// Limiter index per vector, with the limit it was made for (reused when a
     /// replacement keeps the same limit, so the bucket keeps its state).
-    limiters: HashMap<u8, (u32, rules::Limit)>,
+    limiters: Limiters,
+}
+
+/// A policy's handful of (vector, (limiter index, limit)): a short Vec, where
+/// a HashMap each cost ~400 bytes a policy (40 MB at 100,000 policies).
+#[derive(Default)]
+struct Limiters(Vec<(u8, (u32, rules::Limit))>);
+
+impl Limiters {
+    fn get(&self, v: &u8) -> Option<&(u32, rules::Limit)> {
+        self.0.iter().find(|(k, _)| k == v).map(|(_, x)| x)
+    }
+    /// Rules have one entry per vector, so a vector is inserted once.
+    fn insert(&mut self, v: u8, x: (u32, rules::Limit)) {
+        debug_assert!(self.get(&v).is_none());
+        self.0.push((v, x));
+    }
+}
+
+impl IntoIterator for Limiters {
+    type Item = (u8, (u32, rules::Limit));
+    type IntoIter = std::vec::IntoIter<Self::Item>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Limiters {
+    type Item = &'a (u8, (u32, rules::Limit));
+    type IntoIter = std::slice::Iter<'a, (u8, (u32, rules::Limit))>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 /// A free list over 1..capacity (0 is reserved for "none").
@@ -331,7 +364,7 @@ impl DataPlane {
         policy.mode = p.mode.raw();
         policy.expires_ns = p.expires_ns;
         let mut limiter_map: Array<_, Limiter> = Array::try_from(map_mut(&mut self.ebpf, names::LIMITERS)?)?;
-        let mut installed = HashMap::new();
+        let mut installed = Limiters::default();
         for (v, r) in &p.rules {
             policy.rules[*v as usize] = r.cfg();
             if let Some(l) = r.limit() {
@@ -348,6 +381,7 @@ impl DataPlane {
                 installed.insert(*v, (idx, *l));
             }
         }
+        installed.0.shrink_to_fit();
         self.write_policy(slot, policy)?;
         if fresh {
             if let Err(e) = self.point_victim(&victim, slot) {
@@ -446,15 +480,15 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Zero a slot's counters for every vector and CPU: one batched write.
     fn reset_counters(&mut self, slot: u32) -> Result<(), DpError> {
-        let mut c: PerCpuArray<_, VerdictCounters> =
-            PerCpuArray::try_from(map_mut(&mut self.ebpf, names::POLICY_COUNTERS)?)?;
         let ncpu = nr_cpus().map_err(|(_, e)| e)?;
-        for v in 0..MAX_VECTORS as u32 {
-            let zeros = PerCpuValues::try_from(vec![VerdictCounters::default(); ncpu])?;
-            c.set(slot * MAX_VECTORS as u32 + v, zeros, 0)?;
-        }
-        Ok(())
+        // Per-CPU values are rounded up to 8 bytes each; VerdictCounters already is.
+        const _: () = assert!(std::mem::size_of::<VerdictCounters>() % 8 == 0);
+        let value_size = std::mem::size_of::<VerdictCounters>() * ncpu;
+        let keys: Vec<u32> = (0..MAX_VECTORS as u32).map(|v| slot * MAX_VECTORS as u32 + v).collect();
+        let zeros = vec![0u8; keys.len() * value_size];
+        batch::update(map(&self.ebpf, names::POLICY_COUNTERS)?, &keys, &zeros, value_size)
     }
 
     /// Victim prefix -> slot, longest prefix first semantics (for the model).
