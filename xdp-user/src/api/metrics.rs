@@ -88,7 +88,8 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
 
         let pkts = counter(&scrape, "ampguard_packets_total", "Packets that met a policy, by vector and verdict", &["vector", "verdict"]);
         let bytes = counter(&scrape, "ampguard_bytes_total", "Bytes that met a policy, by vector and verdict", &["vector", "verdict"]);
-        if let Ok(per_vector) = dp.vector_counters() {
+        let per_vector = dp.vector_counters().ok();
+        if let Some(per_vector) = &per_vector {
             for v in vectors.all() {
                 let c = &per_vector[v.id as usize];
                 for (i, name) in verdict::NAMES.iter().enumerate() {
@@ -111,30 +112,50 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
         let pp = counter(&scrape, "ampguard_policy_packets_total", "Packets per policy, vector and verdict (bounded; see README)", &["policy", "victim", "vector", "verdict"]);
         let pb = counter(&scrape, "ampguard_policy_bytes_total", "Bytes per policy, vector and verdict (bounded; see README)", &["policy", "victim", "vector", "verdict"]);
         let expiry = gauge(&scrape, "ampguard_policy_expiry_timestamp_seconds", "When a policy expires (Unix time; absent: never)", &["policy", "victim"]);
-        for (n, p) in store.policies().iter().enumerate() {
+        // The first `limit` policies get series of their own; "_other" is the
+        // per-vector total less theirs: every other policy, and policies since
+        // removed, so it never goes down when one is deleted. Reading the
+        // counters of only `limit` policies keeps a scrape's cost (and the
+        // time it holds the store) flat at 100,000 policies.
+        let mut other = per_vector.clone();
+        for p in store.policies().take(limit) {
             let Some(slot) = dp.slot_of(&p.victim) else { continue };
-            let Ok(per_vector) = dp.policy_counters(slot) else { continue };
-            let victim = p.victim.to_string();
-            let (id, victim) = if n < limit { (p.id.as_str(), victim.as_str()) } else { ("_other", "_other") };
-            if n < limit {
-                if let Some(e) = p.expires_at.and_then(|e| e.duration_since(std::time::UNIX_EPOCH).ok()) {
-                    expiry.with_label_values(&[id, victim]).set(e.as_secs() as i64);
+            let Ok(counts) = dp.policy_counters(slot) else { continue };
+            let (id, victim) = (p.id.as_str(), p.victim.to_string());
+            if let Some(e) = p.expires_at.and_then(|e| e.duration_since(std::time::UNIX_EPOCH).ok()) {
+                expiry.with_label_values(&[id, &victim]).set(e.as_secs() as i64);
+            }
+            for (vid, c) in counts.iter().enumerate() {
+                for (i, name) in verdict::NAMES.iter().enumerate() {
+                    let x = c.by_verdict[i];
+                    if let Some(o) = other.as_mut().and_then(|o| o.get_mut(vid)) {
+                        o.by_verdict[i].packets = o.by_verdict[i].packets.saturating_sub(x.packets);
+                        o.by_verdict[i].bytes = o.by_verdict[i].bytes.saturating_sub(x.bytes);
+                    }
+                    if x.packets == 0 {
+                        continue;
+                    }
+                    let vname = vectors.name_of(vid as u8).unwrap_or("unknown");
+                    pp.with_label_values(&[id, &victim, vname, name]).inc_by(x.packets);
+                    pb.with_label_values(&[id, &victim, vname, name]).inc_by(x.bytes);
                 }
             }
-            for (vid, c) in per_vector.iter().enumerate() {
+        }
+        if store.policies().len() > limit {
+            for (vid, c) in other.iter().flatten().enumerate() {
                 for (i, name) in verdict::NAMES.iter().enumerate() {
                     if c.by_verdict[i].packets == 0 {
                         continue;
                     }
                     let vname = vectors.name_of(vid as u8).unwrap_or("unknown");
-                    pp.with_label_values(&[id, victim, vname, name]).inc_by(c.by_verdict[i].packets);
-                    pb.with_label_values(&[id, victim, vname, name]).inc_by(c.by_verdict[i].bytes);
+                    pp.with_label_values(&["_other", "_other", vname, name]).inc_by(c.by_verdict[i].packets);
+                    pb.with_label_values(&["_other", "_other", vname, name]).inc_by(c.by_verdict[i].bytes);
                 }
             }
         }
 
         let modes = gauge(&scrape, "ampguard_policies", "Policies by mode", &["mode"]);
-        let monitor = store.policies().iter().filter(|p| p.mode == Mode::Monitor).count() as i64;
+        let monitor = store.policies().filter(|p| p.mode == Mode::Monitor).count() as i64;
         modes.with_label_values(&["enforce"]).set(store.policies().len() as i64 - monitor);
         modes.with_label_values(&["monitor"]).set(monitor);
         let cap = IntGauge::new("ampguard_policy_capacity", "Policies the tables can hold").expect("metric");
