@@ -63,6 +63,13 @@ fn xdp_prog_on_edge0(lab: &Lab) -> Option<u64> {
 // ---------------------------------------------------------------------------
 // SIGKILL under attack, several kinds of state, repeated
 
+
+/// The snapshot and the journal, as bytes: what a refusal must leave alone.
+fn state_files(d: &Daemon) -> (Vec<u8>, Vec<u8>) {
+    let read = |f: &str| std::fs::read(d.dir.join("state").join(f)).unwrap_or_default();
+    (read("state.json"), read("state.journal"))
+}
+
 #[test]
 fn repeated_sigkill_under_attack_keeps_v4_v6_prefix_policies_and_the_allowlist() {
     let (lab, mut d) = start("kill3", "");
@@ -202,7 +209,23 @@ fn garbage_or_wrongly_shaped_state_file_stops_run_at_once_with_the_reason() {
         assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0, "{what}: the old program still enforces");
     }
     std::fs::write(&state, &good).unwrap();
-    d.spawn().expect("starts once the file is restored");
+
+    // The journal (the policy is there, not yet in a snapshot): a line that
+    // does not read stops the start the same way, naming the journal.
+    let journal = d.dir.join("state/state.journal");
+    let jgood = std::fs::read(&journal).unwrap();
+    assert!(String::from_utf8_lossy(&jgood).contains("203.0.113.10/32"), "the change is in the journal");
+    for (what, tail) in [("a garbage line", &b"{\"seq\": oops}\n"[..]), ("a line that skips a change", &b"{\"seq\":99,\"del_policy\":\"p-1\"}\n"[..])] {
+        let bad = [jgood.as_slice(), tail].concat();
+        std::fs::write(&journal, &bad).unwrap();
+        let (ok, text, _) = run_once(&d);
+        assert!(!ok && text.contains("corrupt") && text.contains("state.journal"), "{what}: refused, naming the journal:\n{text}");
+        assert_eq!(std::fs::read(&journal).unwrap(), bad, "{what}: kept as it was");
+    }
+    // A last line cut short is a write a crash interrupted before it was
+    // acknowledged: dropped, and the start goes on.
+    std::fs::write(&journal, [jgood.as_slice(), b"{\"seq\":3,\"del_pol"].concat()).unwrap();
+    d.spawn().expect("starts with a torn last journal line");
     assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1["policies"][0]["victim"], "203.0.113.10/32");
 }
 
@@ -373,7 +396,7 @@ fn full_policy_table_answers_507_and_existing_policies_keep_working() {
     let (_, status) = d.call("GET", "/v1/status", None).unwrap();
     assert_eq!(status["policies"]["capacity"], 3, "{status}");
     let before = d.call("GET", "/v1/policies", None).unwrap().1;
-    let state_before = std::fs::read_to_string(d.dir.join("state/state.json")).unwrap();
+    let state_before = state_files(&d);
 
     let (st, e) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.30"}"#)).unwrap();
     assert_eq!(st, 507, "{e}");
@@ -383,7 +406,7 @@ fn full_policy_table_answers_507_and_existing_policies_keep_working() {
     // An alert for a new victim meets the same wall.
     let (st, e) = d.call("POST", "/v1/alerts", Some(r#"{"victim": "203.0.113.31", "action": "ban"}"#)).unwrap();
     assert_eq!((st, error_of(&e).0), (507, "table_full"), "{e}");
-    assert!(std::fs::read_to_string(d.dir.join("state/state.json")).unwrap() == state_before, "the refusals did not touch the state file");
+    assert!(state_files(&d) == state_before, "the refusals did not touch the state file");
     // Replacing an existing policy still works when full.
     let id = before["policies"][0]["id"].as_str().unwrap();
     let (st, p) = d.call("PUT", &format!("/v1/policies/{id}"), Some(r#"{"victim": "203.0.113.10", "comment": "replaced"}"#)).unwrap();
@@ -411,7 +434,7 @@ fn full_v4_chunk_table_answers_507_and_existing_policies_keep_working() {
     assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10"}"#)).unwrap().0, 201);
     assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.20"}"#)).unwrap().0, 201, "same /16, same chunk");
     let before = d.call("GET", "/v1/policies", None).unwrap().1;
-    let state_before = std::fs::read_to_string(d.dir.join("state/state.json")).unwrap();
+    let state_before = state_files(&d);
     for v in ["198.18.0.10", "198.18.7.0/24"] {
         let (st, e) = d.call("POST", "/v1/policies", Some(&json!({"victim": v}).to_string())).unwrap();
         assert_eq!(st, 507, "{v}: {e}");
@@ -420,7 +443,7 @@ fn full_v4_chunk_table_answers_507_and_existing_policies_keep_working() {
         assert!(msg.contains("chunk") && msg.contains("v4_chunks"), "{v}: the message names the table and the knob: {msg}");
     }
     assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1, before, "refusals changed nothing");
-    assert!(std::fs::read_to_string(d.dir.join("state/state.json")).unwrap() == state_before, "nor the state file");
+    assert!(state_files(&d) == state_before, "nor the state file");
     assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 100), 0, "existing policy still drops");
     assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.20:40001", 100), 0, "existing policy still drops");
     // A /16 needs no chunk; IPv6 has its own table.

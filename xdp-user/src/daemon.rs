@@ -179,7 +179,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let samples = store.dataplane_mut().take_samples()?;
     tracing::info!("data plane ready in {:?}", started.elapsed());
 
-    let persist = Arc::new(crate::store::persist::Persister::new(store.generation()));
+    crate::memory::give_back();
+    let persist = Arc::new(crate::store::persist::Persister::new(store.generation(), store.state_file()));
     let app = Arc::new(AppState {
         store: Arc::new(tokio::sync::Mutex::new(store)),
         persist: persist.clone(),

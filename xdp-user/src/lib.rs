@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod memory;
 pub mod model;
 pub mod packet;
 pub mod payloads;

@@ -224,8 +224,10 @@ fn call(agent: &ureq::Agent, d: &Daemon, method: &str, path: &str, body: Option<
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
 }
 
+/// Bytes of the state files: the snapshot and the journal.
 fn state_bytes(d: &Daemon) -> u64 {
-    std::fs::metadata(d.dir.join("state").join("state.json")).map(|m| m.len()).unwrap_or(0)
+    let len = |f: &str| std::fs::metadata(d.dir.join("state").join(f)).map(|m| m.len()).unwrap_or(0);
+    len("state.json") + len("state.journal")
 }
 
 /// `calls` requests split over `clients` threads; `req(i)` gives (method, path, body, expected status).
@@ -497,7 +499,7 @@ pub fn api(n_bans: usize, api_budget: Duration) -> Result<ApiResult> {
     d.stop().context("stopping the daemon")?;
     let sf = StateFile::new(&d.dir.join("state"));
     let mut state: State = sf.load().context("reading the daemon's state file")?;
-    let template = state.policies.first().context("no policy in the state file")?.clone();
+    let template = (**state.policies.iter().next().context("no policy in the state file")?).clone();
     let have: std::collections::HashSet<IpNet> = state.policies.iter().map(|p| p.victim).collect();
     let now = SystemTime::now();
     let mut i = 0;
@@ -514,20 +516,21 @@ pub fn api(n_bans: usize, api_budget: Duration) -> Result<ApiResult> {
         p.victim = v;
         p.created_at = now;
         p.updated_at = now;
-        state.policies.push(p);
+        state.policies.put(std::sync::Arc::new(p)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
     if extended {
-        sf.save(&state).context("writing the 100,000-policy state file")?;
+        state.seq += 1;
+        sf.save(state.seq, state.next_id, state.policies.iter(), &state.allowlist).context("writing the 100,000-policy state file")?;
     }
     let state_bytes_100k = state_bytes(&d);
     drop(state);
     // The floor of one save: the same protocol on an empty state, same filesystem.
     let floor_dir = d.dir.join("save-floor");
     let floor = StateFile::new(&floor_dir);
-    let empty = State { version: ampguard::store::state::VERSION, next_id: 1, ..Default::default() };
+    let empty = State::empty();
     let t = Instant::now();
     for _ in 0..50 {
-        floor.save(&empty)?;
+        floor.save(empty.seq, empty.next_id, empty.policies.iter(), &empty.allowlist)?;
     }
     let save_floor_ms = t.elapsed().as_secs_f64() * 1e3 / 50.0;
     let _ = std::fs::remove_dir_all(&floor_dir);

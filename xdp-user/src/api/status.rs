@@ -11,8 +11,8 @@ pub async fn status(State(app): State<Shared>) -> Result<Json<Value>, ApiError> 
     let store = app.store.lock().await;
     let dp = store.dataplane();
     let reasons = dp.reason_counters().map_err(StoreError::from)?;
-    let policies = store.policies();
-    let monitor = policies.iter().filter(|p| p.mode == Mode::Monitor).count();
+    let total = store.policies().len();
+    let monitor = store.policies().filter(|p| p.mode == Mode::Monitor).count();
     let cap = dp.capacity();
     let interfaces = app.interfaces.lock().expect("not poisoned").clone();
     Ok(Json(json!({
@@ -20,7 +20,7 @@ pub async fn status(State(app): State<Shared>) -> Result<Json<Value>, ApiError> 
         "uptime_secs": app.started.elapsed().as_secs(),
         "healthy": interfaces.iter().all(|i| i.attached),
         "interfaces": interfaces,
-        "policies": {"total": policies.len(), "enforce": policies.len() - monitor, "monitor": monitor, "capacity": cap.max_policies - 1},
+        "policies": {"total": total, "enforce": total - monitor, "monitor": monitor, "capacity": cap.max_policies - 1},
         "allowlist": {"entries": store.allowlist().len() + store.config().allowlist.len(), "capacity": cap.max_allow},
         "state_file": store.state_path(),
         "pin_dir": store.config().pin_dir,

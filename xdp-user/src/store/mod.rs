@@ -1,13 +1,14 @@
 //! The policy store: validates every change, applies it to the data plane,
 //! persists it, enforces TTLs, and turns ban/unban alerts into policies.
 //!
-//! Order of every change: validate -> data plane -> in-memory state; the
-//! state file follows by group commit (`persist.rs`): the API answers a change
-//! only once a save that includes it is on disk, and one save covers every
-//! change made while the previous one was being written.
+//! Order of every change: validate -> data plane -> in-memory state and a
+//! journal line; the state files follow by group commit (`persist.rs`): the
+//! API answers a change only once its journal line is on disk, and one
+//! `fdatasync` covers every change made while the previous one was written.
 
 pub mod persist;
 pub mod state;
+pub mod table;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,7 +20,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use self::state::{AllowRecord, PolicyRecord, State, StateError, StateFile};
+use self::state::{journal_line, AllowRecord, Change, PolicyRecord, RuleSet, State, StateError, StateFile};
 use crate::{
     alerts::{Alert, AlertAction},
     clock,
@@ -99,7 +100,7 @@ pub struct AlertOutcome {
     /// "created", "extended", "removed", "ignored"
     pub result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<PolicyRecord>,
+    pub policy: Option<Arc<PolicyRecord>>,
     pub message: String,
 }
 
@@ -109,12 +110,21 @@ pub struct Store {
     profiles: BTreeMap<String, Profile>,
     dp: DataPlane,
     file: StateFile,
+    /// `state.seq` counts the changes: each has a journal line of that number.
     state: State,
+    /// Journal lines of changes not yet handed to the persister.
+    pending: Vec<u8>,
     alert_window: HashMap<String, (Instant, u32)>,
-    /// Bumped by every change to `state`; `persist` saves up to a generation.
-    generation: u64,
     /// Distinct rule sets in use, shared by the policies that have them.
-    rule_sets: Vec<Arc<BTreeMap<String, RuleSpec>>>,
+    rule_sets: Vec<Arc<RuleSet>>,
+}
+
+/// What a compaction writes: pointers to the records, taken under the lock.
+pub struct Snapshot {
+    pub seq: u64,
+    pub next_id: u64,
+    pub policies: Vec<Arc<PolicyRecord>>,
+    pub allowlist: Vec<AllowRecord>,
 }
 
 /// Parse a victim: a prefix, or an address meaning its host prefix.
@@ -152,29 +162,35 @@ impl Store {
         dp.set_vectors(&vectors.port_table())?;
         dp.set_dns_signature(cfg.dns_large_bytes, cfg.dns_many_answers)?;
         let file = StateFile::new(&cfg.state_dir);
-        let state = file.load()?;
-        let mut store = Self { cfg, vectors, profiles, dp, file, state, alert_window: HashMap::new(), generation: 0, rule_sets: Vec::new() };
+        let (state, mut stale) = file.load_and_check()?;
+        let mut store =
+            Self { cfg, vectors, profiles, dp, file, state, pending: Vec::new(), alert_window: HashMap::new(), rule_sets: Vec::new() };
         for p in store.cfg.allowlist.clone() {
             store.dp.add_allow(p)?;
         }
         for a in store.state.allowlist.clone() {
             store.dp.add_allow(a.prefix)?;
         }
-        let mut policies = std::mem::take(&mut store.state.policies);
-        for p in &mut policies {
-            p.rules = store.intern((*p.rules).clone());
+        // Journal lines each bring their own copy of a rule set: share them again.
+        let records: Vec<Arc<PolicyRecord>> = store.state.policies.iter().cloned().collect();
+        for p in records {
+            let rules = store.intern_shared(&p.rules);
+            if !Arc::ptr_eq(&rules, &p.rules) {
+                store.state.policies.put(Arc::new(PolicyRecord { rules, ..(*p).clone() })).expect("same id, same victim");
+            }
         }
-        store.state.policies = policies;
         let now = SystemTime::now();
-        let (live, expired): (Vec<_>, Vec<_>) =
-            store.state.policies.clone().into_iter().partition(|p| p.expires_at.is_none_or(|e| e > now));
+        stale |= !store.state.policies.drain_unless(|p| p.expires_at.is_none_or(|e| e > now)).is_empty();
+        let live: Vec<Arc<PolicyRecord>> = store.state.policies.iter().cloned().collect();
         for p in &live {
             let dpp = store.to_dp(p)?;
             store.dp.upsert_policy(p.victim, &dpp)?;
         }
-        if !expired.is_empty() {
-            store.state.policies = live;
-            store.file.save(&store.state)?;
+        if stale {
+            // A fresh snapshot: the first one, a version upgrade, or the
+            // journal's changes (and the expiries) folded in.
+            let s = &store.state;
+            store.file.save(s.seq, s.next_id, s.policies.iter(), &s.allowlist)?;
         }
         Ok(store)
     }
@@ -203,42 +219,58 @@ impl Store {
         self.file.path()
     }
 
-    /// The state file and what to write to it, at the current generation.
-    pub fn snapshot(&self) -> (u64, StateFile, State) {
-        (self.generation, self.file.clone(), self.state.clone())
+    pub fn state_file(&self) -> &StateFile {
+        &self.file
     }
 
-    /// How many changes the in-memory state has seen.
+    /// How many changes the state has seen (the last journal line's number).
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.state.seq
     }
 
-    fn changed(&mut self) {
-        self.generation += 1;
+    /// Journal lines of the changes since the last call, and the generation they reach.
+    pub fn take_pending(&mut self) -> (u64, Vec<u8>) {
+        (self.state.seq, std::mem::take(&mut self.pending))
+    }
+
+    /// Everything, for a compaction (which makes the pending lines unneeded).
+    pub fn snapshot(&mut self) -> Snapshot {
+        self.pending.clear();
+        let s = &self.state;
+        Snapshot { seq: s.seq, next_id: s.next_id, policies: s.policies.iter().cloned().collect(), allowlist: s.allowlist.clone() }
+    }
+
+    fn record(&mut self, change: Change) {
+        self.state.seq += 1;
+        self.pending.extend(journal_line(self.state.seq, change));
     }
 
     /// The shared copy of a rule set: 100,000 policies from one profile hold
     /// one map, not 100,000. Sets no policy uses any more are dropped.
-    fn intern(&mut self, rules: BTreeMap<String, RuleSpec>) -> Arc<BTreeMap<String, RuleSpec>> {
-        if let Some(a) = self.rule_sets.iter().find(|a| ***a == rules) {
+    fn intern(&mut self, rules: RuleSet) -> Arc<RuleSet> {
+        self.intern_shared(&Arc::new(rules))
+    }
+
+    fn intern_shared(&mut self, rules: &Arc<RuleSet>) -> Arc<RuleSet> {
+        if let Some(a) = self.rule_sets.iter().find(|a| Arc::ptr_eq(a, rules) || ***a == **rules) {
             return a.clone();
         }
         self.rule_sets.retain(|a| Arc::strong_count(a) > 1);
-        let a = Arc::new(rules);
-        self.rule_sets.push(a.clone());
-        a
+        self.rule_sets.push(rules.clone());
+        rules.clone()
     }
 
-    pub fn policies(&self) -> &[PolicyRecord] {
-        &self.state.policies
+    /// Every policy, in the order they were made.
+    pub fn policies(&self) -> impl ExactSizeIterator<Item = &Arc<PolicyRecord>> + '_ {
+        self.state.policies.iter()
     }
 
     pub fn allowlist(&self) -> &[AllowRecord] {
         &self.state.allowlist
     }
 
-    pub fn policy(&self, id: &str) -> Result<&PolicyRecord, StoreError> {
-        self.state.policies.iter().find(|p| p.id == id).ok_or_else(|| StoreError::NotFound(format!("no policy {id}")))
+    pub fn policy(&self, id: &str) -> Result<&Arc<PolicyRecord>, StoreError> {
+        self.state.policies.get(id).ok_or_else(|| StoreError::NotFound(format!("no policy {id}")))
     }
 
     fn to_dp(&self, p: &PolicyRecord) -> Result<DpPolicy, StoreError> {
@@ -342,22 +374,23 @@ impl Store {
         }
     }
 
-    /// Apply a record to the data plane and the in-memory state; the state file
-    /// follows (see `persist`).
-    fn commit(&mut self, rec: PolicyRecord, replacing: Option<usize>) -> Result<PolicyRecord, StoreError> {
+    /// Apply a record (new, or replacing the one with its id) to the data
+    /// plane and the in-memory state; the state files follow (see `persist`).
+    fn commit(&mut self, rec: PolicyRecord) -> Result<Arc<PolicyRecord>, StoreError> {
+        if let Some(other) = self.state.policies.by_victim(&rec.victim).filter(|o| o.id != rec.id) {
+            return Err(StoreError::Conflict(format!("{} already has policy {}", rec.victim, other.id)));
+        }
         let dpp = self.to_dp(&rec)?;
         self.dp.upsert_policy(rec.victim, &dpp).map_err(full_or)?;
-        match replacing {
-            Some(i) => self.state.policies[i] = rec.clone(),
-            None => self.state.policies.push(rec.clone()),
-        }
-        self.changed();
+        let rec = Arc::new(rec);
+        self.state.policies.put(rec.clone()).expect("victim checked above");
+        self.record(Change::PutPolicy(rec.clone()));
         Ok(rec)
     }
 
-    pub fn create_policy(&mut self, req: PolicyRequest, source: &str) -> Result<PolicyRecord, StoreError> {
+    pub fn create_policy(&mut self, req: PolicyRequest, source: &str) -> Result<Arc<PolicyRecord>, StoreError> {
         let (victim, rules, expires_at) = self.resolve(&req)?;
-        if let Some(p) = self.state.policies.iter().find(|p| p.victim == victim) {
+        if let Some(p) = self.state.policies.by_victim(&victim) {
             return Err(StoreError::Conflict(format!(
                 "{victim} already has policy {}; replace it with PUT /v1/policies/{}",
                 p.id, p.id
@@ -383,13 +416,13 @@ impl Store {
             comment: req.comment,
             source: source.into(),
         };
-        self.commit(rec, None)
+        self.commit(rec)
     }
 
-    pub fn replace_policy(&mut self, id: &str, req: PolicyRequest) -> Result<PolicyRecord, StoreError> {
-        let i = self.state.policies.iter().position(|p| p.id == id).ok_or_else(|| StoreError::NotFound(format!("no policy {id}")))?;
+    pub fn replace_policy(&mut self, id: &str, req: PolicyRequest) -> Result<Arc<PolicyRecord>, StoreError> {
+        self.policy(id)?;
         let (victim, rules, expires_at) = self.resolve(&req)?;
-        let old = &self.state.policies[i];
+        let old = self.policy(id)?;
         if victim != old.victim {
             return Err(invalid(format!("policy {id} is for {}; a policy's victim cannot change (delete it and create another)", old.victim)));
         }
@@ -407,14 +440,14 @@ impl Store {
             comment: req.comment,
             source,
         };
-        self.commit(rec, Some(i))
+        self.commit(rec)
     }
 
-    pub fn delete_policy(&mut self, id: &str) -> Result<PolicyRecord, StoreError> {
-        let i = self.state.policies.iter().position(|p| p.id == id).ok_or_else(|| StoreError::NotFound(format!("no policy {id}")))?;
-        self.dp.remove_policy(&self.state.policies[i].victim)?;
-        let rec = self.state.policies.remove(i);
-        self.changed();
+    pub fn delete_policy(&mut self, id: &str) -> Result<Arc<PolicyRecord>, StoreError> {
+        let victim = self.policy(id)?.victim;
+        self.dp.remove_policy(&victim)?;
+        let rec = self.state.policies.remove(id).expect("found above");
+        self.record(Change::DelPolicy(rec.id.clone()));
         Ok(rec)
     }
 
@@ -454,7 +487,7 @@ impl Store {
         self.dp.add_allow(prefix).map_err(full_or)?;
         let rec = AllowRecord { id: self.next_id("a"), prefix, comment, created_at: SystemTime::now() };
         self.state.allowlist.push(rec.clone());
-        self.changed();
+        self.record(Change::PutAllow(rec.clone()));
         Ok(rec)
     }
 
@@ -466,7 +499,7 @@ impl Store {
             self.dp.remove_allow(&prefix)?;
         }
         let rec = self.state.allowlist.remove(i);
-        self.changed();
+        self.record(Change::DelAllow(rec.id.clone()));
         Ok(rec)
     }
 
@@ -500,13 +533,12 @@ impl Store {
                 return Err(invalid(format!("unknown vector {v:?} in alert")));
             }
         }
-        let existing = self.state.policies.iter().position(|p| p.victim == victim);
+        let existing = self.state.policies.by_victim(&victim).cloned();
         match alert.action {
             AlertAction::Unban => {
-                let Some(i) = existing else {
+                let Some(p) = existing else {
                     return Ok(AlertOutcome { result: "ignored", policy: None, message: format!("{victim} has no policy") });
                 };
-                let p = &self.state.policies[i];
                 if p.source == "api" {
                     return Ok(AlertOutcome {
                         result: "ignored",
@@ -525,7 +557,7 @@ impl Store {
                 if ttl == 0 || ttl > max {
                     return Err(invalid(format!("alert ttl_secs {ttl} must be in 1..={max} (max_alert_ttl_secs)")));
                 }
-                let by_alerts = self.state.policies.iter().filter(|p| p.source != "api").count();
+                let by_alerts = self.state.policies.by_alerts();
                 if existing.is_none() && by_alerts >= self.cfg.alert_policy_limit() {
                     return Err(StoreError::Full(format!(
                         "alerts already hold {by_alerts} policies, the most max_alert_policies allows; the rest of the table is kept for operators"
@@ -534,8 +566,8 @@ impl Store {
                 self.check_allowlist_overlap(&victim)?;
                 self.alert_budget(source)?;
                 let until = SystemTime::now() + Duration::from_secs(ttl);
-                if let Some(i) = existing {
-                    let mut rec = self.state.policies[i].clone();
+                if let Some(p) = existing {
+                    let mut rec = (*p).clone();
                     let extended = match rec.expires_at {
                         Some(e) if e < until => {
                             rec.expires_at = Some(until);
@@ -549,13 +581,13 @@ impl Store {
                     if !extended && !added {
                         return Ok(AlertOutcome {
                             result: "ignored",
-                            policy: Some(rec.clone()),
+                            policy: Some(p),
                             message: format!("policy {} already covers {victim} for longer", rec.id),
                         });
                     }
                     rec.updated_at = SystemTime::now();
                     let id = rec.id.clone();
-                    let rec = self.commit(rec, Some(i))?;
+                    let rec = self.commit(rec)?;
                     return Ok(AlertOutcome { result: "extended", policy: Some(rec), message: format!("extended policy {id} for {victim}") });
                 }
                 let default = self.profiles["default"].clone();
