@@ -152,3 +152,27 @@ fn signatures_with_the_default_profile() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A policy added into a slot a removed one used starts from zero on every
+/// vector and verdict: `policy_counters` is what the API, `top` and /metrics
+/// show for it (the counters are zeroed with one batched write).
+#[test]
+fn a_reused_slot_starts_with_zero_counters() {
+    let mut f = Fixture::new();
+    let rules = &[("memcached", Drop), ("dns", Pass), ("ntp", limit_pps(1000, 3))];
+    let old = f.policy("203.0.113.10/32", policy(Enforce, 0, rules));
+    for (sport, n) in [(11211, 5), (53, 3), (123, 7)] {
+        for _ in 0..n {
+            f.run(&P::udp4(&format!("198.51.100.7:{sport}"), "203.0.113.10:40001").build());
+        }
+    }
+    let counted: u64 = f.dp.policy_counters(old).unwrap().iter().flat_map(|c| c.by_verdict.iter()).map(|x| x.packets).sum();
+    assert_eq!(counted, 15, "the old policy counted its packets");
+    f.remove("203.0.113.10/32");
+    let new = f.policy("203.0.113.20/32", policy(Enforce, 0, rules));
+    assert_eq!(new, old, "the free list hands the slot out again");
+    let left: Vec<_> = f.dp.policy_counters(new).unwrap().into_iter().enumerate().filter(|(_, c)| c.by_verdict.iter().any(|x| x.packets != 0 || x.bytes != 0)).collect();
+    assert!(left.is_empty(), "counters carried over into the new policy: {left:?}");
+    assert_eq!(f.run(&P::udp4("198.51.100.7:11211", "203.0.113.20:40001").build()), XDP_DROP);
+    assert_eq!(f.dp.policy_counters(new).unwrap()[v("memcached") as usize].by_verdict[verdict::DROPPED].packets, 1);
+}
