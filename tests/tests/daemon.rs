@@ -88,6 +88,32 @@ fn cli_adds_a_policy_with_the_default_profile() {
 }
 
 #[test]
+fn policy_list_pages_with_a_cursor_that_survives_deletes() {
+    let (_lab, d) = start("page");
+    let mut ids = Vec::new();
+    for v in ["203.0.113.10", "203.0.113.11", "203.0.113.12", "2001:db8:2::10", "203.0.113.13"] {
+        let (st, p) = d.call("POST", "/v1/policies", Some(&json!({"victim": v}).to_string())).unwrap();
+        assert_eq!(st, 201, "{p}");
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    let page = |q: &str| d.call("GET", &format!("/v1/policies?{q}"), None).unwrap().1;
+    let ids_of = |v: &Value| v["policies"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let first = page("limit=2");
+    assert_eq!(ids_of(&first), ids[..2], "{first}");
+    let cursor = first["next_cursor"].as_str().expect("more follow").to_string();
+    // A policy on the next page is deleted meanwhile: the cursor still holds.
+    assert_eq!(d.call("DELETE", &format!("/v1/policies/{}", ids[2]), None).unwrap().0, 204);
+    let second = page(&format!("limit=2&cursor={cursor}"));
+    assert_eq!(ids_of(&second), ids[3..5], "{second}");
+    assert!(second.get("next_cursor").is_none(), "the last page has no cursor: {second}");
+    assert_eq!(ids_of(&d.call("GET", "/v1/policies", None).unwrap().1).len(), 4, "no limit: every policy");
+    for bad in ["limit=0", "limit=many", "cursor=-1"] {
+        let (st, e) = d.call("GET", &format!("/v1/policies?{bad}"), None).unwrap();
+        assert_eq!(st, 400, "{bad}: {e}");
+    }
+}
+
+#[test]
 fn sigkill_under_attack_lets_nothing_through_and_restart_keeps_policies() {
     let (lab, mut d) = start("kill");
     let (st, p) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10", "ttl_secs": 600}"#)).unwrap();

@@ -265,6 +265,11 @@ impl Store {
         self.state.policies.iter()
     }
 
+    /// A page of policies in creation order; see `PolicyTable::page`.
+    pub fn policy_page(&self, from: u64, limit: usize) -> (Vec<&Arc<PolicyRecord>>, Option<u64>) {
+        self.state.policies.page(from, limit)
+    }
+
     pub fn allowlist(&self) -> &[AllowRecord] {
         &self.state.allowlist
     }

@@ -52,6 +52,15 @@ impl PolicyTable {
         self.by_order.values()
     }
 
+    /// Up to `limit` records from creation-order position `from` on, and the
+    /// position to continue from if there are more (a cursor that stays valid
+    /// while records are added and removed).
+    pub fn page(&self, from: u64, limit: usize) -> (Vec<&Arc<PolicyRecord>>, Option<u64>) {
+        let mut it = self.by_order.range(from..);
+        let page: Vec<_> = it.by_ref().take(limit).map(|(_, r)| r).collect();
+        (page, it.next().map(|(o, _)| *o))
+    }
+
     pub fn get(&self, id: &str) -> Option<&Arc<PolicyRecord>> {
         self.by_id.get(id).and_then(|o| self.by_order.get(o))
     }
@@ -166,8 +175,14 @@ mod tests {
         assert_eq!(t.by_victim(&"203.0.113.10/32".parse().unwrap()).unwrap().id, "p-5");
         assert_eq!(t.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["p-2", "p-3", "p-5"], "new records go last");
 
+        let (page, next) = t.page(0, 2);
+        assert_eq!(page.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["p-2", "p-3"]);
+        t.remove("p-2");
+        let (page, end) = t.page(next.expect("one more"), 2);
+        assert_eq!((page.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), end), (vec!["p-5"], None), "the cursor survives removals");
+
         let gone = t.drain_unless(|r| r.source == "api");
         assert_eq!(gone.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["p-3"]);
-        assert_eq!((t.len(), t.by_alerts()), (2, 0));
+        assert_eq!((t.len(), t.by_alerts()), (1, 0));
     }
 }
