@@ -448,9 +448,10 @@ fn control_section(w: &mut String, c: &Control, cpus: usize) {
          default profile as the daemon installs it ({} rules, {} of them with a token bucket, a 1 h expiry), \
          into a fresh ampguard with max_policies {} and max_limiters {}; one thread on the bench's CPU. \
          Replace = the same call for a victim that has a policy (new expiry, limits unchanged: no counters \
-         to reset, no victim entry to write, limiters kept). Every call is a series of single-element map \
-         updates (`bpf(BPF_MAP_UPDATE_ELEM)`); a fresh add also zeroes the policy's 32 per-CPU counter \
-         entries and writes the victim table.\n",
+         to reset, no victim entry to write, limiters kept: each one's limit is read back and compared). \
+         Every call is a few single-element map updates (`bpf(BPF_MAP_UPDATE_ELEM)`: the policy, each new \
+         limiter, the victim table); a fresh add also zeroes the policy's 32 per-CPU counter entries with \
+         one `BPF_MAP_UPDATE_BATCH`.\n",
         h.n, h.rules, h.limiters_per_policy, h.capacity.max_policies, h.capacity.max_limiters
     );
     let _ = writeln!(w, "| operation | count | seconds | per second | µs each |\n| --- | --- | --- | --- | --- |");
@@ -480,16 +481,18 @@ fn control_section(w: &mut String, c: &Control, cpus: usize) {
          Clients are threads of the bench in the same namespace, one keep-alive HTTP connection each, \
          POSTing `{{\"victim\": \"100.64.x.y/32\", \"ttl_secs\": 3600, \"comment\": \"bench\"}}` (the \
          default profile). The bench and the daemon are not pinned in this part (2 vCPUs shared). A request \
-         applies its change to the maps and the in-memory state under the store's lock, then waits for the \
-         state file to hold it: a writer saves the whole state (compact JSON, write, fsync, hard link of the \
-         backup, rename, fsync of the directory) whenever it is behind, and one save answers every request \
-         it covers (group commit). The file's size after each batch is shown. The same save protocol on an \
-         empty state, on the same filesystem, takes **{:.2} ms** (`StateFile::save`, 50 times).\n",
+         applies its change to the maps and the in-memory state under the store's lock, then waits for its \
+         line in the state journal to be on disk: a writer appends every pending line with one `fdatasync` \
+         whenever it is behind, and that one write answers every request it covers (group commit); when the \
+         journal has outgrown the snapshot (and 8 MiB), the writer writes a new snapshot instead and starts \
+         an empty journal. \"state files after\" is snapshot + journal after each batch. A snapshot of an \
+         empty state (write, fsync, hard link of the backup, rename, fsync of the directory, new journal), \
+         on the same filesystem, takes **{:.2} ms** (`StateFile::save`, 50 times).\n",
         a.extra_toml, a.save_floor_ms
     );
     let _ = writeln!(
         w,
-        "| requests | table before | calls | clients | per second | latency p50 | latency p99 | state file after |\n\
+        "| requests | table before | calls | clients | per second | latency p50 | latency p99 | state files after |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for b in &a.batches {
@@ -519,7 +522,7 @@ fn control_section(w: &mut String, c: &Control, cpus: usize) {
          was sent; the policy took effect between the send times of those two (their gap, the resolution, \
          is shown), and the later one is used: an upper bound. veth runs the XDP program in the sender's \
          softirq right after `sendto`, so a send time is within microseconds of the XDP verdict. The daemon \
-         writes the maps before it saves the state file and answers, so the drop usually starts **before** \
+         writes the maps before it writes the journal line and answers, so the drop usually starts **before** \
          the response: \"from the response\" is then negative, and \"from the request\" is the figure that \
          bounds what a detector waits for.\n"
     );
@@ -556,7 +559,7 @@ fn control_section(w: &mut String, c: &Control, cpus: usize) {
     let _ = writeln!(
         w,
         "VmRSS and VmHWM (peak) of the `ampguard run` process from /proc/PID/status. {} policies were added \
-         through the API above{}. Then the daemon is restarted on that state file (it loads it into fresh \
+         through the API above{}. Then the daemon is restarted on its state files (it loads snapshot + journal into fresh \
          maps and swaps them into the pinned XDP link): **{:.1} s** to a healthy API. Then {} more API calls \
          and bans run at that size. Kernel memory for the maps is in the handle section above (BPF map \
          memory is not in the process's RSS).\n",
@@ -568,7 +571,7 @@ fn control_section(w: &mut String, c: &Control, cpus: usize) {
                 a.state_bytes_100k as f64 / (1024.0 * 1024.0)
             )
         } else {
-            format!(" (state file {:.1} MiB)", a.state_bytes_100k as f64 / (1024.0 * 1024.0))
+            format!(" (state files {:.1} MiB)", a.state_bytes_100k as f64 / (1024.0 * 1024.0))
         },
         a.restart_secs,
         a.batches.last().map(|b| b.calls).unwrap_or(0)

@@ -96,40 +96,23 @@ pub struct LoadOptions {
 
 struct Installed {
     slot: u32,
-    /// Limiter index per vector, with the limit it was made for (reused when a
-    /// replacement keeps the same limit, so the bucket keeps its state).
+    /// Limiter index per vector. A replacement whose limit equals the one
+    /// in the limiter's map entry reuses it, so the bucket keeps its state.
     limiters: Limiters,
 }
 
-/// A policy's handful of (vector, (limiter index, limit)): a short Vec, where
-/// a HashMap each cost ~400 bytes a policy (40 MB at 100,000 policies).
+/// A policy's handful of (vector, limiter index): 8 bytes each in a boxed
+/// slice. (A HashMap of (vector -> index, limit) cost ~400 bytes a policy,
+/// 40 MB at 100,000; the limit is read back from the map when needed.)
 #[derive(Default)]
-struct Limiters(Vec<(u8, (u32, rules::Limit))>);
+struct Limiters(Box<[(u8, u32)]>);
 
 impl Limiters {
-    fn get(&self, v: &u8) -> Option<&(u32, rules::Limit)> {
-        self.0.iter().find(|(k, _)| k == v).map(|(_, x)| x)
+    fn get(&self, v: u8) -> Option<u32> {
+        self.0.iter().find(|(k, _)| *k == v).map(|(_, i)| *i)
     }
-    /// Rules have one entry per vector, so a vector is inserted once.
-    fn insert(&mut self, v: u8, x: (u32, rules::Limit)) {
-        debug_assert!(self.get(&v).is_none());
-        self.0.push((v, x));
-    }
-}
-
-impl IntoIterator for Limiters {
-    type Item = (u8, (u32, rules::Limit));
-    type IntoIter = std::vec::IntoIter<Self::Item>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
-    }
-}
-
-impl<'a> IntoIterator for &'a Limiters {
-    type Item = &'a (u8, (u32, rules::Limit));
-    type IntoIter = std::slice::Iter<'a, (u8, (u32, rules::Limit))>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+    fn iter(&self) -> impl Iterator<Item = (u8, u32)> + '_ {
+        self.0.iter().copied()
     }
 }
 
@@ -328,15 +311,18 @@ impl DataPlane {
         }
         let existing = self.policies.get(&victim);
         // Limiters: keep the ones whose limit is unchanged, allocate the rest.
-        let mut keep: HashMap<u8, (u32, rules::Limit)> = HashMap::new();
+        let mut keep: HashMap<u8, u32> = HashMap::new();
         let mut needed = 0usize;
-        for (v, r) in &p.rules {
-            if let Some(l) = r.limit() {
-                match existing.and_then(|e| e.limiters.get(v)) {
-                    Some((idx, old)) if *old == l => {
-                        keep.insert(*v, (*idx, l));
+        {
+            let limiter_map: Array<&MapData, Limiter> = Array::try_from(map(&self.ebpf, names::LIMITERS)?)?;
+            for (v, r) in &p.rules {
+                if let Some(l) = r.limit() {
+                    match existing.and_then(|e| e.limiters.get(*v)) {
+                        Some(idx) if limiter_map.get(&idx, 0)?.cfg == l.to_cfg() => {
+                            keep.insert(*v, idx);
+                        }
+                        _ => needed += 1,
                     }
-                    _ => needed += 1,
                 }
             }
         }
@@ -364,13 +350,13 @@ impl DataPlane {
         policy.mode = p.mode.raw();
         policy.expires_ns = p.expires_ns;
         let mut limiter_map: Array<_, Limiter> = Array::try_from(map_mut(&mut self.ebpf, names::LIMITERS)?)?;
-        let mut installed = Limiters::default();
+        let mut installed: Vec<(u8, u32)> = Vec::new();
         for (v, r) in &p.rules {
             policy.rules[*v as usize] = r.cfg();
             if let Some(l) = r.limit() {
                 let l = &l;
                 let idx = match keep.get(v) {
-                    Some((idx, _)) => *idx,
+                    Some(idx) => *idx,
                     None => {
                         let idx = self.limiters.take().expect("counted above");
                         limiter_map.set(idx, Limiter { cfg: l.to_cfg(), state: Default::default() }, 0)?;
@@ -378,26 +364,26 @@ impl DataPlane {
                     }
                 };
                 policy.limiters[*v as usize] = idx;
-                installed.insert(*v, (idx, *l));
+                installed.push((*v, idx));
             }
         }
-        installed.0.shrink_to_fit();
+        let installed = Limiters(installed.into_boxed_slice());
         self.write_policy(slot, policy)?;
         if fresh {
             if let Err(e) = self.point_victim(&victim, slot) {
                 self.write_policy(slot, Policy::unused())?;
                 self.slots.give(slot);
-                for (v, (idx, _)) in &installed {
-                    if !keep.contains_key(v) {
-                        self.limiters.give(*idx);
+                for (v, idx) in installed.iter() {
+                    if !keep.contains_key(&v) {
+                        self.limiters.give(idx);
                     }
                 }
                 return Err(e);
             }
         }
         if let Some(old) = self.policies.insert(victim, Installed { slot, limiters: installed }) {
-            for (v, (idx, _)) in old.limiters {
-                if !keep.get(&v).is_some_and(|(k, _)| *k == idx) {
+            for (v, idx) in old.limiters.iter() {
+                if keep.get(&v) != Some(&idx) {
                     self.limiters.give(idx);
                 }
             }
@@ -412,7 +398,7 @@ impl DataPlane {
         self.unpoint_victim(&victim)?;
         self.write_policy(inst.slot, Policy::unused())?;
         self.slots.give(inst.slot);
-        for (_, (idx, _)) in inst.limiters {
+        for (_, idx) in inst.limiters.iter() {
             self.limiters.give(idx);
         }
         Ok(true)
@@ -601,7 +587,7 @@ impl DataPlane {
 
     /// Bucket state of a policy's limiter for a vector (tests and debugging).
     pub fn limiter(&self, victim: &IpNet, vector: u8) -> Result<Option<Limiter>, DpError> {
-        let Some(idx) = self.policies.get(&victim.trunc()).and_then(|p| p.limiters.get(&vector)).map(|l| l.0) else {
+        let Some(idx) = self.policies.get(&victim.trunc()).and_then(|p| p.limiters.get(vector)) else {
             return Ok(None);
         };
         let m: Array<&MapData, Limiter> = Array::try_from(map(&self.ebpf, names::LIMITERS)?)?;

@@ -481,6 +481,14 @@ pub fn replay(state: &mut State, bytes: &[u8]) -> Result<(), String> {
     }
     let mut ids: HashSet<String> =
         state.policies.iter().map(|p| p.id.clone()).chain(state.allowlist.iter().map(|a| a.id.clone())).collect();
+    // Each line brings its own copy of a rule set; share them as they come, so
+    // that thousands of copies are never alive (and fragmenting the heap) at once.
+    let mut sets: Vec<Arc<RuleSet>> = Vec::new();
+    for p in state.policies.iter() {
+        if !sets.iter().any(|s| Arc::ptr_eq(s, &p.rules)) {
+            sets.push(p.rules.clone());
+        }
+    }
     for (n, line) in lines.enumerate() {
         let lineno = n + 2;
         if !line.ends_with(b"\n") {
@@ -496,8 +504,12 @@ pub fn replay(state: &mut State, bytes: &[u8]) -> Result<(), String> {
             return Err(at(format!("jumps from change {} to {seq}", state.seq)));
         }
         match change {
-            Change::PutPolicy(p) => {
+            Change::PutPolicy(mut p) => {
                 check_policy(&p).map_err(at)?;
+                match sets.iter().find(|s| ***s == *p.rules) {
+                    Some(s) => Arc::make_mut(&mut p).rules = s.clone(),
+                    None => sets.push(p.rules.clone()),
+                }
                 let known = state.policies.get(&p.id).is_some();
                 if !known && !ids.insert(p.id.clone()) {
                     return Err(at(format!("id {} is already an allowlist entry", p.id)));
