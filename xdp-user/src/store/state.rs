@@ -757,6 +757,17 @@ mod tests {
     }
 
     #[test]
+    fn the_committed_fuzz_seeds_read() {
+        let v2 = parse(include_bytes!("../../../fuzz/corpus/state_file/snapshot-v2.json")).unwrap();
+        let ps: Vec<_> = v2.policies.iter().collect();
+        assert_eq!((ps.len(), v2.seq, v2.allowlist.len()), (3, 7, 1));
+        assert!(Arc::ptr_eq(&ps[0].rules, &ps[2].rules) && !Arc::ptr_eq(&ps[0].rules, &ps[1].rules));
+        let mut s = State::empty();
+        replay(&mut s, include_bytes!("../../../fuzz/corpus/state_file/journal.jsonl")).unwrap();
+        assert_eq!((s.seq, s.next_id, s.policies.len(), s.allowlist.len()), (4, 3, 0, 0));
+    }
+
+    #[test]
     fn fractional_seconds_are_read_as_whole_seconds() {
         let mut s = sample();
         let mut p = (**s.policies.get("p-1").unwrap()).clone();
