@@ -54,6 +54,9 @@ fn api_policy_drops_the_attack_passes_the_rest_and_delete_restores() {
         r#"ampguard_policies{mode="enforce"} 1"#,
         r#"ampguard_interface_attached{interface="edge0",mode="native"} 1"#,
         r#"ampguard_api_requests_total{method="POST",route="/v1/policies",status="201"} 1"#,
+        // The one change is one journal line, one fdatasync, and no failure.
+        r#"ampguard_state_writes_total{kind="journal"} 1"#,
+        r#"ampguard_state_write_failures_total 0"#,
     ] {
         assert!(m.lines().any(|l| l == line), "metrics lack {line}:\n{m}");
     }

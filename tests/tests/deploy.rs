@@ -57,7 +57,7 @@ fn promtool_accepts_the_prometheus_config_and_alert_rules_and_their_unit_tests_p
     let o = run("promtool", &["check", "config", "prometheus.yml"], &dir);
     assert!(text(&o).contains("1 rule files found"), "{}", text(&o));
     let o = run("promtool", &["check", "rules", "ampguard-alerts.yml"], &dir);
-    assert!(text(&o).contains("5 rules found"), "{}", text(&o));
+    assert!(text(&o).contains("6 rules found"), "{}", text(&o));
 }
 
 /// The shipped unit with ExecStart naming the built binary (systemd-analyze

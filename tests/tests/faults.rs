@@ -553,3 +553,45 @@ fn an_alert_source_is_held_to_hosts_ttls_its_budget_and_the_allowlist() {
     assert_eq!(deliver(&lab, "198.51.100.53:11211", "203.0.113.10:40001", 50), 50);
     assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0);
 }
+
+/// `chattr` on a state file, panicking with the reason if the filesystem
+/// cannot (the test needs immutable flags: ext4, xfs, btrfs; not tmpfs).
+fn chattr(flag: &str, path: &std::path::Path) {
+    let out = Command::new("chattr").arg(flag).arg(path).output().expect("chattr (e2fsprogs) is installed");
+    assert!(
+        out.status.success(),
+        "chattr {flag} {} failed ({}); this test needs the temp dir on a filesystem with immutable flags",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+#[test]
+fn a_state_file_that_cannot_be_written_fails_the_request_loudly_and_recovers() {
+    let (lab, mut d) = start("unwritable", "");
+    assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10"}"#)).unwrap().0, 201);
+    // An immutable journal: appends fail with EPERM, as on a read-only or broken disk.
+    let journal = d.dir.join("state/state.journal");
+    chattr("+i", &journal);
+    let (st, e) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.20"}"#)).unwrap();
+    let (code, msg) = error_of(&e);
+    if st != 500 {
+        chattr("-i", &journal);
+    }
+    assert_eq!((st, code), (500, "state_file"), "{e}");
+    assert!(msg.contains("in force") && msg.contains("retried"), "the message says where the change stands: {msg}");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.20:40001", 100), 0, "the change is in force");
+    let (_, m) = d.call_with("GET", "/metrics", None, None).unwrap();
+    let failures = m.as_str().unwrap().lines().find_map(|l| l.strip_prefix("ampguard_state_write_failures_total ")).map(|v| v.parse::<u64>().unwrap());
+    chattr("-i", &journal);
+    assert!(failures.is_some_and(|n| n >= 1), "the failure is counted: {failures:?}");
+
+    // Writable again: the next change waits for the retry (a full snapshot) and succeeds.
+    let (st, e) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.30"}"#)).unwrap();
+    assert_eq!(st, 201, "{e}");
+    d.kill9();
+    d.spawn().expect("restarts");
+    let (_, list) = d.call("GET", "/v1/policies", None).unwrap();
+    let victims: Vec<&str> = list["policies"].as_array().unwrap().iter().map(|p| p["victim"].as_str().unwrap()).collect();
+    assert_eq!(victims, ["203.0.113.10/32", "203.0.113.20/32", "203.0.113.30/32"], "nothing was lost across the failure");
+}

@@ -225,7 +225,7 @@ fn prometheus_scrapes_the_daemon_and_counts_every_dropped_attack_packet() {
     assert_eq!(prom.scalar(r#"sum(ampguard_policies{job="ampguard",mode="enforce"})"#), Some(1.0));
 
     // The shipped rules loaded and evaluate without error against the real series.
-    let names = ["AmpguardAttackInProgress", "AmpguardPolicyNearExpiry", "AmpguardDaemonDown", "AmpguardXdpDetached", "AmpguardPolicyTableNearlyFull"];
+    let names = ["AmpguardAttackInProgress", "AmpguardPolicyNearExpiry", "AmpguardDaemonDown", "AmpguardXdpDetached", "AmpguardPolicyTableNearlyFull", "AmpguardStateNotSaved"];
     let rules = wait_for(Duration::from_secs(15), "every rule evaluated", || {
         let v = prom.api("/api/v1/rules");
         let rules: Vec<Value> = v["data"]["groups"].as_array()?.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();

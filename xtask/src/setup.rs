@@ -37,6 +37,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("fastnetmon", "the detector the FastNetMon end-to-end test runs inside the lab (tests/tests/observability.rs)"),
     ("systemd", "systemd-analyze: verifying deploy/ampguard.service (tests/tests/deploy.rs)"),
     ("strace", "checking the daemon's system calls against the unit's SystemCallFilter (tests/tests/deploy.rs)"),
+    ("e2fsprogs", "chattr: the fault tests make a state file immutable to fail its writes (tests/tests/faults.rs)"),
     ("g++", "C++ compiler: the fuzz targets link libFuzzer, which libfuzzer-sys builds from source"),
 ];
 

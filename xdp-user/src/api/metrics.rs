@@ -16,7 +16,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use xdp_common::counters::{reason, verdict};
 
 use super::Shared;
@@ -168,6 +168,20 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
     let attached = gauge(&scrape, "ampguard_interface_attached", "1 if the XDP program is attached to the interface", &["interface", "mode"]);
     for i in app.interfaces.lock().expect("not poisoned").iter() {
         attached.with_label_values(&[&i.name, &i.mode]).set(i.attached as i64);
+    }
+    // The state files' writer: a failure means changes are in force but not on disk.
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &app.persist.stats;
+        let writes = counter(&scrape, "ampguard_state_writes_total", "Writes of the state files: journal appends (one fdatasync each) and snapshots", &["kind"]);
+        writes.with_label_values(&["journal"]).inc_by(st.appends.load(Relaxed));
+        writes.with_label_values(&["snapshot"]).inc_by(st.snapshots.load(Relaxed));
+        let failed = IntCounter::new("ampguard_state_write_failures_total", "State file writes that failed (retried every second)").expect("metric");
+        failed.inc_by(st.failures.load(Relaxed));
+        scrape.register(Box::new(failed)).expect("unique");
+        let bytes = gauge(&scrape, "ampguard_state_file_bytes", "Size of the state files", &["file"]);
+        bytes.with_label_values(&["journal"]).set(st.journal_bytes.load(Relaxed) as i64);
+        bytes.with_label_values(&["snapshot"]).set(st.snapshot_bytes.load(Relaxed) as i64);
     }
     let up = IntGauge::new("ampguard_uptime_seconds", "Seconds since the daemon started").expect("metric");
     up.set(app.started.elapsed().as_secs() as i64);

@@ -28,8 +28,10 @@ pub const MIN_COMPACT_BYTES: u64 = 8 << 20;
 pub struct Durable {
     /// Every generation up to this one is on disk.
     pub generation: u64,
-    /// The last save failed with this, for generations above `generation`.
+    /// The last save failed with this; it was to cover generations up to
+    /// `failed_upto`. A change made after that attempt waits for the retry.
     pub error: Option<String>,
+    pub failed_upto: u64,
 }
 
 /// What the writer counts, for /metrics.
@@ -59,7 +61,7 @@ impl Persister {
         stats.journal_bytes.store(file.journal_len(), std::sync::atomic::Ordering::Relaxed);
         let snap = std::fs::metadata(file.path()).map(|m| m.len()).unwrap_or(0);
         stats.snapshot_bytes.store(snap, std::sync::atomic::Ordering::Relaxed);
-        Self { kick: Notify::new(), durable: watch::Sender::new(Durable { generation: saved, error: None }), stats }
+        Self { kick: Notify::new(), durable: watch::Sender::new(Durable { generation: saved, error: None, failed_upto: 0 }), stats }
     }
 
     /// Wait until generation `gen` is on disk (or the save that should have
@@ -73,7 +75,7 @@ impl Persister {
                 if d.generation >= gen {
                     return Ok(());
                 }
-                if let Some(e) = &d.error {
+                if let Some(e) = d.error.as_ref().filter(|_| d.failed_upto >= gen) {
                     return Err(e.clone());
                 }
             }
@@ -130,7 +132,7 @@ impl Persister {
             match saved {
                 Ok(Ok(())) => {
                     must_snapshot = false;
-                    self.durable.send_replace(Durable { generation: gen, error: None });
+                    self.durable.send_replace(Durable { generation: gen, error: None, failed_upto: 0 });
                 }
                 failed => {
                     let e = match failed {
@@ -141,7 +143,10 @@ impl Persister {
                     tracing::error!("saving the state failed, retrying in 1 s with a full snapshot: {e}");
                     self.stats.failures.fetch_add(1, Relaxed);
                     must_snapshot = true;
-                    self.durable.send_modify(|d| d.error = Some(e));
+                    self.durable.send_modify(|d| {
+                        d.error = Some(e);
+                        d.failed_upto = gen;
+                    });
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     self.kick.notify_one();
                 }
