@@ -171,7 +171,8 @@ impl Store {
         for a in store.state.allowlist.clone() {
             store.dp.add_allow(a.prefix)?;
         }
-        // Journal lines each bring their own copy of a rule set: share them again.
+        // Register the loaded rule sets (shared within the files already), so
+        // that new policies with the same rules share them too.
         let records: Vec<Arc<PolicyRecord>> = store.state.policies.iter().cloned().collect();
         for p in records {
             let rules = store.intern_shared(&p.rules);
