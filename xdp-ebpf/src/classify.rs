@@ -1,7 +1,7 @@
 //! Classification: which vector a packet belongs to, and which victim policy
 //! (if any) covers its destination.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::maps::lpm_trie::Key;
 use xdp_common::{maps, policy::NO_SLOT, vector};
 
 use crate::{
@@ -20,17 +20,14 @@ pub fn port_vector(sport: u16) -> u8 {
 
 /// Policy slot of the longest victim prefix covering the destination.
 #[inline(always)]
-pub fn victim_slot(ctx: &XdpContext, l3: &L3) -> u32 {
+pub fn victim_slot(l3: &L3) -> u32 {
     if l3.v6 {
-        match l3.dst6(ctx).and_then(|dst| AG_V6_VICTIMS.get(Key::new(128, dst))) {
+        match AG_V6_VICTIMS.get(Key::new(128, l3.dst6())) {
             Some(slot) => *slot,
             None => NO_SLOT,
         }
     } else {
-        match l3.dst4(ctx) {
-            Some(dst) => victim_slot_v4(u32::from_be_bytes(dst)),
-            None => NO_SLOT,
-        }
+        victim_slot_v4(u32::from_be_bytes(l3.dst4()))
     }
 }
 

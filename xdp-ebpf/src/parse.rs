@@ -1,9 +1,11 @@
 //! Header parsing.
 //!
-//! Contract (after xdp-tools' parsing helpers): every read goes through
-//! [`ptr_at`], which bounds-checks against `data_end` and returns `None` when
-//! the packet is too short; a parse function either returns what the packet
-//! holds or [`Parsed::ParseError`]. Nothing here drops anything.
+//! Contract (after xdp-tools' parsing helpers): every read is bounds-checked
+//! against `data_end` first, by [`ptr_at`] (which returns `None` when the
+//! packet is too short) or, for the fixed layouts, by one check covering all
+//! the bytes read from them (the fast path of [`parse`], the IP header behind
+//! [`L3`]); a parse function either returns what the packet holds or
+//! [`Parsed::ParseError`]. Nothing here drops anything.
 //!
 //! Limits, mirrored by the reference model (xdp-user/src/model.rs):
 //! - Ethernet with up to two VLAN tags (802.1Q 0x8100, 802.1ad 0x88a8); a third
@@ -28,11 +30,16 @@ pub const MAX_EXT_HEADERS: usize = 8;
 /// The UDP header (or the fragment header) must start before this frame offset.
 pub const MAX_L4_OFFSET: usize = 512;
 
-/// Where the IP header starts and which family it is; addresses are read
-/// from the packet only by the stages that need them (most packets never do).
+/// The IP header and its family. `hdr` points at the IP header and was
+/// bounds-checked by the parser for the whole fixed header (20 bytes for IPv4,
+/// 40 for IPv6), so the addresses are read from it without a second check.
+/// The later stages must use this pointer, not one rebuilt from `ctx.data()`:
+/// the verifier knows the range of the register that was checked, and a
+/// reloaded `ctx.data()` would need the check (and the reload) again.
+/// Addresses are read only by the stages that need them (most packets never do).
 #[derive(Clone, Copy)]
 pub struct L3 {
-    pub off: usize,
+    hdr: *const u8,
     pub v6: bool,
 }
 
@@ -66,27 +73,70 @@ pub fn be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
 }
 
 impl L3 {
-    /// Destination address, network byte order (IPv4 in the first 4 bytes).
+    /// Safety: `off + size_of::<T>()` is within the fixed header checked by the parser.
     #[inline(always)]
-    pub fn dst4(&self, ctx: &XdpContext) -> Option<[u8; 4]> {
-        read(ctx, self.off + 16)
+    unsafe fn at<T: Copy>(&self, off: usize) -> T {
+        unsafe { core::ptr::read_unaligned(self.hdr.add(off) as *const T) }
+    }
+    /// Destination address, network byte order.
+    #[inline(always)]
+    pub fn dst4(&self) -> [u8; 4] {
+        // Safety: bytes 16..20 of a checked IPv4 header.
+        unsafe { self.at(16) }
     }
     #[inline(always)]
-    pub fn src4(&self, ctx: &XdpContext) -> Option<[u8; 4]> {
-        read(ctx, self.off + 12)
+    pub fn src4(&self) -> [u8; 4] {
+        // Safety: bytes 12..16 of a checked IPv4 header.
+        unsafe { self.at(12) }
     }
     #[inline(always)]
-    pub fn dst6(&self, ctx: &XdpContext) -> Option<[u8; 16]> {
-        read(ctx, self.off + 24)
+    pub fn dst6(&self) -> [u8; 16] {
+        // Safety: bytes 24..40 of a checked IPv6 header.
+        unsafe { self.at(24) }
     }
     #[inline(always)]
-    pub fn src6(&self, ctx: &XdpContext) -> Option<[u8; 16]> {
-        read(ctx, self.off + 8)
+    pub fn src6(&self) -> [u8; 16] {
+        // Safety: bytes 8..24 of a checked IPv6 header.
+        unsafe { self.at(8) }
     }
 }
 
+/// Ethernet without VLAN tags (14) + IPv4 without options (20) + the UDP
+/// header (8): the layout of almost every packet, parsed by [`parse`] with one
+/// bounds check; anything else (tags, options, IPv6, short frames) goes through
+/// [`parse_general`], which gives the same answer for these packets too.
+const FAST_LEN: usize = 14 + 20 + 8;
+
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Parsed {
+    let data = ctx.data();
+    if data + FAST_LEN <= ctx.data_end() {
+        let p = data as *const u8;
+        // Safety: the FAST_LEN bytes at p are inside the packet (checked above).
+        unsafe {
+            let proto = u16::from_be_bytes(core::ptr::read_unaligned(p.add(12) as *const [u8; 2]));
+            // 0x45: version 4, IHL 5 (no options).
+            if proto == ETH_P_IPV4 && *p.add(14) == 0x45 {
+                let h = p.add(14);
+                let frag = u16::from_be_bytes(core::ptr::read_unaligned(h.add(6) as *const [u8; 2]));
+                let l3 = L3 { hdr: h, v6: false };
+                if frag & 0x1fff != 0 {
+                    return Parsed::Fragment { l3 };
+                }
+                if *h.add(9) != IPPROTO_UDP {
+                    return Parsed::NotUdp;
+                }
+                let sport = u16::from_be_bytes(core::ptr::read_unaligned(h.add(20) as *const [u8; 2]));
+                return Parsed::Udp { l3, l4: 14 + 20, sport };
+            }
+        }
+    }
+    parse_general(ctx)
+}
+
+/// Any layout the contract above allows.
+#[inline(always)]
+fn parse_general(ctx: &XdpContext) -> Parsed {
     let Some(mut proto) = be16(ctx, 12) else { return Parsed::ParseError };
     let mut off = 14;
     // Two VLAN tags at most, unrolled for the verifier.
@@ -121,7 +171,7 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Parsed {
     if b0 >> 4 != 4 || ihl < 5 {
         return Parsed::ParseError;
     }
-    let l3 = L3 { off, v6: false };
+    let l3 = L3 { hdr: h, v6: false };
     if frag & 0x1fff != 0 {
         return Parsed::Fragment { l3 };
     }
@@ -143,7 +193,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
     if b0 >> 4 != 6 {
         return Parsed::ParseError;
     }
-    let l3 = L3 { off, v6: true };
+    let l3 = L3 { hdr: h, v6: true };
     let mut off = off + 40;
     for _ in 0..MAX_EXT_HEADERS {
         if off >= MAX_L4_OFFSET {

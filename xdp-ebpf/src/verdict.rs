@@ -41,7 +41,7 @@ pub fn decide(ctx: &XdpContext) -> u32 {
         return pass(reason::NO_VECTOR, len);
     }
 
-    let slot = victim_slot(ctx, &l3);
+    let slot = victim_slot(&l3);
     if slot == NO_SLOT {
         return pass(reason::NO_POLICY, len);
     }
@@ -49,7 +49,7 @@ pub fn decide(ctx: &XdpContext) -> u32 {
     if policy.mode == mode::UNUSED {
         return pass(reason::NO_POLICY, len);
     }
-    if allowlisted(ctx, &l3) {
+    if allowlisted(&l3) {
         return pass(reason::ALLOWLISTED, len);
     }
     let rule = policy.rules[vector];
@@ -190,22 +190,14 @@ fn now_ns() -> u64 {
 /// Source in the allowlist? The bitmap answers "no" for almost every attack
 /// source with one array read; the exact LPM trie decides the rest.
 #[inline(always)]
-fn allowlisted(ctx: &XdpContext, l3: &L3) -> bool {
+fn allowlisted(l3: &L3) -> bool {
     if l3.v6 {
-        match l3.src6(ctx) {
-            Some(src) => {
-                bit_set(maps::allow_bit_v6(u32::from_be_bytes([src[0], src[1], src[2], src[3]])))
-                    && AG_ALLOW_V6.get(Key::new(128, src)).is_some()
-            }
-            None => false,
-        }
+        let src = l3.src6();
+        bit_set(maps::allow_bit_v6(u32::from_be_bytes([src[0], src[1], src[2], src[3]])))
+            && AG_ALLOW_V6.get(Key::new(128, src)).is_some()
     } else {
-        match l3.src4(ctx) {
-            Some(src) => {
-                bit_set(maps::allow_bit_v4(u32::from_be_bytes(src))) && AG_ALLOW_V4.get(Key::new(32, src)).is_some()
-            }
-            None => false,
-        }
+        let src = l3.src4();
+        bit_set(maps::allow_bit_v4(u32::from_be_bytes(src))) && AG_ALLOW_V4.get(Key::new(32, src)).is_some()
     }
 }
 
