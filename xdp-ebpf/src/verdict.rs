@@ -53,9 +53,13 @@ pub fn decide(ctx: &XdpContext) -> u32 {
         return pass(reason::ALLOWLISTED, len);
     }
     let rule = policy.rules[vector];
-    let action = if rule.flags == 0 || conditions_hold(ctx, &rule, vector as u8, l4) { rule.on_match } else { rule.otherwise };
+    // The settings, read once for the signature thresholds, the test clock and
+    // the sampler (each used to look the entry up again).
+    let cfg = AG_CONFIG.get(0);
+    let action =
+        if rule.flags == 0 || conditions_hold(ctx, &rule, vector as u8, l4, cfg) { rule.on_match } else { rule.otherwise };
     // The clock only where it is needed: a policy with an expiry, or a limit.
-    let now = if policy.expires_ns != 0 || action == action::LIMIT { now_ns() } else { 0 };
+    let now = if policy.expires_ns != 0 || action == action::LIMIT { now_ns(cfg) } else { 0 };
     if policy.expired(now) {
         return pass(reason::EXPIRED, len);
     }
@@ -82,7 +86,7 @@ pub fn decide(ctx: &XdpContext) -> u32 {
 
     count_policy(slot, vector, v, len);
     if v != verdict::PASSED {
-        sample(ctx, slot, vector as u8, v as u8, len);
+        sample(ctx, cfg, slot, vector as u8, v as u8, len);
     }
     if v == verdict::DROPPED || v == verdict::RATE_LIMITED {
         XDP_DROP
@@ -92,15 +96,15 @@ pub fn decide(ctx: &XdpContext) -> u32 {
 }
 
 /// Copy the first bytes of a dropped, limited or monitored packet to the ring
-/// buffer, at most `samples_per_sec` a second per CPU. Off (one config read)
-/// unless a capture is running.
+/// buffer, at most `samples_per_sec` a second per CPU. Off (one test of the
+/// settings) unless a capture is running.
 #[inline(always)]
-fn sample(ctx: &XdpContext, slot: u32, vector: u8, v: u8, len: u64) {
-    let limit = match AG_CONFIG.get(0) {
+fn sample(ctx: &XdpContext, cfg: Option<&Config>, slot: u32, vector: u8, v: u8, len: u64) {
+    let limit = match cfg {
         Some(c) if c.samples_per_sec != 0 => c.samples_per_sec as u64,
         _ => return,
     };
-    let now = now_ns();
+    let now = now_ns(cfg);
     let Some(st) = AG_SAMPLER.get_ptr_mut(0) else { return };
     unsafe {
         if now.wrapping_sub((*st).window_ns) >= 1_000_000_000 {
@@ -140,7 +144,7 @@ fn sample(ctx: &XdpContext, slot: u32, vector: u8, v: u8, len: u64) {
 /// reflection signature. Non-first fragments have no UDP header: payload 0,
 /// no signature.
 #[inline(always)]
-fn conditions_hold(ctx: &XdpContext, rule: &RuleCfg, vector: u8, l4: Option<usize>) -> bool {
+fn conditions_hold(ctx: &XdpContext, rule: &RuleCfg, vector: u8, l4: Option<usize>, cfg: Option<&Config>) -> bool {
     let (p, plen) = match l4.and_then(|o| be16(ctx, o + 4).map(|ul| (o + 8, ul))) {
         Some((p, ul)) if read::<[u8; 8]>(ctx, p - 8).is_some() => (p, (ul as usize).saturating_sub(8)),
         _ => (0, 0),
@@ -149,7 +153,7 @@ fn conditions_hold(ctx: &XdpContext, rule: &RuleCfg, vector: u8, l4: Option<usiz
         return false;
     }
     if rule.flags & cond::SIGNATURE != 0 {
-        let cfg = match AG_CONFIG.get(0) {
+        let cfg = match cfg {
             Some(c) => *c,
             None => Config::DEFAULT,
         };
@@ -159,7 +163,7 @@ fn conditions_hold(ctx: &XdpContext, rule: &RuleCfg, vector: u8, l4: Option<usiz
 }
 
 /// The clock for expiry and buckets: CLOCK_MONOTONIC, coarse (it advances once
-/// per tick), or the test clock when one is set.
+/// per tick), or the test clock when one is set in `cfg` (AG_CONFIG).
 ///
 /// `bpf_ktime_get_coarse_ns` costs ~14 ns (PERF-FACTS.md), most of an attack
 /// packet's budget. The coarse clock only changes when jiffies do, so each CPU
@@ -168,8 +172,8 @@ fn conditions_hold(ctx: &XdpContext, rule: &RuleCfg, vector: u8, l4: Option<usiz
 /// updated one after the other in the same tick handler): expiry may be up to
 /// a tick late, and a bucket refills a tick later, never by less.
 #[inline(always)]
-fn now_ns() -> u64 {
-    if let Some(cfg) = AG_CONFIG.get(0) {
+fn now_ns(cfg: Option<&Config>) -> u64 {
+    if let Some(cfg) = cfg {
         if cfg.time_override_ns != 0 {
             return cfg.time_override_ns;
         }
