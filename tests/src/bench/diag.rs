@@ -49,7 +49,7 @@ pub fn measure(
         .collect::<Result<_>>()?;
     let pkt = &chosen[0].pkt;
     let mut bare_s = Vec::new();
-    let mut s: Vec<[Vec<u32>; 3]> = vec![Default::default(); chosen.len()];
+    let mut s: Vec<[Vec<f64>; 3]> = vec![Default::default(); chosen.len()];
     let check = |p: &Path, ret: u32| -> Result<()> {
         if ret != p.expect {
             bail!("diagnostics: path {:?} returned {ret}, expected {}", p.label, p.expect);

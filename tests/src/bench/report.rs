@@ -119,9 +119,9 @@ impl Report {
         let _ = writeln!(w, "## How to read\n");
         let _ = writeln!(
             w,
-            "Part 1 runs each packet through BPF_PROG_TEST_RUN {} times per call; the kernel reports the mean \
-             ns per run (whole ns, truncated: a 1 ns step is about 5% of a ~20 ns program, so ratios carry \
-             about ±0.05 of rounding). Each figure is the median of {} rounds, and rounds interleave all \
+            "Part 1 runs each packet through BPF_PROG_TEST_RUN {} times per call; a figure is the call's \
+             wall time over the repeats (to a tenth of a ns; the kernel's own mean is truncated to whole ns, \
+             too coarse when the bare program takes 8 ns on a fast CPU). Each figure is the median of {} rounds, and rounds interleave all \
              subjects, so a noisy phase (other builds run on this 2-vCPU machine) hits them alike. \"x bare\" \
              divides by the median of a program that only returns XDP_PASS, measured in the same run: \
              that ratio, not the absolute ns, is what compares across machines. test_run replays one packet \
@@ -139,7 +139,7 @@ impl Report {
         for c in self.cost.iter().skip(2) {
             if let Some(t) = c.target {
                 let r = self.ratio(c);
-                let _ = writeln!(w, "| {} <= {t:.1}x bare | {r:.2}x ({:.0} ns vs {:.0} ns) | {} |", c.label, c.median(), self.bare(), met(r <= t));
+                let _ = writeln!(w, "| {} <= {t:.1}x bare | {r:.2}x ({:.1} ns vs {:.1} ns) | {} |", c.label, c.median(), self.bare(), met(r <= t));
             }
         }
         match (self.live(Receiver::AmpguardDrop), self.live(Receiver::NftDrop), self.live(Receiver::CountDrop)) {
@@ -186,25 +186,26 @@ impl Report {
         let _ = writeln!(w, "- loading all of it through the `DataPlane` handle took {:.1} s\n", self.populate_secs);
         let _ = writeln!(
             w,
-            "| path | packet | frame | ns/run (median of {}) | min - max | x bare | target | checked |\n\
-             | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| path | packet | frame | ns/run (median of {}) | min - max | x bare | ns over bare | target | checked |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             self.rounds
         );
         for c in &self.cost {
-            let lo = c.samples.iter().min().copied().unwrap_or(0);
-            let hi = c.samples.iter().max().copied().unwrap_or(0);
+            let lo = c.samples.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = c.samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let target = match c.target {
                 Some(t) => format!("<= {t:.1}x: {}", met(self.ratio(c) <= t)),
                 None => "-".into(),
             };
             let _ = writeln!(
                 w,
-                "| {} | {} | {} B | {:.0} | {lo} - {hi} | {:.2} | {target} | {} |",
+                "| {} | {} | {} B | {:.1} | {lo:.1} - {hi:.1} | {:.2} | {:+.1} | {target} | {} |",
                 c.label,
                 c.what,
                 c.frame_len,
                 c.median(),
                 self.ratio(c),
+                c.median() - self.bare(),
                 c.checked
             );
         }
@@ -212,7 +213,7 @@ impl Report {
         let samples: Vec<String> = self
             .cost
             .iter()
-            .map(|c| format!("{}: {:?}", c.label, c.samples))
+            .map(|c| format!("{}: [{}]", c.label, c.samples.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ")))
             .collect();
         let _ = writeln!(w, "<details><summary>every round (ns/run)</summary>\n\n```\n{}\n```\n</details>\n", samples.join("\n"));
 
@@ -222,7 +223,7 @@ impl Report {
 ");
         let _ = writeln!(
             w,
-            "The same packets again ({} more interleaved rounds; bare = {:.0} ns in these rounds): with the \
+            "The same packets again ({} more interleaved rounds; bare = {:.1} ns in these rounds): with the \
              test clock set (`set_time_override`: `now_ns()` returns the AG_CONFIG value it reads first anyway, \
              instead of reading `bpf_jiffies64` and the per-CPU clock cache, which calls \
              `bpf_ktime_get_coarse_ns` once per tick), and through a second ampguard whose tables hold only the \
@@ -237,7 +238,7 @@ impl Report {
         for r in &d.rows {
             let _ = writeln!(
                 w,
-                "| {} | {:.0} ns ({:.2}x) | {:.0} ns ({:.2}x) | {:.0} ns ({:.2}x) |",
+                "| {} | {:.1} ns ({:.2}x) | {:.1} ns ({:.2}x) | {:.1} ns ({:.2}x) |",
                 r.label,
                 r.full,
                 r.full / d.bare,

@@ -198,7 +198,7 @@ fn run() -> Result<()> {
         cost::measure(&dp, bare, count_drop, &paths, args.rounds, args.repeat)?
     };
     for m in &measured {
-        eprintln!("  {:<36} {:>5.0} ns  x{:.2}", m.label, m.median(), m.median() / measured[0].median());
+        eprintln!("  {:<36} {:>5.1} ns  x{:.2}", m.label, m.median(), m.median() / measured[0].median());
     }
 
     // Where the time goes: test clock, and tables holding only the bench's victims.
