@@ -119,9 +119,10 @@ impl Report {
         let _ = writeln!(w, "## How to read\n");
         let _ = writeln!(
             w,
-            "Part 1 runs each packet through BPF_PROG_TEST_RUN {} times per call; a figure is the call's \
-             wall time over the repeats (to a tenth of a ns; the kernel's own mean is truncated to whole ns, \
-             too coarse when the bare program takes 8 ns on a fast CPU). Each figure is the median of {} rounds, and rounds interleave all \
+            "Part 1 runs each packet through BPF_PROG_TEST_RUN {} times per call; the kernel reports the mean \
+             ns per run (whole ns, truncated: on a CPU where the bare program takes 8 ns, a 1 ns step is 0.12 \
+             of a ratio, so compare \"ns over bare\" too; the call's wall time is no better, with milliseconds \
+             of fixed cost per call here). Each figure is the median of {} rounds, and rounds interleave all \
              subjects, so a noisy phase (other builds run on this 2-vCPU machine) hits them alike. \"x bare\" \
              divides by the median of a program that only returns XDP_PASS, measured in the same run: \
              that ratio, not the absolute ns, is what compares across machines. test_run replays one packet \
