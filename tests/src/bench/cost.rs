@@ -320,6 +320,9 @@ pub struct Measured {
     pub frame_len: usize,
     /// Mean ns per run, one per round.
     pub samples: Vec<f64>,
+    /// The bare program's mean, measured right before each sample: the
+    /// machine's slow phases last seconds, so a pair meets the same one.
+    pub paired_bare: Vec<f64>,
     pub target: Option<f64>,
     /// How the path was verified.
     pub checked: String,
@@ -328,6 +331,16 @@ pub struct Measured {
 impl Measured {
     pub fn median(&self) -> f64 {
         median(&self.samples)
+    }
+
+    /// Median over rounds of sample / its paired bare run.
+    pub fn ratio(&self) -> f64 {
+        median(&self.samples.iter().zip(&self.paired_bare).map(|(s, b)| s / b.max(1.0)).collect::<Vec<_>>())
+    }
+
+    /// Median over rounds of sample - its paired bare run, in ns.
+    pub fn over_bare(&self) -> f64 {
+        median(&self.samples.iter().zip(&self.paired_bare).map(|(s, b)| s - b).collect::<Vec<_>>())
     }
 }
 
@@ -374,9 +387,11 @@ pub fn measure(
 
     let n = paths.len() + 2;
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); n];
+    let mut paired: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); n];
     for round in 0..rounds {
         for k in 0..n {
             let i = (k + round) % n;
+            paired[i].push(run(bare, &ref_pkt, repeat)?.1);
             let (ret, ns) = match i {
                 0 => run(bare, &ref_pkt, repeat)?,
                 1 => run(count_drop, &ref_pkt, repeat)?,
@@ -398,6 +413,7 @@ pub fn measure(
             what: "baseline: returns XDP_PASS, reads nothing".into(),
             frame_len: ref_pkt.len(),
             samples: samples[0].clone(),
+            paired_bare: paired[0].clone(),
             target: None,
             checked: "-".into(),
         },
@@ -406,6 +422,7 @@ pub fn measure(
             what: "baseline: per-CPU counter + XDP_DROP".into(),
             frame_len: ref_pkt.len(),
             samples: samples[1].clone(),
+            paired_bare: paired[1].clone(),
             target: None,
             checked: "-".into(),
         },
@@ -429,6 +446,7 @@ pub fn measure(
             what: p.what.clone(),
             frame_len: p.pkt.len(),
             samples: samples[i + 2].clone(),
+            paired_bare: paired[i + 2].clone(),
             target: p.target,
             checked,
         });

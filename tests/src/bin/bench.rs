@@ -40,9 +40,9 @@ const USAGE: &str = "usage: bench [--out FILE] [--rounds N] [--repeat N] [--live
              [--batch N] [--cpu N] [--skip-live] [--skip-control] [--bans N] [--api-secs S]
              [--command TEXT] [--rev TEXT]
   --out FILE        where to write the report (default BENCHMARKS.md)
-  --rounds N        rounds of part 1, median taken (default 7)
+  --rounds N        rounds of part 1, median taken (default 15)
   --repeat N        BPF_PROG_TEST_RUN repeats per call in part 1 (default 2000000)
-  --live-rounds N   rounds of part 2, median taken (default 5)
+  --live-rounds N   rounds of part 2, median taken (default 9)
   --live-secs S     length of one live round per receiver, seconds (default 3)
   --batch N         live-frames batch size (default 64)
   --cpu N           CPU to pin the bench (and the generator) to (default: the last)
@@ -73,9 +73,9 @@ fn parse_args() -> Result<Args> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut a = Args {
         out: "BENCHMARKS.md".into(),
-        rounds: 7,
+        rounds: 15,
         repeat: 2_000_000,
-        live_rounds: 5,
+        live_rounds: 9,
         live_secs: 3.0,
         batch: 64,
         cpu: cpus - 1,
