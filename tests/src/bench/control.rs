@@ -545,9 +545,11 @@ pub fn api(n_bans: usize, api_budget: Duration) -> Result<ApiResult> {
     }
     eprintln!("  restarted with {total} policies in {restart_secs:.1} s");
     rss_v.push(rss(&d, if extended { "restarted on the state file extended to 100,000" } else { "restarted on its own state file" }, total)?);
-    // A few API calls at this size.
-    batches.push(batch(&d, "POST /v1/policies", total, 1, 5, &|i| add_req(N_POLICIES + 1000 + i))?);
-    let table_now = total + 5;
+    // Adds at this size, after the restart: 1,000 with 4 clients, then 500
+    // with one client alone (which waits for its own fdatasync each time).
+    batches.push(batch(&d, "POST /v1/policies", total, 4, 1000, &|i| add_req(N_POLICIES + 1000 + i))?);
+    batches.push(batch(&d, "POST /v1/policies", total + 1000, 1, 500, &|i| add_req(N_POLICIES + 2000 + i))?);
+    let table_now = total + 1500;
     bans_v.push(bans(&lab, &d, 5, table_now)?);
     rss_v.push(rss(&d, "after those calls", table_now)?);
     Ok(ApiResult { batches, bans: bans_v, rss: rss_v, restart_secs, state_bytes_100k, through_api, save_floor_ms, extra_toml: extra })

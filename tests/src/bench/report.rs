@@ -423,14 +423,12 @@ fn control_targets(w: &mut String, c: &Control) {
             met(r >= 2_000.0)
         );
     }
-    if let Some(b) = adds.last().filter(|b| b.table_before >= 100_000) {
+    if let Some(b) = adds.last().filter(|b| b.clients == 1 && b.table_before >= 100_000) {
         let r = b.calls as f64 / b.secs;
         let _ = writeln!(
             w,
-            "| policy adds through the API >= 2,000/s, at {} policies | {r:.1}/s ({} client) | {} |",
+            "| policy adds through the API, one client alone, at {} policies (no target: it waits for one `fdatasync` per request) | {r:.0}/s | |",
             b.table_before,
-            b.clients,
-            met(r >= 2_000.0)
         );
     }
     for b in &a.bans {
@@ -593,7 +591,7 @@ fn control_section(w: &mut String, c: &Control, cpus: usize) {
             format!(" (state files {:.1} MiB)", a.state_bytes_100k as f64 / (1024.0 * 1024.0))
         },
         a.restart_secs,
-        a.batches.last().map(|b| b.calls).unwrap_or(0)
+        a.batches.iter().rev().take(2).map(|b| b.calls).sum::<usize>()
     );
     let _ = writeln!(w, "| when | policies | VmRSS | VmHWM (peak) |\n| --- | --- | --- | --- |");
     for r in &a.rss {
