@@ -284,14 +284,12 @@ fn write_snapshot<'a, W: Write>(
     let mut index: HashMap<*const RuleSet, usize> = HashMap::new();
     let mut sets: Vec<&RuleSet> = Vec::new();
     for p in policies.clone() {
-        let key = Arc::as_ptr(&p.rules);
-        if !index.contains_key(&key) {
-            let i = sets.iter().position(|s| **s == *p.rules).unwrap_or_else(|| {
+        index.entry(Arc::as_ptr(&p.rules)).or_insert_with(|| {
+            sets.iter().position(|s| **s == *p.rules).unwrap_or_else(|| {
                 sets.push(&p.rules);
                 sets.len() - 1
-            });
-            index.insert(key, i);
-        }
+            })
+        });
     }
     write!(w, "{{\"version\":{VERSION},\"seq\":{seq},\"next_id\":{next_id},\"rule_sets\":")?;
     serde_json::to_writer(&mut *w, &sets)?;
