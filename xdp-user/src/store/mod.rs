@@ -253,12 +253,8 @@ impl Store {
     }
 
     fn intern_shared(&mut self, rules: &Arc<RuleSet>) -> Arc<RuleSet> {
-        if let Some(a) = self.rule_sets.iter().find(|a| Arc::ptr_eq(a, rules) || ***a == **rules) {
-            return a.clone();
-        }
         self.rule_sets.retain(|a| Arc::strong_count(a) > 1);
-        self.rule_sets.push(rules.clone());
-        rules.clone()
+        state::share_rules(&mut self.rule_sets, rules)
     }
 
     /// Every policy, in the order they were made.

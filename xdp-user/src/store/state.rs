@@ -187,11 +187,12 @@ impl StateFile {
         let mut stale = false;
         let mut state = match fs::read(&self.path) {
             Ok(bytes) => {
-                stale |= serde_json::from_slice::<VersionOnly>(&bytes).is_ok_and(|v| v.version != VERSION);
-                parse(&bytes).map_err(|e| match e {
+                let (state, version) = parse_versioned(&bytes).map_err(|e| match e {
                     ParseError::Version(found) => StateError::Version { path: self.path.clone(), found },
                     ParseError::Bad(reason) => self.corrupt(self.path.clone(), reason),
-                })?
+                })?;
+                stale |= version != VERSION;
+                state
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 stale = true;
@@ -387,6 +388,22 @@ impl std::fmt::Display for ParseError {
 
 /// Parse and check a snapshot's content (also the fuzzing entry point).
 pub fn parse(bytes: &[u8]) -> Result<State, ParseError> {
+    parse_versioned(bytes).map(|(state, _)| state)
+}
+
+/// The rule set in `sets` equal to `rules` (or `rules` itself, added to
+/// them): policies with equal rules hold one map. Used while reading the
+/// files, and by the store for the policies it makes.
+pub fn share_rules(sets: &mut Vec<Arc<RuleSet>>, rules: &Arc<RuleSet>) -> Arc<RuleSet> {
+    if let Some(s) = sets.iter().find(|s| Arc::ptr_eq(s, rules) || ***s == **rules) {
+        return s.clone();
+    }
+    sets.push(rules.clone());
+    rules.clone()
+}
+
+/// `parse`, and the version the snapshot was written in.
+fn parse_versioned(bytes: &[u8]) -> Result<(State, u32), ParseError> {
     let bad = |e: serde_json::Error| ParseError::Bad(e.to_string());
     let version = serde_json::from_slice::<VersionOnly>(bytes).map_err(bad)?.version;
     let (seq, next_id, records, allowlist) = match version {
@@ -398,10 +415,7 @@ pub fn parse(bytes: &[u8]) -> Result<State, ParseError> {
                 .policies
                 .into_iter()
                 .map(|mut p| {
-                    match sets.iter().find(|s| **s == p.rules) {
-                        Some(s) => p.rules = s.clone(),
-                        None => sets.push(p.rules.clone()),
-                    }
+                    p.rules = share_rules(&mut sets, &p.rules);
                     Arc::new(p)
                 })
                 .collect::<Vec<_>>();
@@ -445,7 +459,7 @@ pub fn parse(bytes: &[u8]) -> Result<State, ParseError> {
             return Err(ParseError::Bad(format!("id {} appears twice", a.id)));
         }
     }
-    Ok(state)
+    Ok((state, version))
 }
 
 fn check_policy(p: &PolicyRecord) -> Result<(), String> {
@@ -483,9 +497,7 @@ pub fn replay(state: &mut State, bytes: &[u8]) -> Result<(), String> {
     // that thousands of copies are never alive (and fragmenting the heap) at once.
     let mut sets: Vec<Arc<RuleSet>> = Vec::new();
     for p in state.policies.iter() {
-        if !sets.iter().any(|s| Arc::ptr_eq(s, &p.rules)) {
-            sets.push(p.rules.clone());
-        }
+        share_rules(&mut sets, &p.rules);
     }
     for (n, line) in lines.enumerate() {
         let lineno = n + 2;
@@ -504,9 +516,9 @@ pub fn replay(state: &mut State, bytes: &[u8]) -> Result<(), String> {
         match change {
             Change::PutPolicy(mut p) => {
                 check_policy(&p).map_err(at)?;
-                match sets.iter().find(|s| ***s == *p.rules) {
-                    Some(s) => Arc::make_mut(&mut p).rules = s.clone(),
-                    None => sets.push(p.rules.clone()),
+                let shared = share_rules(&mut sets, &p.rules);
+                if !Arc::ptr_eq(&shared, &p.rules) {
+                    Arc::make_mut(&mut p).rules = shared;
                 }
                 let known = state.policies.get(&p.id).is_some();
                 if !known && !ids.insert(p.id.clone()) {
