@@ -110,21 +110,21 @@ impl Persister {
                 };
                 (gen, s.state_file().clone(), job)
             };
-            let stats = self.clone();
+            let writer = self.clone();
             let saved = tokio::task::spawn_blocking(move || match job {
                 Job::Append(lines) => {
                     file.append(&lines)?;
-                    stats.stats.appends.fetch_add(1, Relaxed);
-                    stats.stats.journal_bytes.fetch_add(lines.len() as u64, Relaxed);
+                    writer.stats.appends.fetch_add(1, Relaxed);
+                    writer.stats.journal_bytes.fetch_add(lines.len() as u64, Relaxed);
                     Ok(())
                 }
                 Job::Snapshot(s) => {
                     let size = file.save(s.seq, s.next_id, s.policies.iter(), &s.allowlist)?;
                     drop(s);
                     crate::memory::give_back();
-                    stats.stats.snapshots.fetch_add(1, Relaxed);
-                    stats.stats.snapshot_bytes.store(size, Relaxed);
-                    stats.stats.journal_bytes.store(file.journal_len(), Relaxed);
+                    writer.stats.snapshots.fetch_add(1, Relaxed);
+                    writer.stats.snapshot_bytes.store(size, Relaxed);
+                    writer.stats.journal_bytes.store(file.journal_len(), Relaxed);
                     Ok::<(), super::StateError>(())
                 }
             })

@@ -92,7 +92,7 @@ impl PolicyTable {
         }
         let old = self.by_order.insert(order, rec.clone());
         if let Some(old) = &old {
-            self.forget_victim(old);
+            self.unindex(old);
         }
         self.by_victim.insert(rec.victim, order);
         Ok(old)
@@ -101,11 +101,12 @@ impl PolicyTable {
     pub fn remove(&mut self, id: &str) -> Option<Arc<PolicyRecord>> {
         let order = self.by_id.remove(id)?;
         let rec = self.by_order.remove(&order).expect("indexes agree");
-        self.forget_victim(&rec);
+        self.unindex(&rec);
         Some(rec)
     }
 
-    fn forget_victim(&mut self, rec: &PolicyRecord) {
+    /// Take a record that left `by_order` out of the alert count and the victim index.
+    fn unindex(&mut self, rec: &PolicyRecord) {
         if rec.source != "api" {
             self.by_alerts -= 1;
         }
