@@ -147,6 +147,15 @@ pub struct DataPlane {
     allow: BTreeMap<IpNet, u32>,
     allow_bits: AllowBits,
     next_allow_id: u32,
+    /// Fault injection: the map write this many writes from now fails.
+    fail_write_in: Option<u32>,
+}
+
+/// Pool entries a change has taken and not yet handed to a policy.
+#[derive(Default)]
+struct Reservation {
+    slot: Option<u32>,
+    limiters: Vec<u32>,
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, DpError> {
@@ -199,6 +208,7 @@ impl DataPlane {
             allow: BTreeMap::new(),
             allow_bits: AllowBits::default(),
             next_allow_id: 1,
+            fail_write_in: None,
             capacity: c.clone(),
         })
     }
@@ -291,6 +301,11 @@ impl DataPlane {
         })
     }
 
+    /// Free entries in the (policy slot, limiter, IPv4 level-2 chunk) pools.
+    pub fn free_entries(&self) -> (usize, usize, u32) {
+        (self.slots.available(), self.limiters.available(), self.capacity.v4_chunks - self.v4.chunks_in_use())
+    }
+
     pub fn policy_count(&self) -> usize {
         self.policies.len()
     }
@@ -301,9 +316,24 @@ impl DataPlane {
     }
 
     /// Add a policy for a victim prefix, or replace the one it has. On error
-    /// nothing changes. Returns the policy's slot.
+    /// nothing changes: what the change reserved (a slot, limiters) goes back
+    /// to its pool, and a victim table left half-painted is painted back.
+    /// Returns the policy's slot.
     pub fn upsert_policy(&mut self, victim: IpNet, p: &DpPolicy) -> Result<u32, DpError> {
-        let victim = victim.trunc();
+        let mut taken = Reservation::default();
+        let result = self.try_upsert(victim.trunc(), p, &mut taken);
+        if result.is_err() {
+            self.release(taken);
+        }
+        result
+    }
+
+    /// The body of `upsert_policy`: every `?` here ends in its rollback. The
+    /// order keeps each step invisible to packets until one map write makes it
+    /// live: a new policy's slot, counters and limiters are written before any
+    /// victim entry points at them; a replacement goes live with the single
+    /// write of its slot.
+    fn try_upsert(&mut self, victim: IpNet, p: &DpPolicy, taken: &mut Reservation) -> Result<u32, DpError> {
         for (v, _) in &p.rules {
             if *v as usize >= MAX_VECTORS {
                 return Err(DpError::BadVector(*v));
@@ -331,34 +361,35 @@ impl DataPlane {
         }
         let (slot, fresh) = match existing {
             Some(e) => (e.slot, false),
-            None => match self.slots.take() {
-                Some(s) => (s, true),
-                None => return Err(DpError::Full { what: "the policy table", capacity: self.capacity.max_policies, knob: "max_policies" }),
-            },
+            None => {
+                self.check_victim_room(&victim)?;
+                let s = self.slots.take().ok_or(DpError::Full {
+                    what: "the policy table",
+                    capacity: self.capacity.max_policies,
+                    knob: "max_policies",
+                })?;
+                taken.slot = Some(s);
+                (s, true)
+            }
         };
         if fresh {
-            // Reserve the victim entry before touching any map, so a full victim
-            // table fails here with nothing written.
-            if let Err(e) = self.check_victim_room(&victim) {
-                self.slots.give(slot);
-                return Err(e);
-            }
             self.reset_counters(slot)?;
         }
 
         let mut policy = Policy::unused();
         policy.mode = p.mode.raw();
         policy.expires_ns = p.expires_ns;
-        let mut limiter_map: Array<_, Limiter> = Array::try_from(map_mut(&mut self.ebpf, names::LIMITERS)?)?;
         let mut installed: Vec<(u8, u32)> = Vec::new();
         for (v, r) in &p.rules {
             policy.rules[*v as usize] = r.cfg();
             if let Some(l) = r.limit() {
-                let l = &l;
                 let idx = match keep.get(v) {
                     Some(idx) => *idx,
                     None => {
                         let idx = self.limiters.take().expect("counted above");
+                        taken.limiters.push(idx);
+                        self.fault_point()?;
+                        let mut limiter_map: Array<_, Limiter> = Array::try_from(map_mut(&mut self.ebpf, names::LIMITERS)?)?;
                         limiter_map.set(idx, Limiter { cfg: l.to_cfg(), state: Default::default() }, 0)?;
                         idx
                     }
@@ -367,20 +398,17 @@ impl DataPlane {
                 installed.push((*v, idx));
             }
         }
-        let installed = Limiters(installed.into_boxed_slice());
         self.write_policy(slot, policy)?;
         if fresh {
             if let Err(e) = self.point_victim(&victim, slot) {
-                self.write_policy(slot, Policy::unused())?;
-                self.slots.give(slot);
-                for (v, idx) in installed.iter() {
-                    if !keep.contains_key(&v) {
-                        self.limiters.give(idx);
-                    }
-                }
+                // Nothing points at the slot; clear it for tidiness (a reuse rewrites it anyway).
+                let _ = self.write_policy(slot, Policy::unused());
                 return Err(e);
             }
         }
+        // Live: what was reserved now belongs to the policy.
+        *taken = Reservation::default();
+        let installed = Limiters(installed.into_boxed_slice());
         if let Some(old) = self.policies.insert(victim, Installed { slot, limiters: installed }) {
             for (v, idx) in old.limiters.iter() {
                 if keep.get(&v) != Some(&idx) {
@@ -391,12 +419,29 @@ impl DataPlane {
         Ok(slot)
     }
 
-    /// Remove the policy of a victim prefix. Returns false if it had none.
+    /// Give back what a failed change had reserved.
+    fn release(&mut self, taken: Reservation) {
+        if let Some(s) = taken.slot {
+            self.slots.give(s);
+        }
+        for idx in taken.limiters {
+            self.limiters.give(idx);
+        }
+    }
+
+    /// Remove the policy of a victim prefix. Returns false if it had none. On
+    /// error nothing changes: the victim still points at its policy, and the
+    /// record of it stays, so the removal can be retried.
     pub fn remove_policy(&mut self, victim: &IpNet) -> Result<bool, DpError> {
         let victim = victim.trunc();
-        let Some(inst) = self.policies.remove(&victim) else { return Ok(false) };
-        self.unpoint_victim(&victim)?;
-        self.write_policy(inst.slot, Policy::unused())?;
+        let Some(slot) = self.policies.get(&victim).map(|i| i.slot) else { return Ok(false) };
+        self.unpoint_victim(&victim, slot)?;
+        let inst = self.policies.remove(&victim).expect("looked up above");
+        // No packet reaches the slot any more; clearing it is tidiness (a reuse
+        // rewrites every field), so a failure here does not undo the removal.
+        if let Err(e) = self.write_policy(inst.slot, Policy::unused()) {
+            tracing::warn!(slot, "clearing the slot of a removed policy: {e}");
+        }
         self.slots.give(inst.slot);
         for (_, idx) in inst.limiters.iter() {
             self.limiters.give(idx);
@@ -404,7 +449,29 @@ impl DataPlane {
         Ok(true)
     }
 
+    /// Make the `n`th map write from now fail (0 = the next one), once. For
+    /// fault-injection tests of "on error nothing changes".
+    #[doc(hidden)]
+    pub fn inject_write_failure(&mut self, n: u32) {
+        self.fail_write_in = Some(n);
+    }
+
+    fn fault_point(&mut self) -> Result<(), DpError> {
+        match self.fail_write_in {
+            Some(0) => {
+                self.fail_write_in = None;
+                Err(DpError::Io(std::io::Error::other("injected map write failure")))
+            }
+            Some(n) => {
+                self.fail_write_in = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     fn write_policy(&mut self, slot: u32, policy: Policy) -> Result<(), DpError> {
+        self.fault_point()?;
         let mut policies: Array<_, Policy> = Array::try_from(map_mut(&mut self.ebpf, names::POLICIES)?)?;
         policies.set(slot, policy, 0)?;
         Ok(())
@@ -419,13 +486,22 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Point a new victim prefix at `slot`. On error the victim tables are
+    /// as they were.
     fn point_victim(&mut self, victim: &IpNet, slot: u32) -> Result<(), DpError> {
         match victim {
             IpNet::V4(n) => {
-                let writes = self.v4.insert(u32::from(n.network()), n.prefix_len(), slot)?;
-                self.apply_v4(&writes)
+                let (addr, len) = (u32::from(n.network()), n.prefix_len());
+                let writes = self.v4.insert(addr, len, slot)?;
+                if let Err(e) = self.apply_v4(&writes) {
+                    let undo = self.v4.remove(addr, len).expect("just inserted");
+                    self.repaint_v4(&undo, victim);
+                    return Err(e);
+                }
+                Ok(())
             }
             IpNet::V6(n) => {
+                self.fault_point()?;
                 let mut trie: LpmTrie<_, [u8; 16], u32> =
                     LpmTrie::try_from(map_mut(&mut self.ebpf, names::V6_VICTIMS)?)?;
                 trie.insert(&Key::new(n.prefix_len() as u32, n.network().octets()), slot, 0)?;
@@ -435,15 +511,23 @@ impl DataPlane {
         }
     }
 
-    fn unpoint_victim(&mut self, victim: &IpNet) -> Result<(), DpError> {
+    /// Stop a victim prefix pointing at `slot`. On error the victim tables
+    /// are as they were.
+    fn unpoint_victim(&mut self, victim: &IpNet, slot: u32) -> Result<(), DpError> {
         match victim {
             IpNet::V4(n) => {
-                if let Some(writes) = self.v4.remove(u32::from(n.network()), n.prefix_len()) {
-                    self.apply_v4(&writes)?;
+                let (addr, len) = (u32::from(n.network()), n.prefix_len());
+                if let Some(writes) = self.v4.remove(addr, len) {
+                    if let Err(e) = self.apply_v4(&writes) {
+                        let redo = self.v4.insert(addr, len, slot).expect("the chunk it just gave back");
+                        self.repaint_v4(&redo, victim);
+                        return Err(e);
+                    }
                 }
                 Ok(())
             }
             IpNet::V6(n) => {
+                self.fault_point()?;
                 let mut trie: LpmTrie<_, [u8; 16], u32> =
                     LpmTrie::try_from(map_mut(&mut self.ebpf, names::V6_VICTIMS)?)?;
                 trie.remove(&Key::new(n.prefix_len() as u32, n.network().octets()))?;
@@ -453,14 +537,25 @@ impl DataPlane {
         }
     }
 
+    /// Write the kernel's IPv4 table back to the mirror after a failed
+    /// change. If this fails too the kernel and the mirror disagree: say so.
+    fn repaint_v4(&mut self, writes: &[Write], victim: &IpNet) {
+        if let Err(e) = self.apply_v4(writes) {
+            tracing::error!(%victim, "rolling back the IPv4 victim table failed too ({e}); restart the daemon to rebuild it from the state file");
+        }
+    }
+
     fn apply_v4(&mut self, writes: &[Write]) -> Result<(), DpError> {
-        let [l1, l2] = self.ebpf.maps_disjoint_mut([names::V4_L1, names::V4_L2]);
-        let mut l1: Array<_, u64> = Array::try_from(l1.ok_or(DpError::MissingMap(names::V4_L1))?)?;
-        let mut l2: Array<_, u32> = Array::try_from(l2.ok_or(DpError::MissingMap(names::V4_L2))?)?;
         for w in writes {
+            self.fault_point()?;
+            let [l1, l2] = self.ebpf.maps_disjoint_mut([names::V4_L1, names::V4_L2]);
             match *w {
-                Write::L1 { index, value } => l1.set(index, value, 0)?,
-                Write::L2 { index, slot } => l2.set(index, slot, 0)?,
+                Write::L1 { index, value } => {
+                    Array::<_, u64>::try_from(l1.ok_or(DpError::MissingMap(names::V4_L1))?)?.set(index, value, 0)?
+                }
+                Write::L2 { index, slot } => {
+                    Array::<_, u32>::try_from(l2.ok_or(DpError::MissingMap(names::V4_L2))?)?.set(index, slot, 0)?
+                }
             }
         }
         Ok(())
@@ -474,6 +569,7 @@ impl DataPlane {
         let value_size = std::mem::size_of::<VerdictCounters>() * ncpu;
         let keys: Vec<u32> = (0..MAX_VECTORS as u32).map(|v| slot * MAX_VECTORS as u32 + v).collect();
         let zeros = vec![0u8; keys.len() * value_size];
+        self.fault_point()?;
         batch::update(map(&self.ebpf, names::POLICY_COUNTERS)?, &keys, &zeros, value_size)
     }
 

@@ -1,6 +1,6 @@
 //! Shared by the privileged data-plane tests: root check and a fixture that
 //! installs the same tables in the loaded program and in the reference model.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use ampguard::{
     dataplane::{
