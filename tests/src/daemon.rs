@@ -37,7 +37,22 @@ fn find_ampguard() -> Option<PathBuf> {
     [dir.join("ampguard"), dir.parent()?.join("ampguard")].into_iter().find(|p| p.exists())
 }
 
+/// How the daemon process is started.
+#[derive(Clone, Debug, Default)]
+pub enum Launch {
+    /// `nsenter --net=...`: the network namespace only (the host's mounts).
+    #[default]
+    Nsenter,
+    /// `ip netns exec NS`: as network engineers start things in a namespace;
+    /// it also gives the process a private mount namespace and a fresh /sys.
+    IpNetnsExec,
+    /// `prlimit --nofile=N:N nsenter ...`: a hard limit on open files (the
+    /// systemd default soft limit is 1,024).
+    FileLimit(u32),
+}
+
 pub struct Daemon {
+    pub launch: Launch,
     pub ns: Netns,
     pub dir: PathBuf,
     pub pin_dir: PathBuf,
@@ -52,6 +67,11 @@ impl Daemon {
     /// Start a daemon protecting the lab's edge interface, with `extra` TOML
     /// appended to a minimal config.
     pub fn start(lab: &Lab, extra: &str) -> Result<Daemon> {
+        Self::start_with(lab, extra, Launch::default())
+    }
+
+    /// `start`, launched as `launch` says.
+    pub fn start_with(lab: &Lab, extra: &str, launch: Launch) -> Result<Daemon> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let tag = format!("ag-test-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
@@ -73,17 +93,40 @@ impl Daemon {
                 pin_dir.display()
             ),
         )?;
-        let mut d = Daemon { ns: lab.edge.clone(), dir, pin_dir, config, token_file, token, port, child: None };
+        let mut d = Daemon { launch, ns: lab.edge.clone(), dir, pin_dir, config, token_file, token, port, child: None };
         d.spawn()?;
         Ok(d)
+    }
+
+    /// The command that starts `ampguard ARGS` the way `self.launch` says.
+    pub fn command(&self) -> Command {
+        let netns = format!("--net=/var/run/netns/{}", self.ns.name);
+        let mut c = match &self.launch {
+            Launch::Nsenter => {
+                let mut c = Command::new("nsenter");
+                c.arg(netns);
+                c
+            }
+            Launch::IpNetnsExec => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &self.ns.name]);
+                c
+            }
+            Launch::FileLimit(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("nsenter").arg(netns);
+                c
+            }
+        };
+        c.arg(ampguard_bin());
+        c
     }
 
     /// (Re)start the daemon process and wait until its API answers.
     pub fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log"))?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.ns.name))
-            .arg(ampguard_bin())
+        let child = self
+            .command()
             .args(["run", "--config"])
             .arg(&self.config)
             .stdout(log.try_clone()?)

@@ -10,6 +10,8 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+
+use crate::dataplane::{DataPlane, DpError};
 use ipnet::IpNet;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use tokio::{io::unix::AsyncFd, sync::broadcast};
@@ -54,14 +56,31 @@ impl CaptureHub {
         self.tx.subscribe()
     }
 
-    /// Register a capture; returns true for the first one (turn sampling on).
-    pub fn start(&self) -> bool {
-        self.active.fetch_add(1, Ordering::SeqCst) == 0
+    /// Register a capture, turning sampling on for the first one. Call it,
+    /// and `stop`, with the store locked: the count and the data plane's
+    /// switch then change together, so a capture that ends while another
+    /// starts can never leave sampling off under a running capture. On error
+    /// nothing is registered.
+    pub fn start(&self, dp: &mut DataPlane, per_sec: u32) -> Result<(), DpError> {
+        if self.active.load(Ordering::SeqCst) == 0 {
+            dp.set_sampling(per_sec)?;
+        }
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
-    /// Unregister; returns true for the last one (turn sampling off).
-    pub fn stop(&self) -> bool {
-        self.active.fetch_sub(1, Ordering::SeqCst) == 1
+    /// Unregister, turning sampling off after the last one.
+    pub fn stop(&self, dp: &mut DataPlane) {
+        if self.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Err(e) = dp.set_sampling(0) {
+                tracing::error!("turning packet sampling off: {e}");
+            }
+        }
+    }
+
+    /// Captures running now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
     }
 
     /// Read the ring buffer for as long as the daemon runs.

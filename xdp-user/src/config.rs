@@ -46,6 +46,14 @@ pub struct Config {
     pub min_prefix_len_v6: u8,
     /// Largest request body accepted by the API, in bytes.
     pub max_body_bytes: usize,
+    /// Most API connections open at once; more wait in the kernel's backlog
+    /// (they hold no file descriptor of the daemon's until accepted).
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request's headers, and may
+    /// stay idle between requests, before it is closed.
+    pub header_timeout_secs: u64,
+    /// Seconds a request may take to send its body.
+    pub body_timeout_secs: u64,
     /// Most policy changes per minute made by alerts, all sources together.
     pub max_alerts_per_minute: u32,
     /// Most policies alerts may hold at once (the rest of the table stays
@@ -135,6 +143,9 @@ impl Default for Config {
             min_prefix_len_v4: 16,
             min_prefix_len_v6: 48,
             max_body_bytes: 64 * 1024,
+            max_connections: 256,
+            header_timeout_secs: 10,
+            body_timeout_secs: 10,
             max_alerts_per_minute: 600,
             max_alert_policies: None,
             max_alert_ttl_secs: 24 * 3600,
@@ -183,6 +194,14 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.max_connections == 0 || self.max_connections > 65536 {
+            return bad(format!("max_connections = {} must be in 1..=65536", self.max_connections));
+        }
+        for (name, v) in [("header_timeout_secs", self.header_timeout_secs), ("body_timeout_secs", self.body_timeout_secs)] {
+            if !(1..=3600).contains(&v) {
+                return bad(format!("{name} = {v} must be in 1..=3600"));
+            }
+        }
         if self.min_prefix_len_v4 > 32 || self.min_prefix_len_v6 > 128 {
             return bad("min_prefix_len_v4 must be <= 32 and min_prefix_len_v6 <= 128".into());
         }

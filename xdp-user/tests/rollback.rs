@@ -113,3 +113,22 @@ fn a_failed_removal_keeps_enforcing_and_can_be_retried() {
         assert!(f.dp.free_entries().0 > before.0);
     }
 }
+
+#[test]
+fn a_capture_that_fails_to_start_sampling_is_not_counted() {
+    let mut f = Fixture::new();
+    let hub = ampguard::capture::CaptureHub::default();
+    f.dp.inject_write_failure(0);
+    assert!(hub.start(&mut f.dp, 100).is_err(), "the injected failure reaches the caller");
+    assert_eq!(hub.active(), 0, "a capture that never started is still counted");
+    assert_eq!(f.dp.sampling().unwrap(), 0);
+    // The next capture turns sampling on (before the fix the count stayed at 1
+    // and no later capture ever switched it on again).
+    hub.start(&mut f.dp, 100).unwrap();
+    assert_eq!(f.dp.sampling().unwrap(), 100);
+    hub.start(&mut f.dp, 100).unwrap();
+    hub.stop(&mut f.dp);
+    assert_eq!(f.dp.sampling().unwrap(), 100, "off while a capture still runs");
+    hub.stop(&mut f.dp);
+    assert_eq!(f.dp.sampling().unwrap(), 0, "still on after the last capture");
+}

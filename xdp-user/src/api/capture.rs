@@ -25,20 +25,17 @@ pub struct CaptureQuery {
     seconds: Option<u64>,
 }
 
-/// Turns sampling off again when the last capture ends, also if the request
-/// is dropped half-way (client gone).
+/// Unregisters the capture when it ends, also if the request is dropped
+/// half-way (client gone). The store's lock orders this after any start.
 struct Active(Shared);
 
 impl Drop for Active {
     fn drop(&mut self) {
-        if self.0.capture.stop() {
-            let app = self.0.clone();
-            tokio::spawn(async move {
-                if let Err(e) = app.store.lock().await.dataplane_mut().set_sampling(0) {
-                    tracing::error!("turning packet sampling off: {e}");
-                }
-            });
-        }
+        let app = self.0.clone();
+        tokio::spawn(async move {
+            let mut store = app.store.lock().await;
+            app.capture.stop(store.dataplane_mut());
+        });
     }
 }
 
@@ -55,9 +52,10 @@ pub async fn capture(State(app): State<Shared>, q: Result<Query<CaptureQuery>, a
     let victim = q.victim.as_deref().map(parse_prefix).transpose()?;
 
     let mut rx = app.capture.subscribe();
-    let per_sec = app.store.lock().await.config().capture_samples_per_sec;
-    if app.capture.start() {
-        app.store.lock().await.dataplane_mut().set_sampling(per_sec).map_err(crate::store::StoreError::from)?;
+    {
+        let mut store = app.store.lock().await;
+        let per_sec = store.config().capture_samples_per_sec;
+        app.capture.start(store.dataplane_mut(), per_sec).map_err(crate::store::StoreError::from)?;
     }
     let active = Active(app.clone());
     let samples = capture::collect(&mut rx, count, victim, Duration::from_secs(seconds)).await;

@@ -29,6 +29,8 @@ pub struct ProcessMetrics {
     pub api_requests: IntCounterVec,
     /// Times the watchdog found a link gone and attached again.
     pub reattachments: IntCounterVec,
+    /// Times the watchdog found a link's pin gone (link still attached) and pinned it again.
+    pub repins: IntCounterVec,
 }
 
 impl Default for ProcessMetrics {
@@ -49,12 +51,17 @@ impl Default for ProcessMetrics {
             &["interface"],
         )
         .expect("metric");
+        let repins = IntCounterVec::new(
+            Opts::new("ampguard_xdp_repins_total", "Times a link's pin was found removed (the link still attached through the daemon) and pinned again"),
+            &["interface"],
+        )
+        .expect("metric");
         let build = IntGaugeVec::new(Opts::new("ampguard_build_info", "Build information"), &["version"]).expect("metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for c in [Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>, Box::new(api_requests.clone()), Box::new(reattachments.clone()), Box::new(build)] {
+        for c in [Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>, Box::new(api_requests.clone()), Box::new(reattachments.clone()), Box::new(repins.clone()), Box::new(build)] {
             registry.register(c).expect("unique metric");
         }
-        Self { registry, alerts, api_requests, reattachments }
+        Self { registry, alerts, api_requests, reattachments, repins }
     }
 }
 
@@ -165,10 +172,16 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
         allow.set((store.allowlist().len() + store.config().allowlist.len()) as i64);
         scrape.register(Box::new(allow)).expect("unique");
     }
-    let attached = gauge(&scrape, "ampguard_interface_attached", "1 if the XDP program is attached to the interface", &["interface", "mode"]);
-    for i in app.interfaces.lock().expect("not poisoned").iter() {
-        attached.with_label_values(&[&i.name, &i.mode]).set(i.attached as i64);
+    let attached = gauge(&scrape, "ampguard_interface_attached", "1 if this daemon's XDP program is attached to the interface and enforcing", &["interface", "mode"]);
+    let by_operator = IntGauge::new("ampguard_detached_by_operator", "1 while an operator's `ampguard detach` holds enforcement off").expect("metric");
+    {
+        let enf = app.enforcement.lock().expect("not poisoned");
+        for i in enf.statuses() {
+            attached.with_label_values(&[&i.name, &i.mode]).set((i.state == "enforcing") as i64);
+        }
+        by_operator.set(enf.detached_by_operator().is_some() as i64);
     }
+    scrape.register(Box::new(by_operator)).expect("unique");
     // The state files' writer: a failure means changes are in force but not on disk.
     {
         use std::sync::atomic::Ordering::Relaxed;
@@ -179,6 +192,9 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
         let failed = IntCounter::new("ampguard_state_write_failures_total", "State file writes that failed (retried every second)").expect("metric");
         failed.inc_by(st.failures.load(Relaxed));
         scrape.register(Box::new(failed)).expect("unique");
+        let due = IntGauge::new("ampguard_state_snapshot_due", "1 while a state snapshot is owed and not yet written (retried every second; e.g. a full disk)").expect("metric");
+        due.set(app.persist.state().snapshot_due as i64);
+        scrape.register(Box::new(due)).expect("unique");
         let bytes = gauge(&scrape, "ampguard_state_file_bytes", "Size of the state files", &["file"]);
         bytes.with_label_values(&["journal"]).set(st.journal_bytes.load(Relaxed) as i64);
         bytes.with_label_values(&["snapshot"]).set(st.snapshot_bytes.load(Relaxed) as i64);

@@ -4,6 +4,7 @@
 mod alerts;
 mod allowlist;
 mod capture;
+mod enforcement;
 pub mod metrics;
 mod policies;
 mod status;
@@ -25,18 +26,7 @@ use tokio::sync::Mutex;
 
 use crate::store::{Store, StoreError};
 
-/// What the daemon knows about an interface it manages.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct IfaceStatus {
-    pub name: String,
-    pub ifindex: u32,
-    /// "native" or "generic"
-    pub mode: String,
-    pub attached: bool,
-    /// Why not attached, when it is not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
-}
+pub use crate::daemon::enforcement::IfaceStatus;
 
 pub struct AppState {
     pub store: Arc<Mutex<Store>>,
@@ -46,7 +36,8 @@ pub struct AppState {
     /// A token that may only post alerts (`alert_token_file`), if configured.
     pub alert_token: Option<String>,
     pub started: Instant,
-    pub interfaces: std::sync::Mutex<Vec<IfaceStatus>>,
+    /// Links held, watchdog state, operator detach. Lock order: `store`, then this.
+    pub enforcement: std::sync::Mutex<crate::daemon::enforcement::Enforcement>,
     pub metrics: metrics::ProcessMetrics,
     pub capture: Arc<crate::capture::CaptureHub>,
 }
@@ -119,8 +110,11 @@ pub async fn change<T>(app: &Shared, f: impl FnOnce(&mut Store) -> Result<T, Sto
 /// extractor answers in plain text).
 pub fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body.map_err(|e| match e {
-        BytesRejection::FailedToBufferBody(_) => {
+        BytesRejection::FailedToBufferBody(e) if e.body_text().contains("length limit") => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body is larger than max_body_bytes")
+        }
+        BytesRejection::FailedToBufferBody(_) => {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "the request body did not arrive within body_timeout_secs")
         }
         other => ApiError::bad_request(other.body_text()),
     })?;
@@ -160,7 +154,7 @@ async fn fallback() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see GET /v1/status and the README's API section")
 }
 
-pub fn router(app: Shared, max_body: usize) -> Router {
+pub fn router(app: Shared, max_body: usize, body_timeout: std::time::Duration) -> Router {
     let v1 = Router::new()
         .route("/v1/status", get(status::status))
         .route("/v1/vectors", get(status::vectors))
@@ -172,6 +166,8 @@ pub fn router(app: Shared, max_body: usize) -> Router {
         .route("/v1/capture", get(capture::capture))
         .route("/v1/alerts", post(alerts::generic))
         .route("/v1/alerts/fastnetmon", post(alerts::fastnetmon))
+        .route("/v1/detach", post(enforcement::detach))
+        .route("/v1/attach", post(enforcement::attach))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -180,5 +176,6 @@ pub fn router(app: Shared, max_body: usize) -> Router {
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(app.clone(), metrics::count_requests))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_timeout))
         .with_state(app)
 }

@@ -14,16 +14,30 @@ pub async fn status(State(app): State<Shared>) -> Result<Json<Value>, ApiError> 
     let total = store.policies().len();
     let monitor = store.policies().filter(|p| p.mode == Mode::Monitor).count();
     let cap = dp.capacity();
-    let interfaces = app.interfaces.lock().expect("not poisoned").clone();
+    let (interfaces, detached) = {
+        let enf = app.enforcement.lock().expect("not poisoned");
+        (enf.statuses(), enf.detached_by_operator().cloned())
+    };
+    let enforcing = interfaces.iter().all(|i| i.state == "enforcing");
+    let state = app.persist.state();
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": app.started.elapsed().as_secs(),
-        "healthy": interfaces.iter().all(|i| i.attached),
+        // True only when every interface enforces this daemon's policies and
+        // every change is on disk.
+        "healthy": enforcing && detached.is_none() && state.error.is_none() && !state.snapshot_due,
+        "enforcement": match (&detached, enforcing) {
+            (Some(_), _) => "detached_by_operator",
+            (None, true) => "enforcing",
+            (None, false) => "degraded",
+        },
+        "detached_by_operator": detached,
         "interfaces": interfaces,
+        "state_writer": state,
         "policies": {"total": total, "enforce": total - monitor, "monitor": monitor, "capacity": cap.max_policies - 1},
         "allowlist": {"entries": store.allowlist().len() + store.config().allowlist.len(), "capacity": cap.max_allow},
         "state_file": store.state_path(),
-        "pin_dir": store.config().pin_dir,
+        "pin_dir": app.enforcement.lock().expect("not poisoned").pin_dir(),
         "unmatched_packets": reason::NAMES.iter().zip(reasons.iter())
             .map(|(n, c)| (n.to_string(), json!({"packets": c.packets, "bytes": c.bytes})))
             .collect::<serde_json::Map<_, _>>(),

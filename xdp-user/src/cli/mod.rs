@@ -5,6 +5,7 @@ mod alert;
 mod allow;
 mod capture;
 pub mod client;
+mod detach;
 mod policy;
 mod show;
 mod top;
@@ -40,8 +41,20 @@ pub struct ApiArgs {
 pub enum Command {
     /// Run the daemon: attach XDP, serve the API, enforce policies.
     Run(daemon::RunArgs),
-    /// Remove ampguard's pinned links (detaching XDP) and maps.
-    Detach(daemon::DetachArgs),
+    /// Stop enforcing: detach XDP from every interface. With a daemon running
+    /// it goes through the API and stays detached (through restarts) until
+    /// `ampguard attach`; with none, it removes the pinned links and maps.
+    Detach {
+        #[command(flatten)]
+        args: daemon::DetachArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Enforce again after `ampguard detach` (the daemon attaches XDP to its interfaces).
+    Attach {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Add, list, show or delete victim policies.
     Policy {
         #[command(subcommand)]
@@ -93,7 +106,8 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => daemon::run(args),
-        Command::Detach(args) => daemon::detach(args),
+        Command::Detach { args, api } => detach::detach(args, &api),
+        Command::Attach { api } => detach::attach(&api),
         Command::Policy { cmd, api } => policy::run(cmd, &api),
         Command::Allow { cmd, api } => allow::run(cmd, &api),
         Command::Alert { cmd, api } => alert::run(cmd, &api),

@@ -9,6 +9,7 @@ pub mod allowbits;
 pub mod attach;
 mod batch;
 mod linkinfo;
+pub mod netdev;
 pub mod rules;
 pub mod victims4;
 
@@ -269,6 +270,7 @@ impl DataPlane {
 
     /// Read-modify-write of the program's one `Config` entry.
     fn update_config(&mut self, change: impl FnOnce(&mut Config)) -> Result<(), DpError> {
+        self.fault_point()?;
         let mut cfg: Array<_, Config> = Array::try_from(map_mut(&mut self.ebpf, names::CONFIG)?)?;
         let mut c = cfg.get(&0, 0)?;
         change(&mut c);
@@ -280,6 +282,12 @@ impl DataPlane {
     /// per CPU into the ring buffer (0 = off).
     pub fn set_sampling(&mut self, per_sec: u32) -> Result<(), DpError> {
         self.update_config(|c| c.samples_per_sec = per_sec)
+    }
+
+    /// Samples a second per CPU now configured (0 = off).
+    pub fn sampling(&self) -> Result<u32, DpError> {
+        let cfg: Array<_, Config> = Array::try_from(map(&self.ebpf, names::CONFIG)?)?;
+        Ok(cfg.get(&0, 0)?.samples_per_sec)
     }
 
     /// The ring buffer of samples, for a reader task (can be taken once).

@@ -117,6 +117,8 @@ pub struct Store {
     alert_window: HashMap<String, (Instant, u32)>,
     /// Distinct rule sets in use, shared by the policies that have them.
     rule_sets: Vec<Arc<RuleSet>>,
+    /// The files on disk need a new snapshot before the journal can go on.
+    snapshot_due: bool,
 }
 
 /// What a compaction writes: pointers to the records, taken under the lock.
@@ -164,7 +166,7 @@ impl Store {
         let file = StateFile::new(&cfg.state_dir);
         let (state, mut stale) = file.load_and_check()?;
         let mut store =
-            Self { cfg, vectors, profiles, dp, file, state, pending: Vec::new(), alert_window: HashMap::new(), rule_sets: Vec::new() };
+            Self { cfg, vectors, profiles, dp, file, state, pending: Vec::new(), alert_window: HashMap::new(), rule_sets: Vec::new(), snapshot_due: false };
         for p in store.cfg.allowlist.clone() {
             store.dp.add_allow(p)?;
         }
@@ -187,12 +189,11 @@ impl Store {
             let dpp = store.to_dp(p)?;
             store.dp.upsert_policy(p.victim, &dpp)?;
         }
-        if stale {
-            // A fresh snapshot: the first one, a version upgrade, or the
-            // journal's changes (and the expiries) folded in.
-            let s = &store.state;
-            store.file.save(s.seq, s.next_id, s.policies.iter(), &s.allowlist)?;
-        }
+        // A fresh snapshot is due (the first one, a version upgrade, or the
+        // journal's changes and the expiries folded in), but it is the state
+        // writer's job, retried until it succeeds: a full disk must not keep
+        // a new daemon from enforcing what the files already hold.
+        store.snapshot_due = stale;
         Ok(store)
     }
 
@@ -222,6 +223,12 @@ impl Store {
 
     pub fn state_file(&self) -> &StateFile {
         &self.file
+    }
+
+    /// Whether the state writer must write a snapshot before any journal line
+    /// (set at open; see `persist::Persister::new`).
+    pub fn snapshot_due(&self) -> bool {
+        self.snapshot_due
     }
 
     /// How many changes the state has seen (the last journal line's number).

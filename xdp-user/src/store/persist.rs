@@ -14,6 +14,10 @@
 //! force but not saved) and retried every second, as a full snapshot (a
 //! failed append may have left part of a line behind); the data plane and the
 //! in-memory state stay as they are.
+//!
+//! A start that replayed a journal (or read an old version) owes a snapshot;
+//! the writer writes it first, retrying like any failed write, so a full disk
+//! delays the files, never the start. Until then no journal line is written.
 
 use std::{sync::Arc, time::Duration};
 
@@ -48,6 +52,19 @@ pub struct Persister {
     kick: Notify,
     durable: watch::Sender<Durable>,
     pub stats: WriterStats,
+    /// A snapshot must be written before anything else (start, or after a failure).
+    snapshot_due: std::sync::atomic::AtomicBool,
+}
+
+/// What /v1/status shows of the writer.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WriterState {
+    /// Every change up to this one is on disk.
+    pub saved_generation: u64,
+    /// A snapshot is owed (written first, retried every second).
+    pub snapshot_due: bool,
+    /// The last write failed with this (changes since are in force, not on disk).
+    pub error: Option<String>,
 }
 
 enum Job {
@@ -56,12 +73,30 @@ enum Job {
 }
 
 impl Persister {
-    pub fn new(saved: u64, file: &StateFile) -> Self {
+    pub fn new(saved: u64, file: &StateFile, snapshot_due: bool) -> Self {
         let stats = WriterStats::default();
         stats.journal_bytes.store(file.journal_len(), std::sync::atomic::Ordering::Relaxed);
         let snap = std::fs::metadata(file.path()).map(|m| m.len()).unwrap_or(0);
         stats.snapshot_bytes.store(snap, std::sync::atomic::Ordering::Relaxed);
-        Self { kick: Notify::new(), durable: watch::Sender::new(Durable { generation: saved, error: None, failed_upto: 0 }), stats }
+        let kick = Notify::new();
+        if snapshot_due {
+            kick.notify_one(); // the writer's first round writes it
+        }
+        Self {
+            kick,
+            durable: watch::Sender::new(Durable { generation: saved, error: None, failed_upto: 0 }),
+            stats,
+            snapshot_due: snapshot_due.into(),
+        }
+    }
+
+    pub fn state(&self) -> WriterState {
+        let d = self.durable.borrow();
+        WriterState {
+            saved_generation: d.generation,
+            snapshot_due: self.snapshot_due.load(std::sync::atomic::Ordering::Relaxed),
+            error: d.error.clone(),
+        }
     }
 
     /// Wait until generation `gen` is on disk (or the save that should have
@@ -93,13 +128,13 @@ impl Persister {
     /// The writer task: runs for the daemon's life.
     pub async fn run(self: Arc<Self>, store: Arc<Mutex<Store>>) {
         use std::sync::atomic::Ordering::Relaxed;
-        let mut must_snapshot = false;
         loop {
             self.kick.notified().await;
+            let must_snapshot = self.snapshot_due.load(Relaxed);
             let (gen, file, job) = {
                 let mut s = store.lock().await;
                 let gen = s.generation();
-                if gen <= self.durable.borrow().generation {
+                if gen <= self.durable.borrow().generation && !must_snapshot {
                     continue;
                 }
                 let (journal, snap) = (self.stats.journal_bytes.load(Relaxed), self.stats.snapshot_bytes.load(Relaxed));
@@ -131,7 +166,9 @@ impl Persister {
             .await;
             match saved {
                 Ok(Ok(())) => {
-                    must_snapshot = false;
+                    if must_snapshot && self.snapshot_due.swap(false, Relaxed) {
+                        tracing::info!("the state snapshot is written");
+                    }
                     self.durable.send_replace(Durable { generation: gen, error: None, failed_upto: 0 });
                 }
                 failed => {
@@ -142,7 +179,7 @@ impl Persister {
                     };
                     tracing::error!("saving the state failed, retrying in 1 s with a full snapshot: {e}");
                     self.stats.failures.fetch_add(1, Relaxed);
-                    must_snapshot = true;
+                    self.snapshot_due.store(true, Relaxed);
                     self.durable.send_modify(|d| {
                         d.error = Some(e);
                         d.failed_upto = gen;

@@ -4,6 +4,16 @@
 //! pins the new maps, serves the API, expires policies, and watches the links.
 //! On SIGTERM it leaves the pinned links in place: enforcement continues while
 //! the daemon is down or being upgraded. `--detach-on-exit` removes everything.
+//!
+//! One file per concern: `pins.rs` (where pins go so they outlive the
+//! process), `lock.rs` (one daemon per state and pin directory),
+//! `enforcement.rs` (links held, watchdog checks, operator detach),
+//! `server.rs` (the API's bounded accept loop).
+
+pub mod enforcement;
+pub mod lock;
+pub mod pins;
+mod server;
 
 use std::{
     net::SocketAddr,
@@ -15,8 +25,10 @@ use std::{
 use anyhow::{bail, Context};
 use clap::Args;
 
+use self::enforcement::{Enforcement, Repair};
+pub use self::pins::ensure_bpffs;
 use crate::{
-    api::{self, AppState, IfaceStatus},
+    api::{self, AppState},
     config::{Config, XdpModeSetting},
     dataplane::{attach, DataPlane, LoadOptions},
     store::Store,
@@ -65,48 +77,11 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     Ok(match path {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     })
-}
-
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // Safety: valid path and out pointer.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
-}
-
-fn mount_bpffs(p: &Path) -> anyhow::Result<()> {
-    let target = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
-    // Safety: valid NUL-terminated strings.
-    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast()) };
-    if rc != 0 {
-        bail!("cannot mount a bpffs at {}: {}", p.display(), std::io::Error::last_os_error());
-    }
-    tracing::info!("mounted a bpffs at {}", p.display());
-    Ok(())
-}
-
-/// Make `dir` a directory on a bpffs, mounting one where there is none (a
-/// fresh machine has nothing at /sys/fs/bpf; `ip netns exec` hides it).
-pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
-    if !dir.exists() {
-        if let Some(parent) = dir.parent() {
-            if parent == Path::new("/sys/fs/bpf") && !is_bpffs(parent) {
-                mount_bpffs(parent)?;
-            }
-        }
-        std::fs::create_dir_all(dir).with_context(|| format!("creating the pin directory {}", dir.display()))?;
-    }
-    if !is_bpffs(dir) {
-        mount_bpffs(dir)?;
-    }
-    Ok(())
 }
 
 fn read_token(path: &Path) -> anyhow::Result<String> {
@@ -125,11 +100,21 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(t)
 }
 
+/// The config's interfaces, then the command line's, each once, in that order.
+fn merge_interfaces(config: &[String], args: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for i in config.iter().chain(args) {
+        if !out.contains(i) {
+            out.push(i.clone());
+        }
+    }
+    out
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing();
     let mut cfg = load_config(args.config.as_deref())?;
-    cfg.interfaces.extend(args.ifaces.iter().cloned());
-    cfg.interfaces.dedup();
+    cfg.interfaces = merge_interfaces(&cfg.interfaces, &args.ifaces);
     if let Some(m) = args.xdp_mode {
         cfg.xdp_mode = m;
     }
@@ -154,7 +139,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if alert_token.as_deref() == Some(token.as_str()) {
         bail!("alert_token_file holds the same token as token_file; give detectors a token of their own");
     }
-    ensure_bpffs(&cfg.pin_dir)?;
+    server::raise_fd_limit();
+    let pins = pins::resolve(&cfg.pin_dir)?;
+    if let Some(note) = &pins.note {
+        tracing::warn!("{note}");
+    }
+    cfg.pin_dir = pins.path;
+    // Before any link is touched: a second daemon stops here.
+    let _locks = lock::acquire(&cfg.state_dir, &cfg.pin_dir)?;
 
     // Fresh maps, filled from the state file while the previous program (if
     // any) keeps enforcing through its pinned link.
@@ -165,29 +157,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut store = Store::open(cfg.clone(), dp)?;
     tracing::info!(policies = store.policies().len(), state = %store.state_path().display(), "state loaded into fresh maps");
 
-    let mut interfaces = Vec::new();
-    for iface in &cfg.interfaces {
-        let a = attach::attach_or_replace(store.dataplane_mut().program_mut(), iface, cfg.xdp_mode, &cfg.pin_dir)?;
-        if a.replaced {
-            tracing::info!(iface, ifindex = a.ifindex, "swapped the new program into the pinned link (no gap)");
-        } else {
-            tracing::info!(iface, ifindex = a.ifindex, mode = a.mode, "attached and pinned");
-        }
-        interfaces.push(IfaceStatus { name: iface.clone(), ifindex: a.ifindex, mode: a.mode.into(), attached: true, problem: None });
-    }
+    let enforcement = Enforcement::start(store.dataplane_mut().program_mut(), &cfg.interfaces, cfg.xdp_mode, &cfg.pin_dir, &cfg.state_dir)?;
     store.dataplane().pin_maps(&cfg.pin_dir.join("maps"))?;
     let samples = store.dataplane_mut().take_samples()?;
     tracing::info!("data plane ready in {:?}", started.elapsed());
 
     crate::memory::give_back();
-    let persist = Arc::new(crate::store::persist::Persister::new(store.generation(), store.state_file()));
+    let persist = Arc::new(crate::store::persist::Persister::new(store.generation(), store.state_file(), store.snapshot_due()));
     let app = Arc::new(AppState {
         store: Arc::new(tokio::sync::Mutex::new(store)),
         persist: persist.clone(),
         token,
         alert_token,
         started,
-        interfaces: std::sync::Mutex::new(interfaces),
+        enforcement: std::sync::Mutex::new(enforcement),
         metrics: Default::default(),
         capture: Default::default(),
     });
@@ -199,10 +182,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
 
     if args.detach_on_exit {
-        remove_pins(&cfg.pin_dir)?;
+        let _ = remove_pins(&cfg.pin_dir)?;
         tracing::info!("detached from every interface and removed the pins");
     } else {
-        tracing::info!("exiting; XDP stays attached through the pinned links in {}", cfg.pin_dir.display());
+        let enf = app.enforcement.lock().expect("not poisoned");
+        let (kept, not) = enf.survives_exit();
+        if let Some(d) = enf.detached_by_operator() {
+            tracing::warn!("exiting; NOT enforcing: detached by operator ({}) at {}", d.by, d.since);
+        } else if not.is_empty() {
+            tracing::error!(enforcing = ?kept, not_enforcing = ?not, "exiting; these interfaces are NOT enforcing (see the log above)");
+        } else {
+            tracing::info!(interfaces = ?kept, "exiting; XDP stays attached through the pinned links in {}", cfg.pin_dir.display());
+        }
     }
     Ok(())
 }
@@ -210,11 +201,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn serve(app: api::Shared, cfg: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!("API listening on http://{}", cfg.listen);
-    let router = api::router(app.clone(), cfg.max_body_bytes);
+    let router = api::router(app.clone(), cfg.max_body_bytes, Duration::from_secs(cfg.body_timeout_secs));
 
     let sweeper = tokio::spawn(sweep(app.clone()));
-    let watchdog = tokio::spawn(watch_links(app.clone(), cfg.clone()));
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+    let watchdog = tokio::spawn(watch_links(app.clone()));
+    let limits = server::Limits { max_connections: cfg.max_connections, header_timeout: Duration::from_secs(cfg.header_timeout_secs) };
+    server::serve(listener, router, limits, shutdown_signal()).await?;
     sweeper.abort();
     watchdog.abort();
     Ok(())
@@ -246,72 +238,53 @@ async fn sweep(app: api::Shared) {
     }
 }
 
-/// Every 2 s: is each interface's link still there? If someone detached it
-/// (or removed the pin), say so in status and put the program back.
-async fn watch_links(app: api::Shared, cfg: Config) {
+/// Every 2 s: is each interface's link still attached, holding our program,
+/// and pinned? Repair what was detached or unpinned; report the rest.
+async fn watch_links(app: api::Shared) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        for iface in &cfg.interfaces {
-            if attach::link_alive(&cfg.pin_dir, iface) {
-                continue;
+        let mut store = app.store.lock().await;
+        let mut enf = app.enforcement.lock().expect("not poisoned");
+        let repairs = enf.check(store.dataplane_mut().program_mut());
+        for r in &repairs {
+            match r {
+                Repair::Reattached(i) => app.metrics.reattachments.with_label_values(&[i.as_str()]).inc(),
+                Repair::Repinned(i) => app.metrics.repins.with_label_values(&[i.as_str()]).inc(),
             }
-            tracing::error!(iface, "the XDP link is gone (detached by hand, or pins removed); re-attaching");
-            let mut store = app.store.lock().await;
-            // The pins live on a bpffs: if it was unmounted, mount it again.
-            let result = ensure_bpffs(&cfg.pin_dir)
-                .map_err(|e| format!("the pin directory {} is not a usable bpffs: {e:#}", cfg.pin_dir.display()))
-                .and_then(|()| {
-                    let _ = std::fs::remove_file(attach::link_pin_path(&cfg.pin_dir, iface));
-                    attach::attach_or_replace(store.dataplane_mut().program_mut(), iface, cfg.xdp_mode, &cfg.pin_dir)
-                        .map_err(|e| e.to_string())
-                });
-            if result.is_ok() {
-                if let Err(e) = store.dataplane().pin_maps(&cfg.pin_dir.join("maps")) {
-                    tracing::warn!("re-pinning the maps under {}: {e}", cfg.pin_dir.display());
-                }
-            }
-            let mut ifs = app.interfaces.lock().expect("not poisoned");
-            if let Some(st) = ifs.iter_mut().find(|s| &s.name == iface) {
-                match result {
-                    Ok(a) => {
-                        tracing::info!(iface, mode = a.mode, "re-attached");
-                        app.metrics.reattachments.with_label_values(&[iface.as_str()]).inc();
-                        *st = IfaceStatus { name: iface.clone(), ifindex: a.ifindex, mode: a.mode.into(), attached: true, problem: None };
-                    }
-                    Err(e) => {
-                        tracing::error!(iface, "cannot re-attach: {e}");
-                        st.attached = false;
-                        st.problem = Some(e);
-                    }
-                }
+        }
+        if !repairs.is_empty() {
+            if let Err(e) = store.dataplane().pin_maps(&enf.pin_dir().join("maps")) {
+                tracing::warn!("re-pinning the maps under {}: {e}", enf.pin_dir().display());
             }
         }
     }
 }
 
-fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
-    for iface in attach::pinned_interfaces(pin_dir) {
-        attach::detach(pin_dir, &iface).with_context(|| format!("detaching {iface}"))?;
+/// Detach and unpin every link under `pin_dir`, and remove the map pins.
+/// Returns the interfaces that had a link.
+pub fn remove_pins(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let ifaces = attach::pinned_interfaces(pin_dir);
+    for iface in &ifaces {
+        attach::detach(pin_dir, iface).with_context(|| format!("detaching {iface}"))?;
     }
     let maps = pin_dir.join("maps");
     if maps.exists() {
         std::fs::remove_dir_all(&maps).with_context(|| format!("removing {}", maps.display()))?;
     }
-    Ok(())
+    Ok(ifaces)
 }
 
-/// `ampguard detach`: stop enforcing, remove every pin.
-pub fn detach(args: DetachArgs) -> anyhow::Result<()> {
-    init_tracing();
-    let cfg = load_config(args.config.as_deref())?;
-    let pin_dir = args.pin_dir.unwrap_or(cfg.pin_dir);
-    let ifaces = attach::pinned_interfaces(&pin_dir);
-    remove_pins(&pin_dir)?;
-    if ifaces.is_empty() {
-        println!("nothing was attached (no pinned links in {})", pin_dir.display());
-    } else {
-        println!("detached from {} and removed the pins in {}", ifaces.join(", "), pin_dir.display());
+#[cfg(test)]
+mod tests {
+    use super::merge_interfaces;
+
+    #[test]
+    fn each_interface_once_in_order() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // `--iface eth0` with a config of [eth0, eth1] attached eth0 twice (dedup drops adjacent repeats only).
+        assert_eq!(merge_interfaces(&s(&["eth0", "eth1"]), &s(&["eth0"])), s(&["eth0", "eth1"]));
+        assert_eq!(merge_interfaces(&s(&["eth0", "eth1", "eth0"]), &s(&["eth2", "eth1"])), s(&["eth0", "eth1", "eth2"]));
+        assert_eq!(merge_interfaces(&[], &s(&["eth0", "eth0"])), s(&["eth0"]));
     }
-    Ok(())
 }
