@@ -144,7 +144,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(note) = &pins.note {
         tracing::warn!("{note}");
     }
-    cfg.pin_dir = pins.path;
+    cfg.pin_dir = pins.path.clone();
     // Before any link is touched: a second daemon stops here.
     let _locks = lock::acquire(&cfg.state_dir, &cfg.pin_dir)?;
 
@@ -189,7 +189,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let (kept, not) = enf.survives_exit();
         if let Some(d) = enf.detached_by_operator() {
             tracing::warn!("exiting; NOT enforcing: detached by operator ({}) at {}", d.by, d.since);
-        } else if not.is_empty() {
+        } else if !not.is_empty() {
             tracing::error!(enforcing = ?kept, not_enforcing = ?not, "exiting; these interfaces are NOT enforcing (see the log above)");
         } else {
             tracing::info!(interfaces = ?kept, "exiting; XDP stays attached through the pinned links in {}", cfg.pin_dir.display());

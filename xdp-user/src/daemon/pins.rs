@@ -4,8 +4,9 @@
 //! a bpffs that outlives the daemon's mount namespace. `ip netns exec` gives
 //! its command a private mount namespace with a fresh /sys and no bpffs; a
 //! bpffs mounted there dies with the process, and with it every pin. So when
-//! the daemon's mount namespace is not the init one, it pins in the host's
-//! bpffs instead, reached through /proc/1/root, or refuses to start.
+//! the daemon's mount namespace is not that of the process that started it
+//! (or of pid 1), it pins in that outer namespace's bpffs instead, reached
+//! through /proc/PID/root, or refuses to start.
 
 use std::{
     os::unix::fs::MetadataExt,
@@ -52,13 +53,37 @@ pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether this process shares pid 1's mount namespace: Some(true/false), or
-/// None when /proc/1 cannot be read (no CAP_SYS_PTRACE over pid 1, as under
-/// the shipped systemd unit, whose mounts are a copy of the host's anyway).
-fn in_init_mount_ns() -> Option<bool> {
-    let ours = std::fs::metadata("/proc/self/ns/mnt").ok()?;
-    let init = std::fs::metadata("/proc/1/ns/mnt").ok()?;
-    Some(ours.ino() == init.ino() && ours.dev() == init.dev())
+fn mount_ns(pid: &str) -> Option<(u64, u64)> {
+    let m = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The nearest process (an ancestor, else pid 1) whose mount namespace we can
+/// read and is not ours: where the mounts that outlive us are. None when every
+/// readable one shares ours (the usual case: a shell, systemd) or none is
+/// readable (pid 1 without CAP_SYS_PTRACE, as under the shipped unit, whose
+/// private mounts are copies of the host's anyway).
+fn outer_namespace_process() -> Option<u32> {
+    let ours = mount_ns("self")?;
+    let mut pid = std::process::id();
+    for _ in 0..64 {
+        pid = parent_of(pid).filter(|p| *p > 0)?;
+        match mount_ns(&pid.to_string()) {
+            Some(ns) if ns != ours => return Some(pid),
+            Some(_) => {}
+            None => break,
+        }
+        if pid == 1 {
+            return None;
+        }
+    }
+    mount_ns("1").filter(|ns| *ns != ours).map(|_| 1)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -68,59 +93,66 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Where the pins actually go for a configured `pin_dir`, with a line saying
-/// why when it is not `pin_dir` itself.
+/// Where the pins actually go for a configured `pin_dir`.
 pub struct PinDir {
+    /// A path to pin under. Reaching into another mount namespace it is
+    /// /proc/self/fd/N, an fd opened at start, so it stays valid when the
+    /// process it was found through exits.
     pub path: PathBuf,
+    /// Why it is not `pin_dir` itself, when it is not.
     pub note: Option<String>,
+    _dir: Option<std::fs::File>,
+}
+
+/// The host's view of `pin_dir` through another process's root, if this
+/// process runs in a private mount namespace.
+fn outer_view(pin_dir: &Path) -> Option<(u32, PathBuf)> {
+    let pid = outer_namespace_process()?;
+    Some((pid, Path::new(&format!("/proc/{pid}/root")).join(pin_dir.strip_prefix("/").unwrap_or(pin_dir))))
 }
 
 /// Resolve (and create, mounting a bpffs where that lasts) the pin directory.
 pub fn resolve(pin_dir: &Path) -> anyhow::Result<PinDir> {
-    if in_init_mount_ns() != Some(false) {
+    let Some((pid, outer)) = outer_view(pin_dir) else {
         ensure_bpffs(pin_dir)?;
-        return Ok(PinDir { path: pin_dir.into(), note: None });
+        return Ok(PinDir { path: pin_dir.into(), note: None, _dir: None });
+    };
+    // A private mount namespace whose bpffs is the outer one (a copy of its
+    // mounts, as `unshare -m` makes): the pins last as they are.
+    if is_bpffs(pin_dir) && same_file(pin_dir, &outer) {
+        return Ok(PinDir { path: pin_dir.into(), note: None, _dir: None });
     }
-    let host = Path::new("/proc/1/root").join(pin_dir.strip_prefix("/").unwrap_or(pin_dir));
-    // A private mount namespace whose bpffs is the host's own (a copy of the
-    // host's mounts, as systemd's PrivateMounts= and `unshare -m` make): pins last.
-    if is_bpffs(pin_dir) && same_file(pin_dir, &host) {
-        return Ok(PinDir { path: pin_dir.into(), note: None });
+    if !outer.exists() && outer.parent().is_some_and(is_bpffs) {
+        std::fs::create_dir_all(&outer).with_context(|| format!("creating the pin directory {}", outer.display()))?;
     }
-    let parent_is_bpffs = host.parent().is_some_and(is_bpffs);
-    if is_bpffs(&host) || parent_is_bpffs {
-        if !host.exists() {
-            std::fs::create_dir_all(&host).with_context(|| format!("creating the pin directory {}", host.display()))?;
-        }
-        if is_bpffs(&host) {
-            return Ok(PinDir {
-                note: Some(format!(
-                    "this process has a private mount namespace (started with `ip netns exec`?) whose /sys has no lasting bpffs; \
-                     pinning in the host's bpffs at {} so enforcement outlives the process",
-                    host.display()
-                )),
-                path: host,
-            });
-        }
+    if is_bpffs(&outer) {
+        let dir = std::fs::File::open(&outer).with_context(|| format!("opening {}", outer.display()))?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&dir)));
+        return Ok(PinDir {
+            path,
+            note: Some(format!(
+                "this process runs in a private mount namespace (started with `ip netns exec`?) where a bpffs would die with it; \
+                 pinning in {} of the mount namespace of pid {pid} instead, so enforcement outlives the process",
+                pin_dir.display()
+            )),
+            _dir: Some(dir),
+        });
     }
     bail!(
         "the pin directory {} would be on a bpffs that dies with this process's private mount namespace \
-         (started with `ip netns exec`?), and the host's {} is not a bpffs to pin in instead: enforcement would stop \
-         when the daemon exits. Mount a bpffs on the host (`mount -t bpf bpf /sys/fs/bpf`), or start the daemon in the \
-         namespace with `nsenter --net=/run/netns/NAME ampguard run ...`, which keeps the host's mounts",
+         (started with `ip netns exec`?), and {} of the mount namespace outside it (pid {pid}) is not on a bpffs either: \
+         enforcement would stop when the daemon exits. Mount one there (`mount -t bpf bpf /sys/fs/bpf`), or start the \
+         daemon with `nsenter --net=/run/netns/NAME ampguard run ...`, which keeps the host's mounts",
         pin_dir.display(),
-        host.display()
+        pin_dir.display()
     )
 }
 
 /// Where a running or earlier daemon put its pins for `pin_dir`, without
 /// creating or mounting anything (for `ampguard detach`).
 pub fn locate(pin_dir: &Path) -> PathBuf {
-    if in_init_mount_ns() == Some(false) && !is_bpffs(pin_dir) {
-        let host = Path::new("/proc/1/root").join(pin_dir.strip_prefix("/").unwrap_or(pin_dir));
-        if is_bpffs(&host) {
-            return host;
-        }
+    match outer_view(pin_dir) {
+        Some((_, outer)) if is_bpffs(&outer) && !same_file(pin_dir, &outer) => outer,
+        _ => pin_dir.into(),
     }
-    pin_dir.into()
 }
