@@ -223,6 +223,40 @@ fn started_with_ip_netns_exec_the_pins_outlive_the_process() {
     assert_eq!(memcached_dropped(&lab, 200), 0, "still enforcing after SIGTERM");
 }
 
+/// Started with `ip netns exec` from a subshell that exits at once (its
+/// parent is gone before the daemon looks for the host's mounts): the daemon
+/// pins through pid 1's mount namespace where it can read it, and otherwise
+/// refuses naming nsenter. It never pins in a bpffs that dies with it.
+#[test]
+fn started_with_ip_netns_exec_by_a_vanished_parent_it_pins_outside_or_refuses() {
+    let lab = lab("ipnetns2");
+    let mut d = Daemon::start(&lab, "").expect("daemon");
+    d.kill9();
+    let _ = Command::new(ampguard_bin()).args(["detach", "--pin-dir"]).arg(&d.pin_dir).output();
+    let log = d.dir.join("orphan.log");
+    let script = format!(
+        "(ip netns exec {} {} run --config {} > {} 2>&1 &)",
+        d.ns.name,
+        ampguard_bin().display(),
+        d.config.display(),
+        log.display()
+    );
+    assert!(Command::new("sh").args(["-c", &script]).status().unwrap().success());
+    let text = wait_for("the orphaned daemon to pin or refuse", Duration::from_secs(20), || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        (t.contains("API listening") || t.contains("Error")).then_some(t)
+    });
+    if text.contains("API listening") {
+        assert!(text.contains("mount namespace of pid 1"), "{text}");
+        assert!(d.pin_dir.join("link_edge0").exists(), "pinned where the host sees it:\n{text}");
+        let _ = Command::new("pkill").args(["-9", "-f", &d.config.display().to_string()]).status();
+    } else {
+        assert!(text.contains("nsenter --net=/run/netns/"), "the refusal says how to start it:\n{text}");
+        assert!(!text.contains("mounted a bpffs"), "{text}");
+        assert_eq!(xdp_prog_on_edge0(&lab), None, "a refused start attached nothing");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 3. Two daemons
 

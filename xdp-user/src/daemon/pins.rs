@@ -86,6 +86,20 @@ fn outer_namespace_process() -> Option<u32> {
     mount_ns("1").filter(|ns| *ns != ours).map(|_| 1)
 }
 
+/// `ip netns exec NS` mounts a fresh sysfs on /sys whose source is the
+/// namespace's name: that name, if this process's /sys is such a mount.
+fn ip_netns_exec_sysfs() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (left.split_whitespace().nth(4)? == "/sys").then_some(())?;
+        let mut r = right.split_whitespace();
+        (r.next()? == "sysfs").then_some(())?;
+        let source = r.next()?;
+        Path::new("/run/netns").join(source).exists().then(|| source.to_string())
+    })
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
@@ -114,6 +128,17 @@ fn outer_view(pin_dir: &Path) -> Option<(u32, PathBuf)> {
 /// Resolve (and create, mounting a bpffs where that lasts) the pin directory.
 pub fn resolve(pin_dir: &Path) -> anyhow::Result<PinDir> {
     let Some((pid, outer)) = outer_view(pin_dir) else {
+        if let Some(ns) = ip_netns_exec_sysfs() {
+            if !is_bpffs(pin_dir) {
+                bail!(
+                    "this process runs under `ip netns exec {ns}`: a bpffs mounted for {} would die with its private \
+                     mount namespace, and no process outside it could be found to pin through (the one that started this \
+                     one has exited). Start the daemon with `nsenter --net=/run/netns/{ns} ampguard run ...`, which keeps \
+                     the host's mounts, or from a shell that stays running",
+                    pin_dir.display()
+                );
+            }
+        }
         ensure_bpffs(pin_dir)?;
         return Ok(PinDir { path: pin_dir.into(), note: None, _dir: None });
     };
