@@ -60,6 +60,9 @@ pub struct Daemon {
     pub token_file: PathBuf,
     pub token: String,
     pub port: u16,
+    /// Extra arguments to `ampguard run` and environment of the daemon.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -72,6 +75,17 @@ impl Daemon {
 
     /// `start`, launched as `launch` says.
     pub fn start_with(lab: &Lab, extra: &str, launch: Launch) -> Result<Daemon> {
+        Self::start_full(lab, extra, launch, &[], &[])
+    }
+
+    /// [`Daemon::start`], with more `ampguard run` arguments and environment
+    /// variables (in their values `{log_dev_ino}` stands for the daemon log's
+    /// `device:inode`, what systemd puts in JOURNAL_STREAM).
+    pub fn start_with_args(lab: &Lab, extra: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Daemon> {
+        Self::start_full(lab, extra, Launch::default(), args, env)
+    }
+
+    fn start_full(lab: &Lab, extra: &str, launch: Launch, args: &[&str], env: &[(&str, &str)]) -> Result<Daemon> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let tag = format!("ag-test-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
@@ -93,7 +107,9 @@ impl Daemon {
                 pin_dir.display()
             ),
         )?;
-        let mut d = Daemon { launch, ns: lab.edge.clone(), dir, pin_dir, config, token_file, token, port, child: None };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut d = Daemon { launch, ns: lab.edge.clone(), dir, pin_dir, config, token_file, token, port, args, env, child: None };
         d.spawn()?;
         Ok(d)
     }
@@ -125,10 +141,17 @@ impl Daemon {
     /// (Re)start the daemon process and wait until its API answers.
     pub fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log"))?;
+        let dev_ino = {
+            use std::os::unix::fs::MetadataExt;
+            let m = log.metadata()?;
+            format!("{}:{}", m.dev(), m.ino())
+        };
         let child = self
             .command()
             .args(["run", "--config"])
             .arg(&self.config)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v.replace("{log_dev_ino}", &dev_ino))))
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())

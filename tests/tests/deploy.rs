@@ -338,6 +338,38 @@ fn xtask_install_stages_every_file_with_its_mode_and_never_overwrites_config_or_
     }
     assert_eq!(mode(&dest.join("etc/ampguard")), 0o700);
     assert_eq!(mode(&dest.join("var/lib/ampguard")), 0o700);
+    // Completions where each shell looks for them, and man pages.
+    let share = dest.join("usr/local/share");
+    for f in [
+        "bash-completion/completions/ampguard",
+        "zsh/site-functions/_ampguard",
+        "fish/vendor_completions.d/ampguard.fish",
+        "man/man1/ampguard.1",
+        "man/man1/ampguard-policy.1",
+        "man/man1/ampguard-completions.1",
+    ] {
+        assert_eq!(mode(&share.join(f)), 0o644, "{f}");
+    }
+    assert!(std::fs::read_to_string(share.join("zsh/site-functions/_ampguard")).unwrap().starts_with("#compdef ampguard"));
+    assert!(std::fs::read_to_string(share.join("fish/vendor_completions.d/ampguard.fish")).unwrap().contains("complete -c ampguard"));
+    // Bash, sourcing the installed script, completes `ampguard pol` and `ampguard policy a`.
+    let bash = share.join("bash-completion/completions/ampguard");
+    let complete = |words: &str| {
+        let script = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}; _ampguard ampguard \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; echo \"${{COMPREPLY[*]}}\"",
+            bash.display()
+        );
+        let o = run("bash", &["-c", &script], &root());
+        assert!(o.status.success(), "bash completion: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(complete("ampguard pol"), "policy");
+    assert_eq!(complete("ampguard policy a"), "add");
+    assert_eq!(complete("ampguard completions f"), "fish");
+    // man renders the installed page.
+    let man = Command::new("man").arg("-l").arg(share.join("man/man1/ampguard.1")).env("MANPAGER", "cat").env("MANWIDTH", "100").output().expect("man");
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(man.status.success() && page.contains("ampguard-policy(1)") && page.contains("Stops reflection"), "man -l:\n{page}{}", String::from_utf8_lossy(&man.stderr));
     assert_eq!(mode(&dest.join("etc/ampguard/ampguard.toml")), 0o600);
     assert_eq!(std::fs::read_to_string(dest.join("etc/ampguard/ampguard.toml")).unwrap(), std::fs::read_to_string(deploy("ampguard.toml")).unwrap());
     let token = std::fs::read_to_string(dest.join("etc/ampguard/token")).unwrap();

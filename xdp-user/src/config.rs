@@ -73,6 +73,8 @@ pub struct Config {
     pub dns_many_answers: u16,
     /// Packets sampled per second and CPU while a capture runs.
     pub capture_samples_per_sec: u32,
+    /// The daemon's log lines: "text" or "json" (`--log-format` overrides).
+    pub log_format: crate::logging::LogFormat,
     pub capacity: CapacityConfig,
     /// Extra vectors, or different ports for built-in ones.
     pub vectors: Vec<VectorConfig>,
@@ -154,6 +156,7 @@ impl Default for Config {
             dns_large_bytes: 512,
             dns_many_answers: 10,
             capture_samples_per_sec: 1000,
+            log_format: Default::default(),
             capacity: CapacityConfig::default(),
             vectors: Vec::new(),
             profiles: BTreeMap::new(),

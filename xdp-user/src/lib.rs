@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod logging;
 pub mod memory;
 pub mod model;
 pub mod packet;
@@ -17,3 +18,11 @@ pub mod payloads;
 pub mod profiles;
 pub mod store;
 pub mod vectors;
+
+/// The git commit the binary was built from (`-dirty`: with changes not in
+/// it; "unknown" outside a git checkout), from build.rs.
+pub const COMMIT: &str = env!("AMPGUARD_COMMIT");
+/// When it was built (UTC; SOURCE_DATE_EPOCH when set).
+pub const BUILD_DATE: &str = env!("AMPGUARD_BUILD_DATE");
+/// `ampguard --version`.
+pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("AMPGUARD_COMMIT"), ", built ", env!("AMPGUARD_BUILD_DATE"), ")");

@@ -10,7 +10,12 @@
 //! - `/etc/ampguard/` (0700) with `ampguard.toml` (0600, deploy/ampguard.toml)
 //!   and `token` (0600, 32 random bytes in hex): each only if absent, an
 //!   operator's config and token are never overwritten;
-//! - `/var/lib/ampguard/` (0700), the state directory.
+//! - `/var/lib/ampguard/` (0700), the state directory;
+//! - shell completions (`PREFIX/share/bash-completion/completions/ampguard`,
+//!   `PREFIX/share/zsh/site-functions/_ampguard`,
+//!   `PREFIX/share/fish/vendor_completions.d/ampguard.fish`) and man pages
+//!   (`PREFIX/share/man/man1/ampguard.1`, `ampguard-SUBCOMMAND.1`), 0644, made
+//!   by the installed binary itself (`ampguard completions SHELL`, `ampguard man`).
 //!
 //! Binaries are replaced by rename, so installing over a running daemon is safe
 //! (the running process keeps its old file). PREFIX defaults to /usr/local; the
@@ -93,6 +98,40 @@ fn create_if_absent(path: &Path, contents: &[u8], mode: u32, log: &mut Vec<Strin
     }
 }
 
+/// The output of `binary ARGS`.
+fn generated(binary: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let o = std::process::Command::new(binary).args(args).output().with_context(|| format!("running {}", binary.display()))?;
+    if !o.status.success() || o.stdout.is_empty() {
+        bail!("`{} {}` failed: {}", binary.display(), args.join(" "), String::from_utf8_lossy(&o.stderr).trim());
+    }
+    Ok(o.stdout)
+}
+
+/// `binary man --out-dir` into a scratch directory, then each page into `dir`.
+fn man_pages(binary: &Path, dir: &Path, log: &mut Vec<String>) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!("ampguard-man-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch)?;
+    let made = std::process::Command::new(binary).arg("man").arg("--out-dir").arg(&scratch).output();
+    let result = (|| -> Result<()> {
+        let o = made.with_context(|| format!("running {}", binary.display()))?;
+        if !o.status.success() {
+            bail!("`{} man --out-dir` failed: {}", binary.display(), String::from_utf8_lossy(&o.stderr).trim());
+        }
+        let mut pages: Vec<PathBuf> = fs::read_dir(&scratch)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        pages.sort();
+        if !pages.iter().any(|p| p.file_name().is_some_and(|n| n == "ampguard.1")) {
+            bail!("`{} man --out-dir` wrote no ampguard.1", binary.display());
+        }
+        for p in pages {
+            replace(&dir.join(p.file_name().expect("a file")), &fs::read(&p)?, 0o644, log)?;
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
 fn random_token() -> Result<String> {
     let mut b = [0u8; 32];
     fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
@@ -137,6 +176,16 @@ pub fn run(o: Options) -> Result<()> {
         replace(&staged(d, &share.join(f)), read(f)?.as_bytes(), 0o644, &mut log)?;
     }
 
+    for (shell, path) in [
+        ("bash", "share/bash-completion/completions/ampguard"),
+        ("zsh", "share/zsh/site-functions/_ampguard"),
+        ("fish", "share/fish/vendor_completions.d/ampguard.fish"),
+    ] {
+        let script = generated(&binary, &["completions", shell])?;
+        replace(&staged(d, &o.prefix.join(path)), &script, 0o644, &mut log)?;
+    }
+    man_pages(&binary, &staged(d, &o.prefix.join("share/man/man1")), &mut log)?;
+
     let etc = staged(d, Path::new("/etc/ampguard"));
     mkdir(&etc, 0o700, &mut log)?;
     let new_config = create_if_absent(&etc.join("ampguard.toml"), read("ampguard.toml")?.as_bytes(), 0o600, &mut log)?;
@@ -158,6 +207,7 @@ pub fn run(o: Options) -> Result<()> {
     println!("  systemctl daemon-reload");
     println!("  systemctl enable --now ampguard      # or `systemctl restart ampguard` after an upgrade (no gap)");
     println!("  {bin_str} status                      # as root: reads /etc/ampguard/token");
+    println!("  man ampguard                          # and completions for bash, zsh and fish (new shells)");
     println!("Prometheus, alert rules and Grafana dashboard: {}/; FastNetMon: {}/FASTNETMON.md", share.display(), share.display());
     Ok(())
 }

@@ -32,8 +32,8 @@ pub async fn create(State(app): State<Shared>, body: Result<Bytes, BytesRejectio
     Ok((StatusCode::CREATED, Json(serde_json::to_value(rec).expect("serializes"))))
 }
 
-pub async fn delete(State(app): State<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(State(app): State<Shared>, Path(id): Path<String>) -> Result<impl axum::response::IntoResponse, ApiError> {
     let rec = super::change(&app, |s| s.delete_allow(&id)).await?;
     tracing::info!(id = rec.id, prefix = %rec.prefix, "allowlist entry removed");
-    Ok(StatusCode::NO_CONTENT)
+    Ok((StatusCode::NO_CONTENT, super::audit::removed(&rec)))
 }

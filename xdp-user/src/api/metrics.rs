@@ -56,8 +56,19 @@ impl Default for ProcessMetrics {
             &["interface"],
         )
         .expect("metric");
-        let build = IntGaugeVec::new(Opts::new("ampguard_build_info", "Build information"), &["version"]).expect("metric");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let build = IntGaugeVec::new(Opts::new("ampguard_build_info", "Build information (always 1)"), &["version", "commit", "build_date"]).expect("metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION"), crate::COMMIT, crate::BUILD_DATE]).set(1);
+        // Every family exists from the first scrape, at zero where nothing has
+        // happened yet (a query or an alert rule then sees 0, not "no data").
+        use crate::alerts::{AlertAction, AlertSource};
+        for source in [AlertSource::FastnetmonScript, AlertSource::FastnetmonJson, AlertSource::Generic] {
+            for action in [AlertAction::Ban, AlertAction::Unban] {
+                for result in ["created", "extended", "removed", "ignored"] {
+                    alerts.with_label_values(&[source.as_str(), action.as_str(), result]);
+                }
+            }
+        }
+        api_requests.with_label_values(&["/metrics", "GET", "200"]);
         for c in [Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>, Box::new(api_requests.clone()), Box::new(reattachments.clone()), Box::new(repins.clone()), Box::new(build)] {
             registry.register(c).expect("unique metric");
         }
@@ -178,6 +189,9 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
         let enf = app.enforcement.lock().expect("not poisoned");
         for i in enf.statuses() {
             attached.with_label_values(&[&i.name, &i.mode]).set((i.state == "enforcing") as i64);
+            // Zero until the watchdog first re-attaches or re-pins it.
+            app.metrics.reattachments.with_label_values(&[&i.name]);
+            app.metrics.repins.with_label_values(&[&i.name]);
         }
         by_operator.set(enf.detached_by_operator().is_some() as i64);
     }

@@ -3,6 +3,7 @@
 
 mod alerts;
 mod allowlist;
+pub mod audit;
 mod capture;
 mod enforcement;
 pub mod metrics;
@@ -66,7 +67,8 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, "{}", self.message);
         }
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        let info = audit::ErrorInfo { code: self.code, message: self.message.clone() };
+        (self.status, axum::Extension(info), Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
     }
 }
 
@@ -129,10 +131,26 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whose token a request carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// The operator token (`token_file`): everything.
+    Operator,
+    /// The alert-only token (`alert_token_file`).
+    Alerter,
+}
+
+pub fn principal(app: &AppState, headers: &header::HeaderMap) -> Option<Principal> {
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|t| same(t.trim().as_bytes(), app.token.as_bytes())) {
+        return Some(Principal::Operator);
+    }
+    given.zip(app.alert_token.as_deref()).is_some_and(|(t, a)| same(t.trim().as_bytes(), a.as_bytes())).then_some(Principal::Alerter)
+}
+
 async fn require_token(State(app): State<Shared>, req: Request, next: Next) -> Response {
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let admin = given.is_some_and(|t| same(t.trim().as_bytes(), app.token.as_bytes()));
-    let alerter = !admin && given.zip(app.alert_token.as_deref()).is_some_and(|(t, a)| same(t.trim().as_bytes(), a.as_bytes()));
+    let who = principal(&app, req.headers());
+    let (admin, alerter) = (who == Some(Principal::Operator), who == Some(Principal::Alerter));
     if alerter && !req.uri().path().starts_with("/v1/alerts") {
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may only post alerts (POST /v1/alerts, /v1/alerts/fastnetmon)")
             .into_response();
@@ -175,6 +193,7 @@ pub fn router(app: Shared, max_body: usize, body_timeout: std::time::Duration) -
         .merge(v1)
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(app.clone(), metrics::count_requests))
+        .layer(middleware::from_fn_with_state(audit::Audit::new(app.clone()), audit::audit))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_timeout))
         .with_state(app)

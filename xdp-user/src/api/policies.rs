@@ -111,8 +111,8 @@ pub async fn replace(
     Ok(Json(view(&rec)))
 }
 
-pub async fn delete(State(app): State<Shared>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(State(app): State<Shared>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let rec = super::change(&app, |s| s.delete_policy(&id)).await?;
     tracing::info!(id = rec.id, victim = %rec.victim, "policy deleted");
-    Ok(StatusCode::NO_CONTENT)
+    Ok((StatusCode::NO_CONTENT, super::audit::removed(&*rec)))
 }

@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{config::XdpModeSetting, daemon};
 
 #[derive(Parser)]
-#[command(name = "ampguard", version, about = "Stops reflection/amplification DDoS floods at the edge with XDP")]
+#[command(name = "ampguard", version = crate::LONG_VERSION, about = "Stops reflection/amplification DDoS floods at the edge with XDP")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -100,6 +100,17 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Print a shell completion script (cargo xtask install puts them where the shells look).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `ampguard man | man -l -`; or write one per subcommand.
+    Man {
+        /// Write ampguard.1 and ampguard-SUBCOMMAND.1 pages into this directory instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -115,6 +126,34 @@ pub fn main() -> anyhow::Result<()> {
         Command::Status { api } => show::status(&api),
         Command::Top { args, api } => top::run(args, &api),
         Command::Capture { args, api } => capture::run(args, &api),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "ampguard", &mut out);
+            write_stdout(&out)
+        }
+        Command::Man { out_dir: None } => write_stdout(&man_page()?),
+        Command::Man { out_dir: Some(dir) } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .map_err(|e| anyhow::anyhow!("writing the man pages into {}: {e}", dir.display()))?;
+            Ok(())
+        }
+    }
+}
+
+/// The man page of `ampguard` and its subcommands, in roff.
+pub fn man_page() -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
+    Ok(out)
+}
+
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        // `ampguard man | head`: the reader had enough.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
     }
 }
 

@@ -30,6 +30,7 @@ pub use self::pins::ensure_bpffs;
 use crate::{
     api::{self, AppState},
     config::{Config, XdpModeSetting},
+    logging::LogFormat,
     dataplane::{attach, DataPlane, LoadOptions},
     store::Store,
 };
@@ -60,6 +61,9 @@ pub struct RunArgs {
     /// On exit, detach XDP and remove the pins (enforcement stops).
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// Log lines as text (default; no timestamp of its own under systemd) or JSON objects; overrides `log_format`.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Args, Debug)]
@@ -71,10 +75,8 @@ pub struct DetachArgs {
     pub pin_dir: Option<PathBuf>,
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+fn init_tracing(format: LogFormat) {
+    crate::logging::init_daemon(format);
 }
 
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -112,8 +114,8 @@ fn merge_interfaces(config: &[String], args: &[String]) -> Vec<String> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_tracing();
     let mut cfg = load_config(args.config.as_deref())?;
+    init_tracing(args.log_format.unwrap_or(cfg.log_format));
     cfg.interfaces = merge_interfaces(&cfg.interfaces, &args.ifaces);
     if let Some(m) = args.xdp_mode {
         cfg.xdp_mode = m;
