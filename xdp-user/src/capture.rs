@@ -137,6 +137,75 @@ pub async fn collect(rx: &mut broadcast::Receiver<Arc<Captured>>, count: usize, 
     out
 }
 
+/// What a capture is written as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// pcapng, with a comment on each packet saying what ampguard did with it.
+    #[default]
+    Pcapng,
+    /// Classic pcap (no comments), for tools that read nothing else.
+    Pcap,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Pcapng => "application/x-pcapng",
+            Format::Pcap => "application/vnd.tcpdump.pcap",
+        }
+    }
+}
+
+/// What ampguard did with a sampled packet, as its pcapng comment says it:
+/// `verdict=dropped vector=memcached policy=p-1 victim=203.0.113.10/32`.
+pub fn comment(verdict: &str, vector: &str, policy: Option<(&str, &IpNet)>) -> String {
+    match policy {
+        Some((id, victim)) => format!("verdict={verdict} vector={vector} policy={id} victim={victim}"),
+        // The slot's policy was removed (or replaced by another victim's) before the capture ended.
+        None => format!("verdict={verdict} vector={vector} policy=unknown victim=unknown"),
+    }
+}
+
+/// A pcapng file (one Ethernet interface, nanosecond timestamps) of the
+/// samples, each with its comment (Wireshark's packet comments,
+/// `tshark -T fields -e frame.comment`). `orig_len` keeps the real frame length.
+pub fn to_pcapng(samples: &[Arc<Captured>], comments: &[String]) -> Vec<u8> {
+    use pcap_file::pcapng::{
+        blocks::{
+            enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption},
+            interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
+            section_header::{SectionHeaderBlock, SectionHeaderOption},
+        },
+        PcapNgWriter,
+    };
+    use std::borrow::Cow;
+    let shb = SectionHeaderBlock {
+        endianness: pcap_file::Endianness::Little,
+        options: vec![SectionHeaderOption::UserApplication(Cow::Owned(format!("ampguard {}", crate::LONG_VERSION)))],
+        ..Default::default()
+    };
+    let mut w = PcapNgWriter::with_section_header(Vec::new(), shb).expect("writing to memory");
+    let idb = InterfaceDescriptionBlock {
+        linktype: pcap_file::DataLink::ETHERNET,
+        snaplen: SAMPLE_BYTES as u32,
+        // pcap-file writes EPB timestamps in nanoseconds: say so (the default is microseconds).
+        options: vec![InterfaceDescriptionOption::IfName(Cow::Borrowed("ampguard-xdp")), InterfaceDescriptionOption::IfTsResol(9)],
+    };
+    w.write_pcapng_block(idb).expect("writing to memory");
+    for (s, c) in samples.iter().zip(comments) {
+        let epb = EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: s.at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
+            original_len: s.orig_len.max(s.data.len() as u32),
+            data: Cow::Borrowed(&s.data),
+            options: vec![EnhancedPacketOption::Comment(Cow::Borrowed(c))],
+        };
+        w.write_pcapng_block(epb).expect("writing to memory");
+    }
+    w.into_inner()
+}
+
 /// A classic pcap file (Ethernet link type) of the samples; `orig_len` keeps
 /// the real frame length, so tools show the packets as truncated captures.
 pub fn to_pcap(samples: &[Arc<Captured>]) -> Vec<u8> {
@@ -163,5 +232,29 @@ mod tests {
         assert_eq!(&bytes[..4], &0xa1b2c3d4u32.to_le_bytes(), "pcap magic");
         assert_eq!(bytes.len(), 24 + 2 * (16 + 128));
         assert_eq!(u32::from_le_bytes(bytes[24 + 12..24 + 16].try_into().unwrap()), pkt.len() as u32, "orig_len");
+    }
+
+    #[test]
+    fn pcapng_reads_back_with_each_packets_comment_and_time() {
+        use pcap_file::pcapng::{blocks::enhanced_packet::EnhancedPacketOption, Block, PcapNgReader};
+        let pkt = crate::packet::PacketBuilder::udp4("198.51.100.7:11211", "203.0.113.10:1").payload(200).build();
+        let at = SystemTime::UNIX_EPOCH + Duration::new(1_764_000_000, 123_456_789);
+        let c = Arc::new(Captured { at, slot: 1, vector: 16, verdict: 1, orig_len: pkt.len() as u32, data: pkt[..128].to_vec() });
+        let victim: IpNet = "203.0.113.10/32".parse().unwrap();
+        let comments = [comment("dropped", "memcached", Some(("p-1", &victim))), comment("rate_limited", "ntp", None)];
+        assert_eq!(comments[0], "verdict=dropped vector=memcached policy=p-1 victim=203.0.113.10/32");
+        let bytes = to_pcapng(&[c.clone(), c], &comments);
+        let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+        let mut seen = Vec::new();
+        while let Some(b) = r.next_block() {
+            if let Block::EnhancedPacket(p) = b.unwrap() {
+                assert_eq!((p.original_len, p.data.len(), p.timestamp), (pkt.len() as u32, 128, Duration::new(1_764_000_000, 123_456_789)));
+                seen.extend(p.options.iter().filter_map(|o| match o {
+                    EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                    _ => None,
+                }));
+            }
+        }
+        assert_eq!(seen, comments);
     }
 }

@@ -30,6 +30,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "`ip netns`/veth/XDP plumbing for the test lab and the demo"),
     ("nftables", "the nftables baseline the demo and tests compare against"),
     ("tcpdump", "inspecting lab traffic when a test fails"),
+    ("tshark", "reading the comments of `ampguard capture`'s pcapng (tests/tests/capture_top.rs)"),
     ("jq", "reading ampguard's JSON output in scripts"),
     ("curl", "talking to the daemon's HTTP endpoints from scripts"),
     ("bpftool", "detaching the XDP link by hand in the fault tests (tests/tests/faults.rs)"),
@@ -92,6 +93,7 @@ fn apt_packages(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         c
     };
     mask_test_only_services(&to_install)?;
+    preseed(&to_install)?;
     cmd::run(&mut apt(&["update"]))?;
     let mut install = apt(&["install", "-y", "--no-install-recommends"]);
     install.args(&to_install);
@@ -266,6 +268,34 @@ fn cargo_fuzz(mode: Mode) -> Result<()> {
 /// inside lab namespaces, so the services are masked (a symlink to /dev/null,
 /// only when nothing is there yet) before installing; `systemctl unmask` undoes it.
 const TEST_ONLY_SERVICES: &[(&str, &str)] = &[("fastnetmon", "fastnetmon.service"), ("prometheus", "prometheus.service")];
+
+/// Answers to the questions packages would ask (DEBIAN_FRONTEND=noninteractive
+/// takes the defaults; these make the choice explicit and keep it if a later
+/// install is interactive).
+const DEBCONF: &[(&str, &str)] = &[
+    // tshark pulls in wireshark-common, which asks whether non-root users may
+    // capture (a setuid dumpcap); the tests run as root, so: no.
+    ("tshark", "wireshark-common wireshark-common/install-setuid boolean false\n"),
+];
+
+fn preseed(to_install: &[&str]) -> Result<()> {
+    for (pkg, answer) in DEBCONF {
+        if !to_install.contains(pkg) {
+            continue;
+        }
+        println!("+ debconf-set-selections <<< '{}'", answer.trim());
+        let mut child = Command::new("debconf-set-selections")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .context("could not start debconf-set-selections (package debconf)")?;
+        std::io::Write::write_all(&mut child.stdin.take().context("stdin")?, answer.as_bytes())?;
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("debconf-set-selections failed ({status}) on {}", answer.trim());
+        }
+    }
+    Ok(())
+}
 
 fn mask_test_only_services(to_install: &[&str]) -> Result<()> {
     for (pkg, unit) in TEST_ONLY_SERVICES {

@@ -1,5 +1,7 @@
-//! GET /v1/capture?count=N&victim=PREFIX&seconds=S: a pcap of sampled
-//! dropped, rate-limited and monitored packets (first 128 bytes each).
+//! GET /v1/capture?count=N&victim=PREFIX&seconds=S&format=pcapng|pcap: a
+//! pcapng (default; each packet's comment says its verdict, vector, policy
+//! and victim) or classic pcap of sampled dropped, rate-limited and monitored
+//! packets (first 128 bytes each).
 //! Sampling is on in the data plane only while a capture runs.
 
 use std::time::Duration;
@@ -23,6 +25,8 @@ pub struct CaptureQuery {
     victim: Option<String>,
     #[serde(default)]
     seconds: Option<u64>,
+    #[serde(default)]
+    format: Option<capture::Format>,
 }
 
 /// Unregisters the capture when it ends, also if the request is dropped
@@ -60,9 +64,42 @@ pub async fn capture(State(app): State<Shared>, q: Result<Query<CaptureQuery>, a
     let active = Active(app.clone());
     let samples = capture::collect(&mut rx, count, victim, Duration::from_secs(seconds)).await;
     drop(active);
-    let mut res = (StatusCode::OK, capture::to_pcap(&samples)).into_response();
+    let format = q.format.unwrap_or_default();
+    let body = match format {
+        capture::Format::Pcap => capture::to_pcap(&samples),
+        capture::Format::Pcapng => capture::to_pcapng(&samples, &comments(&app, &samples).await),
+    };
+    let mut res = (StatusCode::OK, body).into_response();
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/vnd.tcpdump.pcap"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     h.insert("x-ampguard-samples", HeaderValue::from(samples.len()));
     Ok(res)
+}
+
+/// Each sample's pcapng comment. The policy is looked up when the capture
+/// ends, by the slot the program recorded; a slot whose policy was removed
+/// meanwhile (or now holds a victim that does not contain the packet's
+/// destination) says "unknown" rather than name the wrong one.
+async fn comments(app: &Shared, samples: &[std::sync::Arc<capture::Captured>]) -> Vec<String> {
+    use std::collections::{HashMap, HashSet};
+    use xdp_common::counters::verdict;
+    let store = app.store.lock().await;
+    let wanted: HashSet<u32> = samples.iter().map(|s| s.slot).collect();
+    let mut by_slot = HashMap::new();
+    if !wanted.is_empty() {
+        for p in store.policies() {
+            if let Some(slot) = store.dataplane().slot_of(&p.victim).filter(|s| wanted.contains(s)) {
+                by_slot.insert(slot, (p.id.clone(), p.victim));
+            }
+        }
+    }
+    samples
+        .iter()
+        .map(|s| {
+            let verdict = verdict::NAMES.get(s.verdict as usize).copied().unwrap_or("unknown");
+            let vector = store.vectors().name_of(s.vector).unwrap_or("unknown");
+            let policy = by_slot.get(&s.slot).filter(|(_, v)| s.dst().is_some_and(|d| v.contains(&d))).map(|(id, v)| (id.as_str(), v));
+            capture::comment(verdict, vector, policy)
+        })
+        .collect()
 }

@@ -1,5 +1,6 @@
 //! `ampguard capture`: write sampled dropped/limited/monitored packets as a
-//! pcap that tcpdump and Wireshark open.
+//! pcapng (each packet's comment: verdict, vector, policy, victim) or a
+//! classic pcap, which tcpdump, tshark and Wireshark open.
 
 use std::path::PathBuf;
 
@@ -10,9 +11,12 @@ use super::{client::Client, ApiArgs};
 
 #[derive(Args, Debug)]
 pub struct CaptureArgs {
-    /// Where to write the pcap.
+    /// Where to write the capture.
     #[arg(long)]
     pub out: PathBuf,
+    /// pcapng (a comment per packet: verdict, vector, policy id, victim) or classic pcap (no comments).
+    #[arg(long, value_enum, default_value = "pcapng")]
+    pub format: crate::capture::Format,
     /// Stop after this many packets (1-10000).
     #[arg(long, default_value_t = 100)]
     pub count: usize,
@@ -25,13 +29,21 @@ pub struct CaptureArgs {
 }
 
 pub fn run(args: CaptureArgs, api: &ApiArgs) -> anyhow::Result<()> {
-    let mut path = format!("/v1/capture?count={}&seconds={}", args.count, args.seconds);
+    let format = match args.format {
+        crate::capture::Format::Pcapng => "pcapng",
+        crate::capture::Format::Pcap => "pcap",
+    };
+    let mut path = format!("/v1/capture?count={}&seconds={}&format={format}", args.count, args.seconds);
     if let Some(v) = &args.victim {
         path.push_str(&format!("&victim={}", v.replace('/', "%2F").replace(':', "%3A")));
     }
     eprintln!("capturing up to {} dropped/limited/monitored packets for at most {} s ...", args.count, args.seconds);
     let (pcap, samples) = Client::new(api)?.get_bytes(&path)?;
     std::fs::write(&args.out, &pcap).with_context(|| format!("writing {}", args.out.display()))?;
-    println!("wrote {} packets to {} (first 128 bytes of each; open with tcpdump -r or Wireshark)", samples.unwrap_or_else(|| "?".into()), args.out.display());
+    let what = match args.format {
+        crate::capture::Format::Pcapng => "pcapng, first 128 bytes of each, with ampguard's verdict in each packet's comment; open with Wireshark, tshark -r or tcpdump -r",
+        crate::capture::Format::Pcap => "pcap, first 128 bytes of each; open with tcpdump -r or Wireshark",
+    };
+    println!("wrote {} packets to {} ({what})", samples.unwrap_or_else(|| "?".into()), args.out.display());
     Ok(())
 }
