@@ -9,11 +9,12 @@
 //! no body, a DELETE, attaches the removed record as an [`Audited`] response
 //! extension) and the result (HTTP status, error code and message).
 //!
-//! Refusals (any 4xx to a mutating request, and 401/403 to any request) and
-//! alerts that changed nothing are rate-limited: at most [`REFUSALS_PER_SEC`]
-//! lines a second (bursts of [`REFUSAL_BURST`]), then one summary line a
-//! second with the number left out, so a flood of bad requests cannot fill
-//! the disk. Changes and server errors are always logged.
+//! Refusals (any other answer to a mutating request: 4xx, 507 full table;
+//! and 401/403 to any request) and alerts that changed nothing are
+//! rate-limited: at most [`REFUSALS_PER_SEC`] lines a second (bursts of
+//! [`REFUSAL_BURST`]), then one summary line a second with the number left
+//! out, so a flood of bad requests cannot fill the disk. Changes and 500s
+//! (e.g. a change in force but not saved) are always logged.
 
 use std::{
     net::SocketAddr,
@@ -256,7 +257,7 @@ pub async fn audit(State(audit): State<Audit>, req: Request, next: Next) -> Resp
             )
         };
     }
-    if status.is_server_error() {
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
         line!(error, "failed", "audit: request failed");
     } else if status.is_success() && !ignored {
         line!(info, "change", "audit: change");
