@@ -158,16 +158,16 @@ fn text_logs_have_no_timestamp_of_their_own_under_systemd_and_the_flag_picks_jso
     let starts_with_a_date = |l: &str| l.len() > 4 && l[..4].bytes().all(|b| b.is_ascii_digit()) && l.as_bytes()[4] == b'-';
 
     // stderr is the stream JOURNAL_STREAM names: journald stamps the lines.
-    let d = Daemon::start_with(&lab, "", &[], &[("JOURNAL_STREAM", "{log_dev_ino}")]).expect("daemon");
+    let d = Daemon::start_with_args(&lab, "", &[], &[("JOURNAL_STREAM", "{log_dev_ino}")]).expect("daemon");
     let l = first(&d);
     assert!(l.trim_start().starts_with("INFO "), "{l:?}");
     drop(d);
     // Inherited but stale (stderr is another file): the line has its own time.
-    let d = Daemon::start_with(&lab, "", &[], &[("JOURNAL_STREAM", "1:2")]).expect("daemon");
+    let d = Daemon::start_with_args(&lab, "", &[], &[("JOURNAL_STREAM", "1:2")]).expect("daemon");
     assert!(starts_with_a_date(&first(&d)), "{:?}", first(&d));
     drop(d);
     // --log-format overrides the config.
-    let d = Daemon::start_with(&lab, "log_format = \"text\"\n", &["--log-format", "json"], &[]).expect("daemon");
+    let d = Daemon::start_with_args(&lab, "log_format = \"text\"\n", &["--log-format", "json"], &[]).expect("daemon");
     let l: Value = serde_json::from_str(&first(&d)).unwrap_or_else(|e| panic!("{e}: {:?}", first(&d)));
     assert!(starts_with_a_date(l["timestamp"].as_str().unwrap()), "{l}");
 }
@@ -230,6 +230,8 @@ fn every_metric_family_exists_from_the_first_scrape() {
     }
     let iface = format!("interface=\"{}\"", lab.edge_if);
     assert_eq!(value(&format!("ampguard_xdp_reattachments_total{{{iface}}}")), 0.0);
+    assert_eq!(value(&format!("ampguard_xdp_repins_total{{{iface}}}")), 0.0);
+    assert_eq!(value("ampguard_detached_by_operator"), 0.0);
     assert!(m.lines().any(|l| l.starts_with("ampguard_interface_attached{") && l.contains(&iface) && l.ends_with(" 1")), "{m}");
     assert!(value("ampguard_policy_capacity") > 0.0);
     assert!(value(r#"ampguard_state_file_bytes{file="snapshot"}"#) > 0.0);

@@ -5,7 +5,8 @@
 //! PATCH, DELETE) is covered without a call in its handler: who (the operator
 //! token or the alert-only token, and the client's address), what (read from
 //! the record the handler answers with: id, victim or prefix, profile, rules,
-//! mode, expiry, comment, alert source and result; a handler whose answer has
+//! mode, expiry, comment, alert source and result, enforcement state after
+//! an operator's detach or attach; a handler whose answer has
 //! no body, a DELETE, attaches the removed record as an [`Audited`] response
 //! extension) and the result (HTTP status, error code and message).
 //!
@@ -147,6 +148,8 @@ struct Details {
     comment: Option<String>,
     source: Option<String>,
     result: Option<String>,
+    /// POST /v1/detach, /v1/attach: "detached_by_operator" or "enforcing".
+    enforcement: Option<String>,
 }
 
 /// "memcached=drop ntp=drop[signature]/limit(100pps,1000000bps) ...": each
@@ -203,6 +206,7 @@ impl Details {
             comment: s(rec, "comment"),
             source: s(rec, "source"),
             result: s(v, "result"),
+            enforcement: s(v, "enforcement"),
         }
     }
 }
@@ -251,6 +255,7 @@ pub async fn audit(State(audit): State<Audit>, req: Request, next: Next) -> Resp
                 comment = details.comment.as_deref(),
                 source = details.source.as_deref(),
                 result = details.result.as_deref(),
+                enforcement = details.enforcement.as_deref(),
                 code,
                 error = message,
                 $msg
@@ -352,5 +357,7 @@ mod tests {
         assert_eq!((d.result.as_deref(), d.id), (Some("ignored"), None));
         let d = Details::from_json(&serde_json::json!({"id": "a-1", "prefix": "192.0.2.53/32"}));
         assert_eq!((d.id.as_deref(), d.prefix.as_deref(), d.victim), (Some("a-1"), Some("192.0.2.53/32"), None));
+        let d = Details::from_json(&serde_json::json!({"enforcement": "detached_by_operator", "detached": ["edge0"]}));
+        assert_eq!(d.enforcement.as_deref(), Some("detached_by_operator"));
     }
 }
