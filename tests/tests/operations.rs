@@ -225,6 +225,7 @@ fn every_metric_family_exists_from_the_first_scrape() {
         r#"ampguard_api_requests_total{method="GET",route="/metrics",status="200"}"#,
         r#"ampguard_state_writes_total{kind="journal"}"#,
         r#"ampguard_state_write_failures_total"#,
+        r#"ampguard_state_snapshot_due"#,
     ] {
         assert_eq!(value(s), 0.0, "{s}");
     }
