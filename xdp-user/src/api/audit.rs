@@ -234,7 +234,7 @@ pub async fn audit(State(audit): State<Audit>, req: Request, next: Next) -> Resp
     let client = client.map(|c| c.to_string());
     let (code, message) = (error.as_ref().map(|e| e.code), error.as_ref().map(|e| e.message.as_str()));
 
-    macro_rules! line {
+    macro_rules! audit_line {
         ($level:ident, $event:expr, $msg:expr) => {
             tracing::$level!(
                 target: "ampguard::audit",
@@ -263,14 +263,14 @@ pub async fn audit(State(audit): State<Audit>, req: Request, next: Next) -> Resp
         };
     }
     if status == StatusCode::INTERNAL_SERVER_ERROR {
-        line!(error, "failed", "audit: request failed");
+        audit_line!(error, "failed", "audit: request failed");
     } else if status.is_success() && !ignored {
-        line!(info, "change", "audit: change");
+        audit_line!(info, "change", "audit: change");
     } else if audit.admit_refusal() {
         if ignored {
-            line!(info, "ignored", "audit: alert changed nothing");
+            audit_line!(info, "ignored", "audit: alert changed nothing");
         } else {
-            line!(warn, "refused", "audit: refused");
+            audit_line!(warn, "refused", "audit: refused");
         }
     }
     res
