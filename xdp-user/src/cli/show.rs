@@ -1,12 +1,11 @@
 //! `ampguard vectors` and `ampguard status`.
 
-use super::{client::{print_table, s, Client}, ApiArgs};
+use super::{client::{print_json, print_table, s, Client}, ApiArgs};
 
 pub fn vectors(api: &ApiArgs) -> anyhow::Result<()> {
     let r = Client::new(api)?.request("GET", "/v1/vectors", None)?;
     if api.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(());
+        return print_json(&r);
     }
     let rows: Vec<Vec<String>> = r["vectors"]
         .as_array()
@@ -36,8 +35,7 @@ pub fn vectors(api: &ApiArgs) -> anyhow::Result<()> {
 pub fn status(api: &ApiArgs) -> anyhow::Result<()> {
     let r = Client::new(api)?.request("GET", "/v1/status", None)?;
     if api.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(());
+        return print_json(&r);
     }
     println!("ampguard {} up {}s, {}", s(&r["version"]), s(&r["uptime_secs"]), if r["healthy"] == true { "healthy" } else { "NOT HEALTHY" });
     let rows: Vec<Vec<String>> = r["interfaces"]
@@ -49,8 +47,23 @@ pub fn status(api: &ApiArgs) -> anyhow::Result<()> {
         .collect();
     print_table(&["INTERFACE", "IFINDEX", "XDP MODE", "ATTACHED"], &rows);
     let p = &r["policies"];
-    println!("policies: {} ({} enforce, {} monitor) of {}", s(&p["total"]), s(&p["enforce"]), s(&p["monitor"]), s(&p["capacity"]));
-    println!("allowlist: {} entries", s(&r["allowlist"]["entries"]));
+    println!(
+        "policies: {} ({} enforce, {} monitor) of {} (capacity.max_policies)",
+        s(&p["total"]),
+        s(&p["enforce"]),
+        s(&p["monitor"]),
+        s(&p["capacity"])
+    );
+    println!("allowlist: {} entries of {}", s(&r["allowlist"]["entries"]), s(&r["allowlist"]["capacity"]));
     println!("state file: {}, pins: {}", s(&r["state_file"]), s(&r["pin_dir"]));
+    println!("traffic that met no policy, by reason (packets since the daemon started):");
+    let rows: Vec<Vec<String>> = r["unmatched_packets"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|(reason, c)| vec![reason.clone(), s(&c["packets"]), s(&c["bytes"])])
+        .collect();
+    print_table(&["REASON", "PACKETS", "BYTES"], &rows);
     Ok(())
 }
