@@ -55,7 +55,7 @@ pub async fn list(
         let found = if covering {
             let addr: std::net::IpAddr =
                 arg.trim().parse().map_err(|_| ApiError::bad_request(format!("covering takes an address, not {arg:?}")))?;
-            store.policy_covering(addr)
+            store.policy_covering(addr.to_canonical())
         } else {
             store.policy_by_victim(&parse_prefix(arg)?)
         };
@@ -124,17 +124,6 @@ pub async fn show(State(app): State<Shared>, Path(id): Path<String>) -> Result<J
     Ok(Json(v))
 }
 
-pub async fn replace(
-    State(app): State<Shared>,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let req: PolicyRequest = parse_json(body)?;
-    let rec = super::change(&app, |s| s.replace_policy(&id, req)).await?;
-    tracing::info!(id = rec.id, victim = %rec.victim, "policy replaced");
-    Ok(Json(view(&rec)))
-}
-
 /// PATCH: merge a change into a policy (see `PolicyPatch`), validated like a create.
 pub async fn patch(
     State(app): State<Shared>,
@@ -144,6 +133,17 @@ pub async fn patch(
     let req: PolicyPatch = parse_json(body)?;
     let rec = super::change(&app, |s| s.patch_policy(&id, req)).await?;
     tracing::info!(id = rec.id, victim = %rec.victim, "policy changed");
+    Ok(Json(view(&rec)))
+}
+
+pub async fn replace(
+    State(app): State<Shared>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let req: PolicyRequest = parse_json(body)?;
+    let rec = super::change(&app, |s| s.replace_policy(&id, req)).await?;
+    tracing::info!(id = rec.id, victim = %rec.victim, "policy replaced");
     Ok(Json(view(&rec)))
 }
 
