@@ -245,6 +245,15 @@ fn json_everywhere_closed_pipes_and_control_characters() {
     let no_vector = st.lines().find(|l| l.starts_with("no_vector")).unwrap_or_else(|| panic!("no reasons: {st}"));
     assert!(no_vector.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() >= 10, "{st}");
     assert_eq!(json_of(&ok(&d, &["status", "--json"]))["policies"]["capacity"], 8192);
+    assert!(st.contains("enforcement: enforcing") && st.lines().any(|l| l.starts_with("edge0") && l.contains("enforcing")), "{st}");
+    // An operator's detach is what the text says first.
+    let pin_dir = d.pin_dir.display().to_string();
+    ok(&d, &["detach", "--pin-dir", &pin_dir]);
+    let st = ok(&d, &["status"]);
+    assert!(st.contains("NOT HEALTHY") && st.contains("enforcement: DETACHED BY OPERATOR") && st.contains("ampguard attach"), "{st}");
+    assert!(st.lines().any(|l| l.starts_with("edge0") && l.contains("detached_by_operator")), "{st}");
+    ok(&d, &["attach"]);
+    assert!(ok(&d, &["status"]).contains("enforcement: enforcing"));
 
     // Closed pipes: a quiet exit (no panic, no message), for text and JSON.
     for args in [&["status"][..], &["policy", "list", "--json"], &["vectors"]] {

@@ -1,5 +1,7 @@
 //! `ampguard vectors` and `ampguard status`.
 
+use serde_json::json;
+
 use super::{client::{print_json, print_table, s, Client}, ApiArgs};
 
 pub fn vectors(api: &ApiArgs) -> anyhow::Result<()> {
@@ -37,15 +39,37 @@ pub fn status(api: &ApiArgs) -> anyhow::Result<()> {
     if api.json {
         return print_json(&r);
     }
-    println!("ampguard {} up {}s, {}", s(&r["version"]), s(&r["uptime_secs"]), if r["healthy"] == true { "healthy" } else { "NOT HEALTHY" });
+    let health = if r["healthy"] == true { "healthy" } else { "NOT HEALTHY" };
+    println!("ampguard {} up {}s, {health}", s(&r["version"]), s(&r["uptime_secs"]));
+    match r["enforcement"].as_str() {
+        Some("detached_by_operator") => {
+            let d = &r["detached_by_operator"];
+            println!("enforcement: DETACHED BY OPERATOR since {} ({}): nothing is dropped until `ampguard attach`", s(&d["since"]), s(&d["by"]));
+        }
+        Some("degraded") => println!("enforcement: DEGRADED: an interface does not enforce (see below)"),
+        Some(e) => println!("enforcement: {}", super::client::clean(e)),
+        None => {}
+    }
+    if let Some(e) = r["state_writer"]["error"].as_str() {
+        println!("state files: NOT SAVED: {} (changes are in force, retried every second)", super::client::clean(e));
+    } else if r["state_writer"]["snapshot_due"] == true {
+        println!("state files: a snapshot is due (retried every second)");
+    }
     let rows: Vec<Vec<String>> = r["interfaces"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
-        .map(|i| vec![s(&i["name"]), s(&i["ifindex"]), s(&i["mode"]), if i["attached"] == true { "yes".into() } else { format!("NO: {}", s(&i["problem"])) }])
+        .map(|i| {
+            let state = match i["state"].as_str() {
+                Some(st) => s(&json!(st)),
+                None if i["attached"] == true => "enforcing".into(),
+                None => "not_enforcing".into(),
+            };
+            vec![s(&i["name"]), s(&i["ifindex"]), s(&i["mode"]), state, s(&i["problem"])]
+        })
         .collect();
-    print_table(&["INTERFACE", "IFINDEX", "XDP MODE", "ATTACHED"], &rows);
+    print_table(&["INTERFACE", "IFINDEX", "XDP MODE", "STATE", "PROBLEM"], &rows);
     let p = &r["policies"];
     println!(
         "policies: {} ({} enforce, {} monitor) of {} (capacity.max_policies)",
