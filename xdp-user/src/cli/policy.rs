@@ -172,7 +172,8 @@ enum Found {
 
 fn find(c: &Client, target: &str) -> anyhow::Result<Found> {
     let t = target.trim();
-    let as_net: Option<IpNet> = t.parse::<std::net::IpAddr>().map(IpNet::from).ok().or_else(|| t.parse().ok());
+    // An IPv4-mapped IPv6 address is the IPv4 address it maps (as the daemon reads it).
+    let as_net: Option<IpNet> = t.parse::<std::net::IpAddr>().map(|a| IpNet::from(a.to_canonical())).ok().or_else(|| t.parse().ok());
     let Some(net) = as_net else {
         return Ok(Found::Exact(c.request("GET", &format!("/v1/policies/{}", query_value(t)), None)?));
     };
