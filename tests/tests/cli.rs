@@ -55,7 +55,7 @@ fn refused(d: &Daemon, args: &[&str]) -> String {
     let err = String::from_utf8(out.stderr).expect("UTF-8 stderr");
     assert_eq!(out.status.code(), Some(1), "ampguard {args:?} should fail with 1: {err}{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(err.lines().count(), 1, "ampguard {args:?}: one line of error: {err}");
-    assert!(err.starts_with("ampguard: "), "{err}");
+    assert!(err.starts_with("Error: "), "{err}");
     err
 }
 

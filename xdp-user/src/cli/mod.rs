@@ -115,7 +115,9 @@ pub fn main() -> anyhow::Result<()> {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     if let Err(e) = dispatch(cli) {
-        eprintln!("ampguard: {e:#}");
+        // "Error: " as Rust's own report of main's error says it (scripts and
+        // tests match it), but one line: the causes joined, no backtrace.
+        eprintln!("Error: {e:#}");
         std::process::exit(1);
     }
     Ok(())
