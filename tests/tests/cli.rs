@@ -45,7 +45,12 @@ fn run(d: &Daemon, args: &[&str], env: &[(&str, &str)], bare: bool, stdin: Optio
 /// A successful CLI call: its stdout.
 fn ok(d: &Daemon, args: &[&str]) -> String {
     let out = run(d, args, &[], false, None, Stdio::piped());
-    assert!(out.status.success(), "ampguard {args:?} failed: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "ampguard {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
@@ -74,14 +79,19 @@ fn expiry(p: &Value) -> SystemTime {
 #[test]
 fn policy_set_merges_a_change_and_victims_name_policies() {
     let (lab, mut d) = start("cliset");
-    let made = json_of(&ok(&d, &["policy", "add", "203.0.113.10", "--drop", "memcached", "--ttl", "10m", "--comment", "ticket 1", "--json"]));
+    let made =
+        json_of(&ok(&d, &["policy", "add", "203.0.113.10", "--drop", "memcached", "--ttl", "10m", "--comment", "ticket 1", "--json"]));
     let id = made["id"].as_str().unwrap().to_string();
     assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 100), 0, "memcached dropped");
     assert_eq!(deliver(&lab, "198.51.100.7:123", "203.0.113.10:40002", 100), 100, "ntp not named: passes");
 
     // By victim address; only what is given changes (memcached stays dropped).
     let set = json_of(&ok(&d, &["policy", "set", "203.0.113.10", "--drop", "ntp", "--extend", "1h", "--comment", "ticket 2", "--json"]));
-    assert_eq!((set["id"].as_str(), set["comment"].as_str(), set["mode"].as_str()), (Some(id.as_str()), Some("ticket 2"), Some("enforce")), "{set}");
+    assert_eq!(
+        (set["id"].as_str(), set["comment"].as_str(), set["mode"].as_str()),
+        (Some(id.as_str()), Some("ticket 2"), Some("enforce")),
+        "{set}"
+    );
     assert_eq!(set["rules"]["memcached"]["action"], "drop", "{set}");
     assert_eq!(set["rules"]["ntp"]["action"], "drop", "{set}");
     let gained = expiry(&set).duration_since(expiry(&made)).unwrap().as_secs();
@@ -130,7 +140,11 @@ fn policy_set_merges_a_change_and_victims_name_policies() {
     let e = refused(&d, &["policy", "del", "p-999"]);
     assert!(e.contains("no policy p-999"), "{e}");
     let del = json_of(&ok(&d, &["policy", "del", "203.0.113.0/24", "--json"]));
-    assert_eq!((del["deleted"]["id"].as_str(), del["deleted"]["victim"].as_str()), (Some(wide_id.as_str()), Some("203.0.113.0/24")), "{del}");
+    assert_eq!(
+        (del["deleted"]["id"].as_str(), del["deleted"]["victim"].as_str()),
+        (Some(wide_id.as_str()), Some("203.0.113.0/24")),
+        "{del}"
+    );
     assert_eq!(ok(&d, &["policy", "del", "203.0.113.10"]), format!("deleted {id} for 203.0.113.10/32\n"));
     assert_eq!(policies(&d), json!([]));
 }
@@ -138,7 +152,13 @@ fn policy_set_merges_a_change_and_victims_name_policies() {
 #[test]
 fn patch_is_validated_like_a_create_and_refusals_change_nothing() {
     let (_lab, d) = start("clipatch");
-    let (st, p) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.0.0/12", "rules": {"memcached": {"action": "drop"}}, "force": true, "ttl_secs": 600}"#)).unwrap();
+    let (st, p) = d
+        .call(
+            "POST",
+            "/v1/policies",
+            Some(r#"{"victim": "203.0.0.0/12", "rules": {"memcached": {"action": "drop"}}, "force": true, "ttl_secs": 600}"#),
+        )
+        .unwrap();
     assert_eq!(st, 201, "{p}");
     let id = p["id"].as_str().unwrap().to_string();
     let (st, q) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10", "ttl_secs": 0}"#)).unwrap();
@@ -148,7 +168,7 @@ fn patch_is_validated_like_a_create_and_refusals_change_nothing() {
     let journal = std::fs::read(d.dir.join("state/state.journal")).unwrap_or_default();
     let path = format!("/v1/policies/{id}");
     for (body, status, code) in [
-        (r#"{"comment": "x"}"#, 422, "too_broad"),                       // breadth needs force again, as on a create
+        (r#"{"comment": "x"}"#, 422, "too_broad"), // breadth needs force again, as on a create
         (r#"{"rules": {"memcache": {"action": "drop"}}, "force": true}"#, 400, "invalid"),
         (r#"{"rules": {"ntp": {"action": "limit"}}, "force": true}"#, 400, "invalid"), // a limit without a rate
         (r#"{"rules": {"memcached": null, "tftp": {"action": "drop", "signature": true}}, "force": true}"#, 400, "invalid"),
@@ -168,9 +188,14 @@ fn patch_is_validated_like_a_create_and_refusals_change_nothing() {
     assert_eq!(policies(&d), before, "no refusal changed anything");
     assert_eq!(std::fs::read(d.dir.join("state/state.journal")).unwrap_or_default(), journal, "nor wrote a journal line");
 
-    let (st, p) = d.call("PATCH", &path, Some(r#"{"comment": "x", "force": true, "rules": {"ntp": {"action": "limit", "pps": 100}}}"#)).unwrap();
+    let (st, p) =
+        d.call("PATCH", &path, Some(r#"{"comment": "x", "force": true, "rules": {"ntp": {"action": "limit", "pps": 100}}}"#)).unwrap();
     assert_eq!(st, 200, "{p}");
-    assert_eq!((p["comment"].as_str(), p["rules"]["ntp"]["burst"].as_u64()), (Some("x"), Some(100)), "defaults filled in as on a create: {p}");
+    assert_eq!(
+        (p["comment"].as_str(), p["rules"]["ntp"]["burst"].as_u64()),
+        (Some("x"), Some(100)),
+        "defaults filled in as on a create: {p}"
+    );
     let journal = std::fs::read_to_string(d.dir.join("state/state.journal")).unwrap();
     let last: Value = serde_json::from_str(journal.lines().last().unwrap()).unwrap();
     assert_eq!(last["put_policy"]["comment"], "x", "journaled as a put, like a replace: {last}");
@@ -181,7 +206,13 @@ fn patch_is_validated_like_a_create_and_refusals_change_nothing() {
     assert_eq!(l["policies"][0]["id"], host.as_str(), "the longest prefix: {l}");
     let (_, l) = d.call("GET", "/v1/policies?victim=203.0.113.99", None).unwrap();
     assert_eq!(l["policies"], json!([]), "victim is an exact match: {l}");
-    for bad in ["victim=203.0.113.1/24", "covering=203.0.113.0/24", "victim=x", "victim=203.0.113.10&covering=203.0.113.10", "victim=203.0.113.10&limit=1"] {
+    for bad in [
+        "victim=203.0.113.1/24",
+        "covering=203.0.113.0/24",
+        "victim=x",
+        "victim=203.0.113.10&covering=203.0.113.10",
+        "victim=203.0.113.10&limit=1",
+    ] {
         assert_eq!(d.call("GET", &format!("/v1/policies?{bad}"), None).unwrap().0, 400, "{bad}");
     }
 }
@@ -315,7 +346,14 @@ fn alert_fastnetmon_takes_options_anywhere_and_after_a_double_dash() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed"), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(policies(&d), json!([]));
     // FastNetMon's own call, four arguments and nothing else, still works.
-    let out = run(&d, &["alert", "fastnetmon", "203.0.113.10", "incoming", "3209", "ban"], &[], false, Some(&fixture("ban-stdin.txt")), Stdio::piped());
+    let out = run(
+        &d,
+        &["alert", "fastnetmon", "203.0.113.10", "incoming", "3209", "ban"],
+        &[],
+        false,
+        Some(&fixture("ban-stdin.txt")),
+        Stdio::piped(),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(policies(&d).as_array().unwrap().len(), 1);
     // A fifth argument is an error, not silently dropped.

@@ -9,7 +9,10 @@ use std::io::Read;
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::{client::{clean, print_json, Client}, ApiArgs};
+use super::{
+    client::{clean, print_json, Client},
+    ApiArgs,
+};
 use crate::{alerts, vectors::VectorTable};
 
 #[derive(Subcommand)]
@@ -48,7 +51,9 @@ pub fn run(cmd: AlertCmd, api: &ApiArgs) -> anyhow::Result<()> {
                 Ok(Some(a)) => a,
                 Ok(None) => {
                     if api.json {
-                        return print_json(&serde_json::json!({"result": "ignored", "message": format!("FastNetMon call {args:?}: nothing to do")}));
+                        return print_json(
+                            &serde_json::json!({"result": "ignored", "message": format!("FastNetMon call {args:?}: nothing to do")}),
+                        );
                     }
                     eprintln!("ampguard: ignoring FastNetMon call {args:?} (nothing to do)");
                     return Ok(());

@@ -4,7 +4,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{client::{clean, print_json, print_table, s, Client}, ApiArgs};
+use super::{
+    client::{clean, print_json, print_table, s, Client},
+    ApiArgs,
+};
 
 #[derive(Subcommand)]
 pub enum AllowCmd {
@@ -34,11 +37,10 @@ pub fn run(cmd: AllowCmd, api: &ApiArgs) -> anyhow::Result<()> {
         AllowCmd::Del { id_or_prefix } => {
             let list = c.request("GET", "/v1/allowlist", None)?;
             let entries = list["allowlist"].as_array().cloned().unwrap_or_default();
-            let entry = entries
-                .iter()
-                .find(|e| e["id"] == id_or_prefix.as_str() || e["prefix"] == id_or_prefix.as_str())
-                .cloned()
-                .with_context(|| format!("no allowlist entry {} (entries from the config file are changed there)", clean(&id_or_prefix)))?;
+            let entry =
+                entries.iter().find(|e| e["id"] == id_or_prefix.as_str() || e["prefix"] == id_or_prefix.as_str()).cloned().with_context(
+                    || format!("no allowlist entry {} (entries from the config file are changed there)", clean(&id_or_prefix)),
+                )?;
             let id = s(&entry["id"]);
             c.request("DELETE", &format!("/v1/allowlist/{id}"), None)?;
             if api.json {

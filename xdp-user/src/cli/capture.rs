@@ -39,6 +39,10 @@ pub fn run(args: CaptureArgs, api: &ApiArgs) -> anyhow::Result<()> {
             "max_count": args.count, "max_seconds": args.seconds, "victim": args.victim,
         }));
     }
-    println!("wrote {} packets to {} (first 128 bytes of each; open with tcpdump -r or Wireshark)", samples.unwrap_or_else(|| "?".into()), args.out.display());
+    println!(
+        "wrote {} packets to {} (first 128 bytes of each; open with tcpdump -r or Wireshark)",
+        samples.unwrap_or_else(|| "?".into()),
+        args.out.display()
+    );
     Ok(())
 }

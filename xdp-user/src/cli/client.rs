@@ -29,7 +29,9 @@ pub struct ApiFailure {
 impl Client {
     pub fn new(args: &ApiArgs) -> anyhow::Result<Self> {
         let token = std::fs::read_to_string(&args.token_file)
-            .with_context(|| format!("cannot read the API token from {} (set --token-file or AMPGUARD_TOKEN_FILE)", args.token_file.display()))?
+            .with_context(|| {
+                format!("cannot read the API token from {} (set --token-file or AMPGUARD_TOKEN_FILE)", args.token_file.display())
+            })?
             .trim()
             .to_string();
         let agent = ureq::Agent::config_builder()
@@ -51,7 +53,8 @@ impl Client {
             ("PATCH", Some(b)) => self.agent.patch(&url).header("Authorization", &auth).send_json(b),
             _ => unreachable!("client method"),
         };
-        let mut res = res.with_context(|| format!("cannot reach the ampguard API at {} (is the daemon running? --api / AMPGUARD_API)", self.base))?;
+        let mut res =
+            res.with_context(|| format!("cannot reach the ampguard API at {} (is the daemon running? --api / AMPGUARD_API)", self.base))?;
         let status = res.status().as_u16();
         let text = res.body_mut().read_to_string().unwrap_or_default();
         let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
@@ -235,7 +238,13 @@ pub fn print_json(v: &Value) -> anyhow::Result<()> {
 /// A value for a URL query: the characters of addresses and prefixes that
 /// are not plain in one.
 pub fn query_value(v: &str) -> String {
-    v.replace('%', "%25").replace('/', "%2F").replace(':', "%3A").replace('&', "%26").replace('+', "%2B").replace(' ', "%20").replace('#', "%23")
+    v.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace(':', "%3A")
+        .replace('&', "%26")
+        .replace('+', "%2B")
+        .replace(' ', "%20")
+        .replace('#', "%23")
 }
 
 #[cfg(test)]
@@ -245,7 +254,12 @@ mod tests {
     #[test]
     fn api_messages_are_reworded_for_the_command_line() {
         let f = std::path::Path::new("/etc/ampguard/token");
-        let m = reword(422, "too_broad", "203.0.0.0/8 is broader than /16, the configured limit; narrow it, or send \"force\": true if you mean it", f);
+        let m = reword(
+            422,
+            "too_broad",
+            "203.0.0.0/8 is broader than /16, the configured limit; narrow it, or send \"force\": true if you mean it",
+            f,
+        );
         assert!(m.ends_with("narrow it, or add --force if you mean it"), "{m}");
         let m = reword(400, "invalid", "ttl_secs 864000 is above the maximum of 604800", f);
         assert!(m.contains("10d") && m.contains("7d") && m.contains("max_ttl_secs"), "{m}");

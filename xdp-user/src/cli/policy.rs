@@ -298,7 +298,12 @@ pub fn run(cmd: PolicyCmd, api: &ApiArgs) -> anyhow::Result<()> {
             // The counters come with the policy's own route.
             let p = c.request("GET", &format!("/v1/policies/{}", s(&found["id"])), None)?;
             if covered {
-                eprintln!("{} has no policy of its own; showing {} for {}, which covers it", clean(target.trim()), s(&p["id"]), s(&p["victim"]));
+                eprintln!(
+                    "{} has no policy of its own; showing {} for {}, which covers it",
+                    clean(target.trim()),
+                    s(&p["id"]),
+                    s(&p["victim"])
+                );
             }
             if api.json {
                 return print_json(&p);
@@ -314,7 +319,16 @@ pub fn run(cmd: PolicyCmd, api: &ApiArgs) -> anyhow::Result<()> {
                 } else {
                     s(&r["action"])
                 };
-                rows.push(vec![v.clone(), action, s(&r["pps"]), s(&r["bps"]), n("dropped"), n("rate_limited"), n("monitored"), n("passed")]);
+                rows.push(vec![
+                    v.clone(),
+                    action,
+                    s(&r["pps"]),
+                    s(&r["bps"]),
+                    n("dropped"),
+                    n("rate_limited"),
+                    n("monitored"),
+                    n("passed"),
+                ]);
             }
             print_table(&["VECTOR", "ACTION", "PPS", "BPS", "DROPPED", "LIMITED", "MONITORED", "PASSED"], &rows);
             println!("(\"drop on signature, else limit\": the vector's reflection signature decides; see `ampguard vectors`)");

@@ -2,7 +2,10 @@
 
 use serde_json::json;
 
-use super::{client::{print_json, print_table, s, Client}, ApiArgs};
+use super::{
+    client::{print_json, print_table, s, Client},
+    ApiArgs,
+};
 
 pub fn vectors(api: &ApiArgs) -> anyhow::Result<()> {
     let r = Client::new(api)?.request("GET", "/v1/vectors", None)?;
@@ -26,7 +29,8 @@ pub fn vectors(api: &ApiArgs) -> anyhow::Result<()> {
                 let size = rule["min_bytes"].as_u64().map(|m| format!(" >= {m} B")).unwrap_or_default();
                 text = format!("{text} on signature{size}, else {}", verb(rule["otherwise"].as_str().unwrap_or("pass")));
             }
-            let sig = v["signature"].as_str().map(|d| d.split_once(": ").map(|x| x.1).unwrap_or(d).to_string()).unwrap_or_else(|| "-".into());
+            let sig =
+                v["signature"].as_str().map(|d| d.split_once(": ").map(|x| x.1).unwrap_or(d).to_string()).unwrap_or_else(|| "-".into());
             vec![s(&v["name"]), if ports.is_empty() { "(fragments)".into() } else { ports.join(",") }, s(&v["amplification"]), text, sig]
         })
         .collect();
@@ -44,7 +48,11 @@ pub fn status(api: &ApiArgs) -> anyhow::Result<()> {
     match r["enforcement"].as_str() {
         Some("detached_by_operator") => {
             let d = &r["detached_by_operator"];
-            println!("enforcement: DETACHED BY OPERATOR since {} ({}): nothing is dropped until `ampguard attach`", s(&d["since"]), s(&d["by"]));
+            println!(
+                "enforcement: DETACHED BY OPERATOR since {} ({}): nothing is dropped until `ampguard attach`",
+                s(&d["since"]),
+                s(&d["by"])
+            );
         }
         Some("degraded") => println!("enforcement: DEGRADED: an interface does not enforce (see below)"),
         Some(e) => println!("enforcement: {}", super::client::clean(e)),

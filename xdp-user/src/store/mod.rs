@@ -12,8 +12,8 @@ pub mod table;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Arc,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -189,8 +189,18 @@ impl Store {
         dp.set_dns_signature(cfg.dns_large_bytes, cfg.dns_many_answers)?;
         let file = StateFile::new(&cfg.state_dir);
         let (state, mut stale) = file.load_and_check()?;
-        let mut store =
-            Self { cfg, vectors, profiles, dp, file, state, pending: Vec::new(), alert_window: HashMap::new(), rule_sets: Vec::new(), snapshot_due: false };
+        let mut store = Self {
+            cfg,
+            vectors,
+            profiles,
+            dp,
+            file,
+            state,
+            pending: Vec::new(),
+            alert_window: HashMap::new(),
+            rule_sets: Vec::new(),
+            snapshot_due: false,
+        };
         for p in store.cfg.allowlist.clone() {
             store.dp.add_allow(p)?;
         }
@@ -327,11 +337,7 @@ impl Store {
             let id = self.vectors.id_of(name).ok_or_else(|| invalid(format!("unknown vector {name:?}")))?;
             rules.push((id, spec.resolve().map_err(|e| invalid(format!("rule for {name}: {e}")))?));
         }
-        Ok(DpPolicy {
-            mode: p.mode,
-            expires_ns: p.expires_at.map(clock::wall_to_monotonic).unwrap_or(0),
-            rules,
-        })
+        Ok(DpPolicy { mode: p.mode, expires_ns: p.expires_at.map(clock::wall_to_monotonic).unwrap_or(0), rules })
     }
 
     fn next_id(&mut self, prefix: &str) -> String {
@@ -444,10 +450,7 @@ impl Store {
     pub fn create_policy(&mut self, req: PolicyRequest, source: &str) -> Result<Arc<PolicyRecord>, StoreError> {
         let (victim, rules, expires_at) = self.resolve(&req)?;
         if let Some(p) = self.state.policies.by_victim(&victim) {
-            return Err(StoreError::Conflict(format!(
-                "{victim} already has policy {}; replace it with PUT /v1/policies/{}",
-                p.id, p.id
-            )));
+            return Err(StoreError::Conflict(format!("{victim} already has policy {}; replace it with PUT /v1/policies/{}", p.id, p.id)));
         }
         if self.state.policies.len() >= self.cfg.capacity.max_policies as usize {
             return Err(StoreError::Full(format!(
@@ -477,7 +480,10 @@ impl Store {
         let (victim, rules, expires_at) = self.resolve(&req)?;
         let old = self.policy(id)?;
         if victim != old.victim {
-            return Err(invalid(format!("policy {id} is for {}; a policy's victim cannot change (delete it and create another)", old.victim)));
+            return Err(invalid(format!(
+                "policy {id} is for {}; a policy's victim cannot change (delete it and create another)",
+                old.victim
+            )));
         }
         let (created_at, source) = (old.created_at, old.source.clone());
         let rules = self.intern(rules);
@@ -609,7 +615,8 @@ impl Store {
     }
 
     pub fn delete_allow(&mut self, id: &str) -> Result<AllowRecord, StoreError> {
-        let i = self.state.allowlist.iter().position(|a| a.id == id).ok_or_else(|| StoreError::NotFound(format!("no allowlist entry {id}")))?;
+        let i =
+            self.state.allowlist.iter().position(|a| a.id == id).ok_or_else(|| StoreError::NotFound(format!("no allowlist entry {id}")))?;
         // Entries from the config file stay in force.
         let prefix = self.state.allowlist[i].prefix;
         if !self.cfg.allowlist.contains(&prefix) {
@@ -705,7 +712,11 @@ impl Store {
                     rec.updated_at = SystemTime::now();
                     let id = rec.id.clone();
                     let rec = self.commit(rec)?;
-                    return Ok(AlertOutcome { result: "extended", policy: Some(rec), message: format!("extended policy {id} for {victim}") });
+                    return Ok(AlertOutcome {
+                        result: "extended",
+                        policy: Some(rec),
+                        message: format!("extended policy {id} for {victim}"),
+                    });
                 }
                 let default = self.profiles["default"].clone();
                 let mut rules = default.clone();
