@@ -19,10 +19,7 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         return Ok(());
     }
-    aya_build::build_ebpf(
-        [aya_build::Package { name: "xdp-ebpf", root_dir: root, ..Default::default() }],
-        aya_build::Toolchain::default(),
-    )
+    aya_build::build_ebpf([aya_build::Package { name: "xdp-ebpf", root_dir: root, ..Default::default() }], aya_build::Toolchain::default())
 }
 
 /// `AMPGUARD_COMMIT` (`git rev-parse --short HEAD`, `-dirty` when the sources
@@ -61,7 +58,11 @@ fn build_info() {
                 println!("cargo:rerun-if-changed={}", p.display());
             }
             println!("cargo:rerun-if-changed={}", manifest.join("Cargo.toml").display());
-            if dirty { format!("{c}-dirty") } else { c }
+            if dirty {
+                format!("{c}-dirty")
+            } else {
+                c
+            }
         }
         _ => "unknown".to_string(),
     };

@@ -121,9 +121,6 @@ pub fn state_file(data: &[u8]) {
             let again = state::encode(&back);
             assert_eq!(state::parse(&again).ok().as_ref(), Some(&back), "a saved state changed through a second save");
         }
-        Err(e) => panic!(
-            "a saved state is refused: {e}\nstate: {st:?}\nfile: {}",
-            String::from_utf8_lossy(&bytes)
-        ),
+        Err(e) => panic!("a saved state is refused: {e}\nstate: {st:?}\nfile: {}", String::from_utf8_lossy(&bytes)),
     }
 }

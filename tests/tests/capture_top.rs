@@ -10,7 +10,7 @@ use std::{
 
 use ampguard_tests::{
     daemon::Daemon,
-    lab::{Lab, sa, send_udp},
+    lab::{sa, send_udp, Lab},
     require_root,
 };
 
@@ -49,7 +49,8 @@ fn capture_writes_a_pcapng_whose_comments_tshark_shows_verdict_vector_policy_and
     assert_eq!(s, 201);
     let file = d.dir.join("attack.pcapng");
     let out = under_attack_of(&lab, &["203.0.113.10:40001", "203.0.113.20:40002"], || {
-        d.cli(&["capture", "--out", file.to_str().unwrap(), "--count", "60", "--victim", "203.0.113.0/24", "--seconds", "15"], None).unwrap()
+        d.cli(&["capture", "--out", file.to_str().unwrap(), "--count", "60", "--victim", "203.0.113.0/24", "--seconds", "15"], None)
+            .unwrap()
     });
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("wrote 60 packets"), "{}", String::from_utf8_lossy(&out.stdout));
@@ -97,7 +98,23 @@ fn capture_format_pcap_writes_a_classic_pcap_that_tcpdump_reads() {
     assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10"}"#)).unwrap().0, 201);
     let pcap = d.dir.join("attack.pcap");
     let out = under_attack(&lab, || {
-        d.cli(&["capture", "--format", "pcap", "--out", pcap.to_str().unwrap(), "--count", "30", "--victim", "203.0.113.0/24", "--seconds", "15"], None).unwrap()
+        d.cli(
+            &[
+                "capture",
+                "--format",
+                "pcap",
+                "--out",
+                pcap.to_str().unwrap(),
+                "--count",
+                "30",
+                "--victim",
+                "203.0.113.0/24",
+                "--seconds",
+                "15",
+            ],
+            None,
+        )
+        .unwrap()
     });
     assert_eq!(&std::fs::read(&pcap).unwrap()[..4], &0xa1b2c3d4u32.to_le_bytes(), "classic pcap magic");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

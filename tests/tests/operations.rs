@@ -45,7 +45,8 @@ fn json_logs_carry_an_audit_line_for_every_change_and_refusal() {
     let tokens = TempDir::new("audit-tokens");
     let alert_token = "alert-token-for-the-audit-test-0123456789";
     std::fs::write(tokens.0.join("alert-token"), alert_token).unwrap();
-    let d = Daemon::start(&lab, &format!("log_format = \"json\"\nalert_token_file = \"{}\"\n", tokens.0.join("alert-token").display())).expect("daemon");
+    let d = Daemon::start(&lab, &format!("log_format = \"json\"\nalert_token_file = \"{}\"\n", tokens.0.join("alert-token").display()))
+        .expect("daemon");
 
     // Every line is a JSON object with a timestamp, a level and a message.
     for l in json_lines(&d) {
@@ -69,28 +70,50 @@ fn json_logs_carry_an_audit_line_for_every_change_and_refusal() {
     assert!(created["ttl_secs"].as_u64().is_some_and(|t| (590..=600).contains(&t)), "{created}");
     assert!(created["expires_at"].is_string(), "{created}");
 
-    let (s, _) = d.call("PUT", &format!("/v1/policies/{id}"), Some(r#"{"victim": "203.0.113.10", "profile": "default", "ttl_secs": 0}"#)).unwrap();
+    // PATCH (policy set) is audited like every other change, with the merged result.
+    let patch = r#"{"mode": "enforce", "comment": "ticket 4712", "rules": {"ntp": {"action": "limit", "pps": 1000}}}"#;
+    assert_eq!(d.call("PATCH", &format!("/v1/policies/{id}"), Some(patch)).unwrap().0, 200);
+    let patched = wait_for_audit(&d, |l| l["event"] == "change" && l["method"] == "PATCH");
+    assert_eq!(
+        (patched["id"].as_str(), patched["mode"].as_str(), patched["comment"].as_str()),
+        (Some(id.as_str()), Some("enforce"), Some("ticket 4712"))
+    );
+    assert!(patched["rules"].as_str().is_some_and(|r| r.contains("memcached=drop") && r.contains("ntp=limit(1000pps")), "{patched}");
+
+    let (s, _) =
+        d.call("PUT", &format!("/v1/policies/{id}"), Some(r#"{"victim": "203.0.113.10", "profile": "default", "ttl_secs": 0}"#)).unwrap();
     assert_eq!(s, 200);
     let replaced = wait_for_audit(&d, |l| l["event"] == "change" && l["method"] == "PUT");
-    assert_eq!((replaced["id"].as_str(), replaced["profile"].as_str(), replaced["mode"].as_str()), (Some(id.as_str()), Some("default"), Some("enforce")));
+    assert_eq!(
+        (replaced["id"].as_str(), replaced["profile"].as_str(), replaced["mode"].as_str()),
+        (Some(id.as_str()), Some("default"), Some("enforce"))
+    );
     assert!(replaced["rules"].as_str().unwrap().contains("ntp=drop[signature]/limit(100pps"), "{replaced}");
     assert!(replaced.get("ttl_secs").is_none() && replaced.get("expires_at").is_none(), "no expiry: {replaced}");
 
     assert_eq!(d.call("DELETE", &format!("/v1/policies/{id}"), None).unwrap().0, 204);
     let deleted = wait_for_audit(&d, |l| l["event"] == "change" && l["method"] == "DELETE");
-    assert_eq!((deleted["status"].as_u64(), deleted["id"].as_str(), deleted["victim"].as_str()), (Some(204), Some(id.as_str()), Some("203.0.113.10/32")));
+    assert_eq!(
+        (deleted["status"].as_u64(), deleted["id"].as_str(), deleted["victim"].as_str()),
+        (Some(204), Some(id.as_str()), Some("203.0.113.10/32"))
+    );
 
     let (s, a) = d.call("POST", "/v1/allowlist", Some(r#"{"prefix": "192.0.2.53/32", "comment": "customer resolver"}"#)).unwrap();
     assert_eq!(s, 201);
     assert_eq!(d.call("DELETE", &format!("/v1/allowlist/{}", a["id"].as_str().unwrap()), None).unwrap().0, 204);
-    let unallowed = wait_for_audit(&d, |l| l["event"] == "change" && l["method"] == "DELETE" && l["path"].as_str().unwrap().starts_with("/v1/allowlist/"));
+    let unallowed = wait_for_audit(&d, |l| {
+        l["event"] == "change" && l["method"] == "DELETE" && l["path"].as_str().unwrap().starts_with("/v1/allowlist/")
+    });
     assert_eq!((unallowed["prefix"].as_str(), unallowed["comment"].as_str()), (Some("192.0.2.53/32"), Some("customer resolver")));
 
     // An alert, with the alert-only token.
     let (s, out) = d.call_with("POST", "/v1/alerts", Some(r#"{"victim": "203.0.113.20", "action": "ban"}"#), Some(alert_token)).unwrap();
     assert_eq!(s, 200, "{out}");
     let ban = wait_for_audit(&d, |l| l["event"] == "change" && l["path"] == "/v1/alerts");
-    assert_eq!((ban["who"].as_str(), ban["result"].as_str(), ban["victim"].as_str()), (Some("alert_token"), Some("created"), Some("203.0.113.20/32")));
+    assert_eq!(
+        (ban["who"].as_str(), ban["result"].as_str(), ban["victim"].as_str()),
+        (Some("alert_token"), Some("created"), Some("203.0.113.20/32"))
+    );
     assert_eq!(ban["source"], "generic");
     assert_eq!(ban["id"], out["policy"]["id"]);
 
@@ -114,15 +137,15 @@ fn json_logs_carry_an_audit_line_for_every_change_and_refusal() {
 /// `n` unauthenticated POSTs from inside the lab, as fast as one client goes.
 fn flood_unauthenticated(d: &Daemon, n: usize) {
     let url = format!("http://127.0.0.1:{}/v1/policies", d.port);
-    d.ns
-        .enter(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(5))).build().into();
-            for _ in 0..n {
-                let r = agent.post(&url).header("Authorization", "Bearer guess").send(r#"{"victim": "203.0.113.10"}"#).unwrap();
-                assert_eq!(r.status().as_u16(), 401);
-            }
-        })
-        .unwrap();
+    d.ns.enter(move || {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(5))).build().into();
+        for _ in 0..n {
+            let r = agent.post(&url).header("Authorization", "Bearer guess").send(r#"{"victim": "203.0.113.10"}"#).unwrap();
+            assert_eq!(r.status().as_u16(), 401);
+        }
+    })
+    .unwrap();
 }
 
 #[test]
@@ -141,7 +164,13 @@ fn a_flood_of_refused_requests_is_rate_limited_with_a_count_of_what_was_left_out
     let suppressed: usize = log
         .lines()
         .filter(|l| l.contains("refused requests in the last second not logged"))
-        .map(|l| l.split("suppressed=").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse::<usize>().ok()).unwrap_or_else(|| panic!("{l}")))
+        .map(|l| {
+            l.split("suppressed=")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("{l}"))
+        })
         .sum();
     // Text lines: the level, the message, then the fields.
     assert!(log.lines().any(|l| l.contains("WARN audit: refused") && l.contains("who=\"none\"") && l.contains("status=401")), "{log}");
@@ -195,7 +224,10 @@ fn version_and_build_info_name_the_commit_and_the_build_date() {
     let (_, m) = d.call("GET", "/metrics", None).unwrap();
     let m = m.as_str().unwrap().to_string();
     let line = m.lines().find(|l| l.starts_with("ampguard_build_info{")).unwrap_or_else(|| panic!("{m}"));
-    assert!(line.contains(&format!("commit=\"{commit}")) && line.contains(&format!("build_date=\"{date}\"")) && line.ends_with(" 1"), "{line}");
+    assert!(
+        line.contains(&format!("commit=\"{commit}")) && line.contains(&format!("build_date=\"{date}\"")) && line.ends_with(" 1"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -206,7 +238,10 @@ fn every_metric_family_exists_from_the_first_scrape() {
     let (_, m) = d.call("GET", "/metrics", None).unwrap();
     let m = m.as_str().unwrap().to_string();
     let value = |series: &str| -> f64 {
-        let l = m.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' ')).unwrap_or_else(|| panic!("no {series} in:\n{m}"));
+        let l = m
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {series} in:\n{m}"));
         l.rsplit(' ').next().unwrap().parse().unwrap()
     };
     // Every family of the README's table but the per-policy ones, at zero

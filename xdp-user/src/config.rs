@@ -2,7 +2,11 @@
 //! has a default, so an empty file is a valid config. Example with comments:
 //! deploy/ampguard.toml.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::{Path, PathBuf}};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -110,7 +114,9 @@ impl Default for CapacityConfig {
 impl From<&CapacityConfig> for Capacity {
     fn from(c: &CapacityConfig) -> Self {
         Capacity {
-            max_policies: c.max_policies,
+            // The config counts policies; the data plane's table has one
+            // more slot, since slot 0 means "no policy" (it is never handed out).
+            max_policies: c.max_policies + 1,
             max_limiters: c.max_limiters,
             v4_chunks: c.v4_chunks,
             max_v6_victims: c.max_v6_victims,

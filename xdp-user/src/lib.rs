@@ -25,4 +25,5 @@ pub const COMMIT: &str = env!("AMPGUARD_COMMIT");
 /// When it was built (UTC; SOURCE_DATE_EPOCH when set).
 pub const BUILD_DATE: &str = env!("AMPGUARD_BUILD_DATE");
 /// `ampguard --version`.
-pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("AMPGUARD_COMMIT"), ", built ", env!("AMPGUARD_BUILD_DATE"), ")");
+pub const LONG_VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("AMPGUARD_COMMIT"), ", built ", env!("AMPGUARD_BUILD_DATE"), ")");

@@ -174,7 +174,8 @@ fn rules_summary(rules: &Value) -> Option<String> {
         if !conds.is_empty() {
             one.push_str(&format!("[{}]/{}", conds.join(","), s("otherwise").unwrap_or("pass")));
         }
-        let limits: Vec<String> = [n("pps").map(|p| format!("{p}pps")), n("bps").map(|b| format!("{b}bps"))].into_iter().flatten().collect();
+        let limits: Vec<String> =
+            [n("pps").map(|p| format!("{p}pps")), n("bps").map(|b| format!("{b}bps"))].into_iter().flatten().collect();
         if !limits.is_empty() {
             one.push_str(&format!("({})", limits.join(",")));
         }

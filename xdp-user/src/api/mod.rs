@@ -152,8 +152,12 @@ async fn require_token(State(app): State<Shared>, req: Request, next: Next) -> R
     let who = principal(&app, req.headers());
     let (admin, alerter) = (who == Some(Principal::Operator), who == Some(Principal::Alerter));
     if alerter && !req.uri().path().starts_with("/v1/alerts") {
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may only post alerts (POST /v1/alerts, /v1/alerts/fastnetmon)")
-            .into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may only post alerts (POST /v1/alerts, /v1/alerts/fastnetmon)",
+        )
+        .into_response();
     }
     if !admin && !alerter {
         let mut r = ApiError::new(
@@ -177,7 +181,7 @@ pub fn router(app: Shared, max_body: usize, body_timeout: std::time::Duration) -
         .route("/v1/status", get(status::status))
         .route("/v1/vectors", get(status::vectors))
         .route("/v1/policies", get(policies::list).post(policies::create))
-        .route("/v1/policies/{id}", get(policies::show).put(policies::replace).delete(policies::delete))
+        .route("/v1/policies/{id}", get(policies::show).put(policies::replace).patch(policies::patch).delete(policies::delete))
         .route("/v1/allowlist", get(allowlist::list).post(allowlist::create))
         .route("/v1/allowlist/{id}", axum::routing::delete(allowlist::delete))
         .route("/v1/counters", get(policies::counters))

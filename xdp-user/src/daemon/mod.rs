@@ -30,8 +30,8 @@ pub use self::pins::ensure_bpffs;
 use crate::{
     api::{self, AppState},
     config::{Config, XdpModeSetting},
-    logging::LogFormat,
     dataplane::{attach, DataPlane, LoadOptions},
+    logging::LogFormat,
     store::Store,
 };
 

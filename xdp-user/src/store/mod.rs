@@ -12,8 +12,8 @@ pub mod table;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Arc,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -49,6 +49,30 @@ pub struct PolicyRequest {
     #[serde(default)]
     pub comment: Option<String>,
     /// Accept a drop or limit on a prefix broader than the configured limit.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// A change to one policy (PATCH /v1/policies/{id}): what is given changes,
+/// the rest stays; the merged policy is then validated like a create.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPatch {
+    /// A new lifetime, counted from now (0 = no expiry).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// Added to the current expiry (from now if it has passed).
+    #[serde(default)]
+    pub extend_secs: Option<u64>,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// A new comment; "" removes it.
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// Rules to set, by vector; `null` removes the vector's rule (it then passes).
+    #[serde(default)]
+    pub rules: BTreeMap<String, Option<RuleSpec>>,
+    /// As for a create: the merged policy may drop or limit on a prefix broader than the limit.
     #[serde(default)]
     pub force: bool,
 }
@@ -165,8 +189,18 @@ impl Store {
         dp.set_dns_signature(cfg.dns_large_bytes, cfg.dns_many_answers)?;
         let file = StateFile::new(&cfg.state_dir);
         let (state, mut stale) = file.load_and_check()?;
-        let mut store =
-            Self { cfg, vectors, profiles, dp, file, state, pending: Vec::new(), alert_window: HashMap::new(), rule_sets: Vec::new(), snapshot_due: false };
+        let mut store = Self {
+            cfg,
+            vectors,
+            profiles,
+            dp,
+            file,
+            state,
+            pending: Vec::new(),
+            alert_window: HashMap::new(),
+            rule_sets: Vec::new(),
+            snapshot_due: false,
+        };
         for p in store.cfg.allowlist.clone() {
             store.dp.add_allow(p)?;
         }
@@ -282,17 +316,28 @@ impl Store {
         self.state.policies.get(id).ok_or_else(|| StoreError::NotFound(format!("no policy {id}")))
     }
 
+    /// The policy whose victim is exactly this prefix.
+    pub fn policy_by_victim(&self, victim: &IpNet) -> Option<&Arc<PolicyRecord>> {
+        self.state.policies.by_victim(victim)
+    }
+
+    /// The policy that applies to an address: the longest victim prefix
+    /// holding it, as the data plane chooses. One index lookup per prefix length.
+    pub fn policy_covering(&self, addr: IpAddr) -> Option<&Arc<PolicyRecord>> {
+        let host = IpNet::from(addr);
+        (0..=host.max_prefix_len()).rev().find_map(|len| {
+            let net = IpNet::new(addr, len).expect("length within the family").trunc();
+            self.state.policies.by_victim(&net)
+        })
+    }
+
     fn to_dp(&self, p: &PolicyRecord) -> Result<DpPolicy, StoreError> {
         let mut rules = Vec::new();
         for (name, spec) in p.rules.iter() {
             let id = self.vectors.id_of(name).ok_or_else(|| invalid(format!("unknown vector {name:?}")))?;
             rules.push((id, spec.resolve().map_err(|e| invalid(format!("rule for {name}: {e}")))?));
         }
-        Ok(DpPolicy {
-            mode: p.mode,
-            expires_ns: p.expires_at.map(clock::wall_to_monotonic).unwrap_or(0),
-            rules,
-        })
+        Ok(DpPolicy { mode: p.mode, expires_ns: p.expires_at.map(clock::wall_to_monotonic).unwrap_or(0), rules })
     }
 
     fn next_id(&mut self, prefix: &str) -> String {
@@ -317,12 +362,7 @@ impl Store {
             rules.extend(p.clone());
         }
         for (name, spec) in req.rules.iter().flatten() {
-            if self.vectors.id_of(name).is_none() {
-                return Err(invalid(format!(
-                    "unknown vector {name:?}; known: {}",
-                    self.vectors.all().iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
-                )));
-            }
+            self.known_vector(name)?;
             let rule = spec.resolve().map_err(|e| invalid(format!("rule for {name}: {e}")))?;
             let id = self.vectors.id_of(name).expect("checked above");
             if spec.signature == Some(true) && !xdp_common::signature::has_signature(id) {
@@ -348,6 +388,16 @@ impl Store {
         self.check_breadth(&victim, &rules, req.force)?;
         self.check_allowlist_overlap(&victim)?;
         Ok((victim, rules, expires))
+    }
+
+    fn known_vector(&self, name: &str) -> Result<(), StoreError> {
+        match self.vectors.id_of(name) {
+            Some(_) => Ok(()),
+            None => Err(invalid(format!(
+                "unknown vector {name:?}; known: {}",
+                self.vectors.all().iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
     }
 
     fn check_breadth(&self, victim: &IpNet, rules: &BTreeMap<String, RuleSpec>, force: bool) -> Result<(), StoreError> {
@@ -400,12 +450,9 @@ impl Store {
     pub fn create_policy(&mut self, req: PolicyRequest, source: &str) -> Result<Arc<PolicyRecord>, StoreError> {
         let (victim, rules, expires_at) = self.resolve(&req)?;
         if let Some(p) = self.state.policies.by_victim(&victim) {
-            return Err(StoreError::Conflict(format!(
-                "{victim} already has policy {}; replace it with PUT /v1/policies/{}",
-                p.id, p.id
-            )));
+            return Err(StoreError::Conflict(format!("{victim} already has policy {}; replace it with PUT /v1/policies/{}", p.id, p.id)));
         }
-        if self.state.policies.len() + 1 >= self.cfg.capacity.max_policies as usize {
+        if self.state.policies.len() >= self.cfg.capacity.max_policies as usize {
             return Err(StoreError::Full(format!(
                 "the policy table is full ({} policies); raise capacity.max_policies or remove policies",
                 self.state.policies.len()
@@ -433,7 +480,10 @@ impl Store {
         let (victim, rules, expires_at) = self.resolve(&req)?;
         let old = self.policy(id)?;
         if victim != old.victim {
-            return Err(invalid(format!("policy {id} is for {}; a policy's victim cannot change (delete it and create another)", old.victim)));
+            return Err(invalid(format!(
+                "policy {id} is for {}; a policy's victim cannot change (delete it and create another)",
+                old.victim
+            )));
         }
         let (created_at, source) = (old.created_at, old.source.clone());
         let rules = self.intern(rules);
@@ -448,6 +498,70 @@ impl Store {
             updated_at: SystemTime::now(),
             comment: req.comment,
             source,
+        };
+        self.commit(rec)
+    }
+
+    /// Merge a patch into a policy. The merged policy passes the same checks
+    /// as a create (rules, breadth and `force`, allowlist overlap, comment,
+    /// TTL), and is journaled as a replacement; on error nothing changes.
+    pub fn patch_policy(&mut self, id: &str, patch: PolicyPatch) -> Result<Arc<PolicyRecord>, StoreError> {
+        let old = self.policy(id)?.clone();
+        if patch.ttl_secs.is_some() && patch.extend_secs.is_some() {
+            return Err(invalid("give ttl_secs (a new lifetime from now) or extend_secs (added to the current expiry), not both"));
+        }
+        let mut rules = (*old.rules).clone();
+        for (name, spec) in patch.rules {
+            self.known_vector(&name)?;
+            match spec {
+                Some(spec) => rules.insert(name, spec),
+                None => rules.remove(&name),
+            };
+        }
+        let comment = match patch.comment {
+            None => old.comment.clone(),
+            Some(c) if c.is_empty() => None,
+            Some(c) => Some(c),
+        };
+        let now = SystemTime::now();
+        // The lifetime: resolve() checks a new ttl_secs against max_ttl_secs;
+        // a kept or extended expiry is checked here, with the same words.
+        let expires_at = match patch.extend_secs {
+            Some(ext) => {
+                let Some(e) = old.expires_at else {
+                    return Err(invalid(format!("policy {id} never expires, so it cannot be extended; set ttl_secs instead")));
+                };
+                let until = e.max(now) + Duration::from_secs(ext);
+                let ttl = until.duration_since(now).unwrap_or_default().as_secs();
+                if ttl > self.cfg.max_ttl_secs {
+                    return Err(invalid(format!(
+                        "ttl_secs {ttl} (the lifetime left after extending by {ext}) is above the maximum of {}",
+                        self.cfg.max_ttl_secs
+                    )));
+                }
+                Some(until)
+            }
+            None => old.expires_at,
+        };
+        let req = PolicyRequest {
+            victim: old.victim.to_string(),
+            profile: None,
+            rules: Some(rules),
+            mode: Some(patch.mode.unwrap_or(old.mode)),
+            ttl_secs: Some(patch.ttl_secs.unwrap_or(0)),
+            comment,
+            force: patch.force,
+        };
+        let (victim, rules, new_expiry) = self.resolve(&req)?;
+        let rules = self.intern(rules);
+        let rec = PolicyRecord {
+            victim,
+            rules,
+            mode: req.mode.unwrap_or_default(),
+            expires_at: if patch.ttl_secs.is_some() { new_expiry } else { expires_at },
+            updated_at: now,
+            comment: req.comment,
+            ..(*old).clone()
         };
         self.commit(rec)
     }
@@ -501,7 +615,8 @@ impl Store {
     }
 
     pub fn delete_allow(&mut self, id: &str) -> Result<AllowRecord, StoreError> {
-        let i = self.state.allowlist.iter().position(|a| a.id == id).ok_or_else(|| StoreError::NotFound(format!("no allowlist entry {id}")))?;
+        let i =
+            self.state.allowlist.iter().position(|a| a.id == id).ok_or_else(|| StoreError::NotFound(format!("no allowlist entry {id}")))?;
         // Entries from the config file stay in force.
         let prefix = self.state.allowlist[i].prefix;
         if !self.cfg.allowlist.contains(&prefix) {
@@ -597,7 +712,11 @@ impl Store {
                     rec.updated_at = SystemTime::now();
                     let id = rec.id.clone();
                     let rec = self.commit(rec)?;
-                    return Ok(AlertOutcome { result: "extended", policy: Some(rec), message: format!("extended policy {id} for {victim}") });
+                    return Ok(AlertOutcome {
+                        result: "extended",
+                        policy: Some(rec),
+                        message: format!("extended policy {id} for {victim}"),
+                    });
                 }
                 let default = self.profiles["default"].clone();
                 let mut rules = default.clone();
