@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{config::XdpModeSetting, daemon};
+use crate::daemon;
 
 #[derive(Parser)]
 #[command(name = "ampguard", version, about = "Stops reflection/amplification DDoS floods at the edge with XDP")]
@@ -137,6 +137,3 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Capture { args, api } => capture::run(args, &api),
     }
 }
-
-/// `--xdp-mode` values.
-pub type XdpModeArg = XdpModeSetting;

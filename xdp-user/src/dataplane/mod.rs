@@ -1,6 +1,6 @@
 //! The data-plane handle: the only code that touches the XDP program's maps.
 //!
-//! It loads the program (or adopts pinned maps), owns policy slots and
+//! It loads the program, owns policy slots and
 //! limiter indexes, keeps userspace mirrors of the victim and allowlist tables,
 //! and offers typed operations: set the vector table, upsert/remove a policy
 //! for a victim prefix, add/remove allowlist prefixes, read counters.
@@ -13,11 +13,7 @@ pub mod netdev;
 pub mod rules;
 pub mod victims4;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    path::PathBuf,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray, PerCpuValues},
@@ -30,7 +26,7 @@ use xdp_common::{
     bucket::Limiter,
     counters::{reason, Counter, VerdictCounters},
     maps as names,
-    policy::{Config, Policy, NO_SLOT},
+    policy::{Config, Policy},
     vector::MAX_VECTORS,
 };
 
@@ -66,7 +62,7 @@ pub enum DpError {
     Io(#[from] std::io::Error),
 }
 
-/// Sizes of the tables (maps are created with these unless adopted from pins).
+/// Sizes of the tables (the maps are created with these).
 #[derive(Clone, Debug)]
 pub struct Capacity {
     pub max_policies: u32,
@@ -86,13 +82,6 @@ impl Default for Capacity {
             max_allow: names::DEFAULT_MAX_ALLOW,
         }
     }
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct LoadOptions {
-    pub capacity: Capacity,
-    /// Pin (or adopt) every map under this bpffs directory.
-    pub pin_dir: Option<PathBuf>,
 }
 
 struct Installed {
@@ -168,10 +157,9 @@ fn map<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, DpE
 }
 
 impl DataPlane {
-    /// Load the program and create (or adopt, with `pin_dir`) its maps. The
-    /// program is loaded into the kernel but not attached.
-    pub fn load(opts: &LoadOptions) -> Result<Self, DpError> {
-        let c = &opts.capacity;
+    /// Load the program and create its maps. The program is loaded into the
+    /// kernel but not attached.
+    pub fn load(c: &Capacity) -> Result<Self, DpError> {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::POLICIES, c.max_policies)
@@ -181,16 +169,6 @@ impl DataPlane {
             .map_max_entries(names::V6_VICTIMS, c.max_v6_victims)
             .map_max_entries(names::ALLOW_V4, c.max_allow)
             .map_max_entries(names::ALLOW_V6, c.max_allow);
-        let pins: Vec<(&str, PathBuf)> = match &opts.pin_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)?;
-                names::ALL.iter().map(|n| (*n, dir.join(n))).collect()
-            }
-            None => Vec::new(),
-        };
-        for (name, path) in &pins {
-            loader.map_pin_path(name, path.as_path());
-        }
         let mut ebpf = loader.load(XDP_OBJECT)?;
         let program: &mut Xdp = ebpf.program_mut(names::PROGRAM).ok_or(DpError::MissingMap(names::PROGRAM))?.try_into()?;
         program.load()?;
@@ -291,11 +269,6 @@ impl DataPlane {
     pub fn take_samples(&mut self) -> Result<aya::maps::RingBuf<MapData>, DpError> {
         let m = self.ebpf.take_map(names::SAMPLES).ok_or(DpError::MissingMap(names::SAMPLES))?;
         Ok(aya::maps::RingBuf::try_from(m)?)
-    }
-
-    /// The victim prefix whose policy sits in `slot`.
-    pub fn victim_of_slot(&self, slot: u32) -> Option<IpNet> {
-        self.policies.iter().find(|(_, p)| p.slot == slot).map(|(v, _)| *v)
     }
 
     /// Thresholds of the DNS signature.
@@ -580,20 +553,6 @@ impl DataPlane {
         batch::update(map(&self.ebpf, names::POLICY_COUNTERS)?, &keys, &zeros, value_size)
     }
 
-    /// Victim prefix -> slot, longest prefix first semantics (for the model).
-    pub fn victim_slot(&self, dst: IpAddr) -> u32 {
-        match dst {
-            IpAddr::V4(a) => self.v4.lookup(u32::from(a)),
-            IpAddr::V6(a) => self
-                .v6
-                .iter()
-                .filter(|(n, _)| n.contains(&IpAddr::V6(a)))
-                .max_by_key(|(n, _)| n.prefix_len())
-                .map(|(_, s)| *s)
-                .unwrap_or(NO_SLOT),
-        }
-    }
-
     /// Add a source prefix that no policy ever touches.
     pub fn add_allow(&mut self, prefix: IpNet) -> Result<(), DpError> {
         let prefix = prefix.trunc();
@@ -626,11 +585,6 @@ impl DataPlane {
 
     pub fn allowlist(&self) -> impl Iterator<Item = &IpNet> {
         self.allow.keys()
-    }
-
-    /// Whether a source address is allowlisted (for the model).
-    pub fn is_allowlisted(&self, src: IpAddr) -> bool {
-        self.allow.keys().any(|n| n.contains(&src))
     }
 
     fn set_allow_trie(&mut self, prefix: &IpNet, id: Option<u32>) -> Result<(), DpError> {
@@ -686,15 +640,6 @@ impl DataPlane {
             }
         }
         Ok(out)
-    }
-
-    /// Bucket state of a policy's limiter for a vector (tests and debugging).
-    pub fn limiter(&self, victim: &IpNet, vector: u8) -> Result<Option<Limiter>, DpError> {
-        let Some(idx) = self.policies.get(&victim.trunc()).and_then(|p| p.limiters.get(vector)) else {
-            return Ok(None);
-        };
-        let m: Array<&MapData, Limiter> = Array::try_from(map(&self.ebpf, names::LIMITERS)?)?;
-        Ok(Some(m.get(&idx, 0)?))
     }
 }
 
