@@ -77,50 +77,14 @@ pub struct Config {
     pub dns_many_answers: u16,
     /// Packets sampled per second and CPU while a capture runs.
     pub capture_samples_per_sec: u32,
-    pub capacity: CapacityConfig,
+    /// Sizes of the data plane's tables.
+    pub capacity: Capacity,
     /// Extra vectors, or different ports for built-in ones.
     pub vectors: Vec<VectorConfig>,
     /// Named rule sets; `default` here replaces the built-in default profile.
     pub profiles: BTreeMap<String, BTreeMap<String, LenientRuleSpec>>,
     /// Source prefixes no policy ever touches.
     pub allowlist: Vec<IpNet>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CapacityConfig {
-    pub max_policies: u32,
-    pub max_limiters: u32,
-    pub v4_chunks: u32,
-    pub max_v6_victims: u32,
-    pub max_allow: u32,
-}
-
-impl Default for CapacityConfig {
-    fn default() -> Self {
-        let c = Capacity::default();
-        Self {
-            max_policies: c.max_policies,
-            max_limiters: c.max_limiters,
-            v4_chunks: c.v4_chunks,
-            max_v6_victims: c.max_v6_victims,
-            max_allow: c.max_allow,
-        }
-    }
-}
-
-impl From<&CapacityConfig> for Capacity {
-    fn from(c: &CapacityConfig) -> Self {
-        Capacity {
-            // The config counts policies; the data plane's table has one
-            // more slot, since slot 0 means "no policy" (it is never handed out).
-            max_policies: c.max_policies + 1,
-            max_limiters: c.max_limiters,
-            v4_chunks: c.v4_chunks,
-            max_v6_victims: c.max_v6_victims,
-            max_allow: c.max_allow,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -160,7 +124,7 @@ impl Default for Config {
             dns_large_bytes: 512,
             dns_many_answers: 10,
             capture_samples_per_sec: 1000,
-            capacity: CapacityConfig::default(),
+            capacity: Capacity::default(),
             vectors: Vec::new(),
             profiles: BTreeMap::new(),
             allowlist: Vec::new(),
@@ -248,6 +212,14 @@ mod tests {
         let c = Config::parse("").unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9470");
         assert_eq!(c.capacity.max_policies, 8192);
+    }
+
+    #[test]
+    fn capacity_keeps_the_defaults_it_does_not_name() {
+        let c = Config::parse("[capacity]\nmax_policies = 3").unwrap();
+        assert_eq!(c.capacity, Capacity { max_policies: 3, ..Capacity::default() });
+        let e = Config::parse("[capacity]\nmax_polices = 3").unwrap_err().to_string();
+        assert!(e.contains("max_polices"), "{e}");
     }
 
     #[test]

@@ -190,7 +190,7 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
         modes.with_label_values(&["enforce"]).set(store.policies().len() as i64 - monitor);
         modes.with_label_values(&["monitor"]).set(monitor);
         let cap = IntGauge::new("ampguard_policy_capacity", "Policies the tables can hold").expect("metric");
-        cap.set(dp.capacity().max_policies as i64 - 1);
+        cap.set(dp.capacity().max_policies as i64);
         scrape.register(Box::new(cap)).expect("unique");
         let allow = IntGauge::new("ampguard_allowlist_entries", "Allowlisted source prefixes").expect("metric");
         allow.set((store.allowlist().len() + store.config().allowlist.len()) as i64);

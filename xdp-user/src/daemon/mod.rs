@@ -150,7 +150,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // Fresh maps, filled from the state file while the previous program (if
     // any) keeps enforcing through its pinned link.
-    let dp = DataPlane::load(&(&cfg.capacity).into()).map_err(|e| {
+    let dp = DataPlane::load(&cfg.capacity).map_err(|e| {
         anyhow::anyhow!("{e}; loading XDP needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON (+ CAP_SYS_ADMIN to mount bpffs)")
     })?;
     let started = Instant::now();

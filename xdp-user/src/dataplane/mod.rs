@@ -62,14 +62,27 @@ pub enum DpError {
     Io(#[from] std::io::Error),
 }
 
-/// Sizes of the tables (the maps are created with these).
-#[derive(Clone, Debug)]
+/// Sizes of the tables (the maps are created with these): the config's
+/// `[capacity]` table, so an operator and the data plane count alike.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Capacity {
+    /// Victim policies. The policy table has one more entry: slot 0 means
+    /// "no policy" and is never handed out.
     pub max_policies: u32,
+    /// Token-bucket entries (one per limited vector per policy).
     pub max_limiters: u32,
+    /// IPv4 level-2 chunks (one per /16 that holds victims longer than /16).
     pub v4_chunks: u32,
     pub max_v6_victims: u32,
     pub max_allow: u32,
+}
+
+impl Capacity {
+    /// Entries of the policy table (slot 0 included).
+    fn policy_slots(&self) -> u32 {
+        self.max_policies + 1
+    }
 }
 
 impl Default for Capacity {
@@ -162,8 +175,8 @@ impl DataPlane {
     pub fn load(c: &Capacity) -> Result<Self, DpError> {
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(names::POLICIES, c.max_policies)
-            .map_max_entries(names::POLICY_COUNTERS, c.max_policies * MAX_VECTORS as u32)
+            .map_max_entries(names::POLICIES, c.policy_slots())
+            .map_max_entries(names::POLICY_COUNTERS, c.policy_slots() * MAX_VECTORS as u32)
             .map_max_entries(names::LIMITERS, c.max_limiters)
             .map_max_entries(names::V4_L2, c.v4_chunks * names::CHUNK_ENTRIES)
             .map_max_entries(names::V6_VICTIMS, c.max_v6_victims)
@@ -179,7 +192,7 @@ impl DataPlane {
             v4: Victims4::new(c.v4_chunks),
             v6: BTreeMap::new(),
             policies: HashMap::new(),
-            slots: Pool::new(c.max_policies),
+            slots: Pool::new(c.policy_slots()),
             limiters: Pool::new(c.max_limiters),
             allow: BTreeMap::new(),
             allow_bits: AllowBits::default(),
