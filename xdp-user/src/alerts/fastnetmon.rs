@@ -47,10 +47,10 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
-use super::generic::{is_vector_name, MAX_VECTORS};
+use super::generic::{is_vector_name, MAX_COMMENT_BYTES, MAX_VECTORS};
 use super::{
     clean_text, json_kind, parse_victim, snippet, Alert, AlertAction, AlertError, AlertSource,
-    MAX_ATTACK_TYPE_CHARS,
+    MAX_ATTACK_TYPE_BYTES,
 };
 
 /// Most packet lines (or JSON packet entries) looked at.
@@ -151,7 +151,7 @@ pub fn parse_script(
         ttl_secs: None,
         pps: Some(pps),
         attack_type: summary.attack_type,
-        comment: Some(comment),
+        comment: clean_text(&comment, MAX_COMMENT_BYTES),
     }))
 }
 
@@ -233,7 +233,7 @@ pub fn parse_json(
         });
     }
     let attack_type = opt_str(details, "attack_details.attack_type", "attack_type")?
-        .and_then(|s| clean_text(s, MAX_ATTACK_TYPE_CHARS));
+        .and_then(|s| clean_text(s, MAX_ATTACK_TYPE_BYTES));
     let protocol = opt_str(details, "attack_details.attack_protocol", "attack_protocol")?
         .and_then(|s| clean_text(s, 16));
     let pps = opt_u64(
@@ -287,7 +287,7 @@ pub fn parse_json(
         ttl_secs: None,
         pps,
         attack_type,
-        comment: Some(comment),
+        comment: clean_text(&comment, MAX_COMMENT_BYTES),
     })
 }
 
@@ -450,7 +450,7 @@ impl Summary {
         let line = line.trim_start();
         if self.attack_type.is_none() {
             if let Some(v) = line.strip_prefix("Attack type:") {
-                self.attack_type = clean_text(v, MAX_ATTACK_TYPE_CHARS);
+                self.attack_type = clean_text(v, MAX_ATTACK_TYPE_BYTES);
                 return;
             }
         }
@@ -968,12 +968,20 @@ mod tests {
         let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &t, &builtin)
             .unwrap()
             .unwrap();
-        assert_eq!(a.attack_type.map(|t| t.len()), Some(MAX_ATTACK_TYPE_CHARS));
+        assert_eq!(a.attack_type.map(|t| t.len()), Some(MAX_ATTACK_TYPE_BYTES));
         let t = format!("Attack type: {}", "x".repeat(10_000));
         let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &t, &builtin)
             .unwrap()
             .unwrap();
         assert_eq!(a.attack_type, None);
+        // 64 emoji (256 bytes) are cut to whole emoji, and the comment fits
+        // the store's bound: detector text never blocks a ban.
+        let t = format!("Attack type: {}", "😀".repeat(64));
+        let a = parse_script(&args("203.0.113.10 incoming 18446744073709551615 ban"), &t, &builtin)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.attack_type.as_deref(), Some("😀".repeat(16).as_str()));
+        assert!(a.comment.as_ref().is_some_and(|c| c.len() <= MAX_COMMENT_BYTES && c.contains("😀")), "{:?}", a.comment);
         // Packet counts saturate.
         let big = line(
             "198.51.100.1:123",
@@ -1122,6 +1130,19 @@ mod tests {
             pj(&v).unwrap().comment.as_deref(),
             Some("fastnetmon: udp_flood 282473 pps, incoming (partial_block)")
         );
+    }
+
+    #[test]
+    fn json_long_attack_type_is_cut_and_the_comment_fits() {
+        let mut v = advanced_ban();
+        v["action"] = json!("partial_block");
+        v["attack_details"]["attack_type"] = json!("😀".repeat(64));
+        v["attack_details"]["attack_protocol"] = json!("😀".repeat(64));
+        v["attack_details"]["initial_attack_power"] = json!(u64::MAX);
+        let a = pj(&v).unwrap();
+        assert_eq!(a.attack_type.as_deref(), Some("😀".repeat(16).as_str()));
+        let c = a.comment.unwrap();
+        assert!(c.len() <= MAX_COMMENT_BYTES && c.starts_with("fastnetmon: 😀"), "{c}");
     }
 
     #[test]
