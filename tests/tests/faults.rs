@@ -599,3 +599,192 @@ fn a_state_file_that_cannot_be_written_fails_the_request_loudly_and_recovers() {
     let victims: Vec<&str> = list["policies"].as_array().unwrap().iter().map(|p| p["victim"].as_str().unwrap()).collect();
     assert_eq!(victims, ["203.0.113.10/32", "203.0.113.20/32", "203.0.113.30/32"], "nothing was lost across the failure");
 }
+
+// ---------------------------------------------------------------------------
+// Validation and resource bounds: what a request can cover, what it can exhaust
+
+/// POST a body, returning (status, error code or "", the JSON answer).
+fn post(d: &Daemon, path: &str, body: &Value) -> (u16, String, Value) {
+    let (st, v) = d.call("POST", path, Some(&body.to_string())).unwrap();
+    (st, error_of(&v).0.to_string(), v)
+}
+
+#[test]
+fn breadth_is_judged_on_both_branches_and_totals_are_bounded_even_with_force() {
+    let (lab, d) = start("breadth", "");
+    // A pass whose `otherwise` drops is a drop: refused on every address even
+    // with force, and on a broad prefix without it.
+    let sneaky = json!({"memcached": {"action": "pass", "max_bytes": 0, "otherwise": "drop"}});
+    for (victim, force, code, needle) in [
+        ("0.0.0.0/0", true, 422, "every address"),
+        ("::/0", true, 422, "every address"),
+        ("10.0.0.0/8", false, 422, "force"),
+    ] {
+        let (st, c, v) = post(&d, "/v1/policies", &json!({"victim": victim, "rules": sneaky, "force": force}));
+        assert_eq!((st, c.as_str()), (code, "too_broad"), "{victim}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{victim}: {v}");
+    }
+    // Each prefix within its bound with force, but together at most one /8
+    // (policy_coverage_v4): 0.0.0.0/1 + 128.0.0.0/1 can no longer cover everything.
+    for half in ["0.0.0.0/1", "128.0.0.0/1"] {
+        let (st, c, v) = post(&d, "/v1/policies", &json!({"victim": half, "rules": {"memcached": {"action": "drop"}}, "force": true}));
+        assert_eq!((st, c.as_str()), (422, "too_broad"), "{half}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("policy_coverage_v4"), "{v}");
+    }
+    let drop = json!({"memcached": {"action": "drop"}});
+    for v in ["10.0.0.0/9", "100.0.0.0/9"] {
+        let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": v, "rules": drop, "force": true}));
+        assert_eq!(st, 201, "{v}: two halves of one /8 fit: {r}");
+    }
+    let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "198.18.0.0/16", "rules": drop}));
+    assert_eq!((st, r["error"]["message"].as_str().is_some_and(|m| m.contains("policy_coverage_v4"))), (422, true), "{r}");
+    // The `otherwise` branch counts here too; rules that only pass do not.
+    let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "198.18.0.0/16", "rules": sneaky}));
+    assert_eq!(st, 422, "{r}");
+    let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "172.16.0.0/12", "rules": {"memcached": {"action": "pass"}}, "force": true}));
+    assert_eq!(st, 201, "a policy that only passes covers nothing: {r}");
+    // IPv6: one /32 in all.
+    let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "2001:db8::/33", "rules": drop, "force": true}));
+    assert_eq!(st, 201, "{r}");
+    let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "2001:db8:8000::/33", "rules": drop, "force": true}));
+    assert_eq!(st, 201, "{r}");
+    let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "2001:db9::/48", "rules": drop}));
+    assert_eq!((st, r["error"]["message"].as_str().is_some_and(|m| m.contains("policy_coverage_v6"))), (422, true), "{r}");
+    // Room again once a broad policy goes; a delete is never refused.
+    let (_, list) = d.call("GET", "/v1/policies", None).unwrap();
+    let id = list["policies"].as_array().unwrap().iter().find(|p| p["victim"] == "100.0.0.0/9").unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(d.call("DELETE", &format!("/v1/policies/{id}"), None).unwrap().0, 204);
+    assert_eq!(post(&d, "/v1/policies", &json!({"victim": "198.18.0.0/16", "rules": drop})).0, 201);
+
+    // IPv4-mapped IPv6 is the IPv4 host or prefix: protected as IPv4, and
+    // the allowlist sees it.
+    let (st, _, p) = post(&d, "/v1/policies", &json!({"victim": "::ffff:203.0.113.10"}));
+    assert_eq!((st, p["victim"].as_str()), (201, Some("203.0.113.10/32")), "{p}");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0, "IPv4 traffic to the host is protected");
+    let (st, c, v) = post(&d, "/v1/policies", &json!({"victim": "::ffff:0:0/96"}));
+    assert_eq!((st, c.as_str()), (422, "too_broad"), "::ffff:0:0/96 is 0.0.0.0/0: {v}");
+    let (st, _, p) = post(&d, "/v1/policies", &json!({"victim": "::ffff:203.0.113.0/120"}));
+    assert_eq!((st, p["victim"].as_str()), (201, Some("203.0.113.0/24")), "{p}");
+    let (st, c, v) = post(&d, "/v1/allowlist", &json!({"prefix": "::ffff:203.0.113.10/128"}));
+    assert_eq!((st, c.as_str()), (409, "conflict"), "overlaps the victim: {v}");
+    let (st, _, a) = post(&d, "/v1/allowlist", &json!({"prefix": "::ffff:198.51.100.53"}));
+    assert_eq!((st, a["prefix"].as_str()), (201, Some("198.51.100.53/32")), "{a}");
+    assert_eq!(deliver(&lab, "198.51.100.53:11211", "203.0.113.10:40001", 50), 50, "the allowlisted IPv4 source passes");
+
+    // The allowlist: IPv6 entries no broader than /32, and in all at most
+    // one /8 and one /32 (allow_coverage_v4 / _v6).
+    let (st, c, v) = post(&d, "/v1/allowlist", &json!({"prefix": "2000::/8"}));
+    assert_eq!((st, c.as_str()), (422, "too_broad"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("/32"), "{v}");
+    assert_eq!(post(&d, "/v1/allowlist", &json!({"prefix": "2001:db9::/32"})).0, 201);
+    let (st, _, v) = post(&d, "/v1/allowlist", &json!({"prefix": "2001:dba::/48"}));
+    assert_eq!((st, v["error"]["message"].as_str().is_some_and(|m| m.contains("allow_coverage_v6"))), (422, true), "{v}");
+    // 255 separate /8s were accepted: now half a /8 and a host, then not another half.
+    assert_eq!(post(&d, "/v1/allowlist", &json!({"prefix": "11.0.0.0/9"})).0, 201);
+    let (st, _, v) = post(&d, "/v1/allowlist", &json!({"prefix": "12.0.0.0/9"}));
+    assert_eq!((st, v["error"]["message"].as_str().is_some_and(|m| m.contains("allow_coverage_v4"))), (422, true), "{v}");
+    let (st, _, v) = post(&d, "/v1/allowlist", &json!({"prefix": "13.0.0.0/8"}));
+    assert_eq!(st, 422, "{v}");
+    let allow = d.call("GET", "/v1/allowlist", None).unwrap().1;
+    let prefixes: Vec<&str> = allow["allowlist"].as_array().unwrap().iter().map(|a| a["prefix"].as_str().unwrap()).collect();
+    assert_eq!(prefixes, ["198.51.100.53/32", "2001:db9::/32", "11.0.0.0/9"], "the refusals added nothing");
+    let list = d.call("GET", "/v1/policies", None).unwrap().1;
+    let victims: Vec<&str> = list["policies"].as_array().unwrap().iter().map(|p| p["victim"].as_str().unwrap()).collect();
+    assert_eq!(
+        victims,
+        ["10.0.0.0/9", "172.16.0.0/12", "2001:db8::/33", "2001:db8:8000::/33", "198.18.0.0/16", "203.0.113.10/32", "203.0.113.0/24"],
+        "the refusals created nothing"
+    );
+}
+
+#[test]
+fn alerts_keep_to_their_share_of_chunks_limiters_and_v6_entries_and_operators_keep_the_rest() {
+    require_root();
+    let lab = Lab::new("alertshare").expect("lab");
+    let ban = |d: &Daemon, v: &str| post(d, "/v1/alerts", &json!({"victim": v, "action": "ban"}));
+    let operator = |d: &Daemon, v: &str| post(d, "/v1/policies", &json!({"victim": v})).0;
+    // (table size, alert bans that fit, the ban refused, the operators' policies
+    // that still fit, the alert bans lifted, and a ban that then fits again)
+    type Case<'a> = (&'a str, &'a [&'a str], &'a str, &'a str, &'a [&'a str], &'a [&'a str], &'a str);
+    let cases: [Case; 3] = [
+        // 4 chunks, alerts may hold 2 (half, like the policy table): one per /16.
+        (
+            "[capacity]\nv4_chunks = 4\n",
+            &["198.18.0.10", "198.19.0.10", "198.18.0.11"],
+            "198.20.0.10",
+            "v4_chunks",
+            &["198.20.0.10", "198.21.0.10"],
+            &["198.18.0.10", "198.18.0.11"],
+            "198.22.0.10",
+        ),
+        (
+            "[capacity]\nmax_v6_victims = 4\n",
+            &["2001:db8:2::10", "2001:db8:2::11"],
+            "2001:db8:2::12",
+            "max_v6_victims",
+            &["2001:db8:2::12", "2001:db8:2::13"],
+            &["2001:db8:2::10"],
+            "2001:db8:2::99",
+        ),
+        // The default profile limits 5 vectors: 21 limiters (20 usable), alerts may hold 10.
+        (
+            "[capacity]\nmax_limiters = 21\n",
+            &["203.0.113.10", "203.0.113.11"],
+            "203.0.113.12",
+            "max_limiters",
+            &["203.0.113.12", "203.0.113.13"],
+            &["203.0.113.10"],
+            "203.0.113.99",
+        ),
+    ];
+    for (config, fit, refused, knob, theirs, lifted, again) in cases {
+        let d = Daemon::start(&lab, config).expect("daemon");
+        for v in fit {
+            let (st, _, r) = ban(&d, v);
+            assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{knob}: ban {v}: {r}");
+        }
+        let before = d.call("GET", "/v1/policies", None).unwrap().1;
+        let (st, code, e) = ban(&d, refused);
+        assert_eq!((st, code.as_str()), (507, "table_full"), "{knob}: ban {refused}: {e}");
+        let msg = e["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(knob) && msg.contains("operators"), "{knob}: the message names the table: {msg}");
+        assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1, before, "{knob}: the refusal changed nothing");
+        for v in theirs {
+            assert_eq!(operator(&d, v), 201, "{knob}: operators still have room for {v}");
+        }
+        // An unban gives the room back.
+        for v in lifted {
+            let (st, _, r) = post(&d, "/v1/alerts", &json!({"victim": v, "action": "unban"}));
+            assert_eq!((st, r["result"].as_str()), (200, Some("removed")), "{knob}: unban {v}: {r}");
+        }
+        let (st, _, r) = ban(&d, again);
+        assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{knob}: ban {again} after the unbans: {r}");
+        drop(d);
+    }
+}
+
+#[test]
+fn detector_text_is_cut_to_fit_and_never_blocks_a_ban() {
+    let (lab, d) = start("alerttext", "");
+    // 200 "é" are 400 bytes: the comment keeps 128 of them (256 bytes).
+    let (st, _, r) = post(&d, "/v1/alerts", &json!({"victim": "203.0.113.10", "action": "ban", "comment": "é".repeat(200)}));
+    assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{r}");
+    assert_eq!(r["policy"]["comment"].as_str(), Some("é".repeat(128).as_str()));
+    // Control characters are dropped, not refused.
+    let (st, _, r) = post(&d, "/v1/alerts", &json!({"victim": "203.0.113.11", "action": "ban", "comment": "line\nforged\u{1b}[2J", "attack_type": "😀".repeat(64)}));
+    assert_eq!((st, r["policy"]["comment"].as_str()), (200, Some("lineforged[2J")), "{r}");
+    // FastNetMon's JSON callback and its notify script with 64 emoji as the attack type.
+    let fnm = json!({"ip": "203.0.113.12", "action": "ban", "alert_scope": "host",
+        "attack_details": {"attack_type": "😀".repeat(64), "attack_direction": "incoming", "attack_protocol": "😀".repeat(64), "initial_attack_power": u64::MAX}});
+    let (st, _, r) = post(&d, "/v1/alerts/fastnetmon", &fnm);
+    assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{r}");
+    assert!(r["policy"]["comment"].as_str().unwrap().starts_with("fastnetmon: 😀"), "{r}");
+    let stdin = format!("Attack type: {}\nAttack protocol: udp\n", "😀".repeat(64));
+    let out = d.cli(&["alert", "fastnetmon", "203.0.113.13", "incoming", "18446744073709551615", "ban"], Some(&stdin)).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = d.call("GET", "/v1/policies", None).unwrap().1;
+    let policies = list["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 4, "{list}");
+    assert!(policies.iter().all(|p| p["comment"].as_str().is_some_and(|c| c.len() <= 256)), "{list}");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.13:40001", 50), 0, "the script's ban is in force");
+}

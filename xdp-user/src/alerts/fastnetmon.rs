@@ -43,6 +43,7 @@
 //! vectors: the default profile.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::net::IpAddr;
 
 use serde_json::{Map, Value};
@@ -59,6 +60,28 @@ pub const MAX_DUMP_LINES: usize = 10_000;
 pub const MAX_LINE_BYTES: usize = 4096;
 /// Most stdin lines looked at in all.
 pub const MAX_STDIN_LINES: usize = 100_000;
+/// Most bytes of the notify script's stdin kept (4 MiB: tens of thousands of
+/// packet lines); the rest is read and discarded, since FastNetMon waits for
+/// the script to read all it writes. deploy/fastnetmon-notify.sh uses the same bound.
+pub const MAX_STDIN_BYTES: usize = 4 << 20;
+
+/// Read a notify script's stdin: at most `max` bytes kept (lossy UTF-8, a
+/// character cut at the bound is replaced), the rest read to the end and
+/// dropped in small pieces, so that memory stays bounded whatever is sent.
+pub fn read_details(r: &mut impl Read, max: usize) -> std::io::Result<String> {
+    let mut kept = Vec::new();
+    r.by_ref().take(max as u64).read_to_end(&mut kept)?;
+    let mut sink = [0u8; 64 * 1024];
+    loop {
+        match r.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&kept).into_owned())
+}
 /// The vector the data plane gives non-first fragments
 /// (`xdp_common::vector::FRAGMENT`).
 pub const FRAGMENT_VECTOR: &str = "fragment";
@@ -1130,6 +1153,31 @@ mod tests {
             pj(&v).unwrap().comment.as_deref(),
             Some("fastnetmon: udp_flood 282473 pps, incoming (partial_block)")
         );
+    }
+
+    #[test]
+    fn stdin_is_read_to_the_end_and_kept_to_the_bound() {
+        struct Endless {
+            left: u64,
+            read: u64,
+        }
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = (buf.len() as u64).min(self.left) as usize;
+                buf[..n].fill(b'x');
+                self.left -= n as u64;
+                self.read += n as u64;
+                Ok(n)
+            }
+        }
+        let mut r = Endless { left: 100 << 20, read: 0 };
+        let kept = read_details(&mut r, MAX_STDIN_BYTES).unwrap();
+        assert_eq!(kept.len(), MAX_STDIN_BYTES);
+        assert_eq!((r.left, r.read), (0, 100 << 20), "all of it read (FastNetMon waits for that)");
+        let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fastnetmon/attack_details-stdin.txt")).unwrap();
+        assert_eq!(read_details(&mut text.as_slice(), MAX_STDIN_BYTES).unwrap().as_bytes(), text.as_slice());
+        // A character cut at the bound is replaced, not an error.
+        assert_eq!(read_details(&mut "aé".as_bytes(), 2).unwrap(), "a\u{fffd}");
     }
 
     #[test]
