@@ -788,3 +788,173 @@ fn detector_text_is_cut_to_fit_and_never_blocks_a_ban() {
     assert!(policies.iter().all(|p| p["comment"].as_str().is_some_and(|c| c.len() <= 256)), "{list}");
     assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.13:40001", 50), 0, "the script's ban is in force");
 }
+
+/// A raw HTTP/1.1 request from the edge namespace (any method, even one no
+/// client library would send); returns the status code.
+fn raw_request(d: &Daemon, method: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let port = d.port;
+    d.ns
+        .enter(move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(req.as_bytes()).unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+        })
+        .unwrap()
+}
+
+#[test]
+fn metric_labels_stay_a_fixed_set_whatever_unauthenticated_clients_send() {
+    let (_lab, d) = start("labels", "");
+    for i in 0..40 {
+        let method = format!("X{i:03}{}", "M".repeat(20_000));
+        for path in ["/healthz", "/metrics", "/v1/policies", "/no/such/route"] {
+            let st = raw_request(&d, &method, path);
+            assert!((400..500).contains(&st), "{path}: status {st}");
+        }
+    }
+    assert_eq!(raw_request(&d, "GET", "/healthz"), 200);
+    let (_, m) = d.call_with("GET", "/metrics", None, None).unwrap();
+    let m = m.as_str().unwrap();
+    assert!(m.len() < 200_000, "/metrics is {} bytes", m.len());
+    let series: Vec<&str> = m.lines().filter(|l| l.starts_with("ampguard_api_requests_total{")).collect();
+    assert!(!m.contains("X000") && series.iter().any(|l| l.contains(r#"method="other""#)), "{series:#?}");
+    assert!(series.len() <= 8, "a handful of series, not one per method: {series:#?}");
+    for l in &series {
+        let method = l.split(r#"method=""#).nth(1).and_then(|r| r.split('"').next()).unwrap();
+        assert!(["GET", "HEAD", "POST", "PUT", "DELETE", "other"].contains(&method), "{l}");
+    }
+}
+
+#[test]
+fn config_values_are_bounded_at_load_and_a_state_file_reusing_ids_is_refused() {
+    require_root();
+    let lab = Lab::new("loadchk").expect("lab");
+    // A TTL bound whose expiries cannot be written (past year 9999): refused at load.
+    let e = Daemon::start(&lab, "max_ttl_secs = 18446744073709551615").err().expect("refused").to_string();
+    assert!(e.contains("max_ttl_secs") && e.contains("ttl_secs 0"), "{e}");
+    // At the largest accepted bound a long TTL is served, listed, and survives a restart.
+    let mut d = Daemon::start(&lab, "max_ttl_secs = 315360000").expect("daemon");
+    let (st, _, e) = post(&d, "/v1/policies", &json!({"victim": "203.0.113.10", "ttl_secs": 300_000_000_000u64}));
+    assert_eq!(st, 400, "{e}");
+    let (st, _, p) = post(&d, "/v1/policies", &json!({"victim": "203.0.113.10", "ttl_secs": 315_360_000}));
+    assert_eq!(st, 201, "{p}");
+    assert_eq!(d.call("GET", "/v1/policies", None).unwrap().0, 200);
+    d.kill9();
+    d.spawn().expect("restarts: the journal has no gap");
+    assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1["policies"][0]["id"], p["id"]);
+    // The state files are the daemon's alone; the harness's token file is 0644.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["state.json", "state.journal"] {
+        let mode = std::fs::metadata(d.dir.join("state").join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    assert!(d.log().contains("has mode 0644") && d.log().contains("chmod 600"), "the token file's mode is warned about:\n{}", d.log());
+
+    // next_id at or below an id in use: a new policy would reuse p-1 and hide it.
+    d.kill9();
+    let state = d.dir.join("state/state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(text.contains(r#""next_id":2"#), "{text}");
+    let bad = text.replace(r#""next_id":2"#, r#""next_id":1"#);
+    std::fs::write(&state, &bad).unwrap();
+    let (ok, out, _) = run_once(&d);
+    assert!(!ok && out.contains("next_id") && out.contains("p-1") && out.contains("state.json.bak"), "{out}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), bad, "kept as it was");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0, "the old program still enforces");
+}
+
+/// Runs the shipped FastNetMon wrapper (pointed at the built binary) in the
+/// edge namespace with `stdin_bytes` on stdin: the fixture's ban details, then
+/// filler lines. Returns (exit success, output, bytes written to it, the
+/// largest RSS in KiB of the wrapper and everything it ran).
+fn run_wrapper(d: &Daemon, args: &[&str], stdin_bytes: usize) -> (bool, String, usize, i64) {
+    use std::io::Write;
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/fastnetmon-notify.sh")).unwrap();
+    let wrapper = d.dir.join("ampguard-fastnetmon-notify");
+    std::fs::write(&wrapper, shipped.replace("/usr/local/bin/ampguard", ampguard_bin().to_str().unwrap())).unwrap();
+    let out_file = d.dir.join("wrapper.out");
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", d.ns.name))
+        .arg("/bin/sh")
+        .arg(&wrapper)
+        .args(args)
+        .env("AMPGUARD_API", format!("http://127.0.0.1:{}", d.port))
+        .env("AMPGUARD_TOKEN_FILE", &d.token_file)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(d.dir.join("wrapper.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let details = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../xdp-user/tests/fixtures/fastnetmon/ban-stdin.txt")).unwrap();
+        let mut sent = 0;
+        if stdin.write_all(&details).is_ok() {
+            sent += details.len();
+            let filler = "filler: the rest of a very long attack report\n".repeat(20_000);
+            while sent < stdin_bytes {
+                let n = filler.len().min(stdin_bytes - sent);
+                if stdin.write_all(&filler.as_bytes()[..n]).is_err() {
+                    break;
+                }
+                sent += n;
+            }
+        }
+        sent
+    });
+    // A watchdog: the wrapper gets 60 s.
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                if t.elapsed() > Duration::from_secs(60) {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    // wait4: the child's rusage covers the processes it waited for (the pipeline).
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    done.store(true, Ordering::SeqCst);
+    watchdog.join().unwrap();
+    std::mem::forget(child); // reaped above
+    assert_eq!(r, pid, "wait4");
+    let sent = writer.join().unwrap();
+    let out = format!("{}{}", std::fs::read_to_string(&out_file).unwrap_or_default(), std::fs::read_to_string(d.dir.join("wrapper.err")).unwrap_or_default());
+    (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, out, sent, usage.ru_maxrss)
+}
+
+#[test]
+fn the_notify_wrapper_drains_a_huge_stdin_in_bounded_memory_and_takes_no_options() {
+    let (lab, d) = start("fnmwrap", "");
+    // 100 MB on stdin: all of it read (FastNetMon waits for that), the ban made,
+    // and the whole pipeline stays small (reading it whole took 200 MB).
+    let total = 100 << 20;
+    let (ok, out, sent, rss_kib) = run_wrapper(&d, &["203.0.113.10", "incoming", "3209", "ban"], total);
+    assert!(ok, "{out}");
+    assert_eq!(sent, total, "FastNetMon could write all of its stdin");
+    assert!(rss_kib < 64 * 1024, "the wrapper and ampguard peaked at {rss_kib} KiB");
+    let list = d.call("GET", "/v1/policies", None).unwrap().1;
+    assert_eq!(list["policies"][0]["source"], "fastnetmon_script", "{list}");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0);
+    // `--`: an "IP" that looks like an option is refused as an address, not obeyed.
+    let (ok, out, _, _) = run_wrapper(&d, &["--api=http://127.0.0.1:1", "incoming", "1", "ban"], 0);
+    assert!(!ok && out.contains("not an IPv4 or IPv6 address"), "{out}");
+    // unban reads nothing and removes the ban.
+    let (ok, out, _, _) = run_wrapper(&d, &["203.0.113.10", "incoming", "3209", "unban"], 0);
+    assert!(ok, "{out}");
+    assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1["policies"], json!([]));
+}
