@@ -227,10 +227,12 @@ impl Config {
     }
 
     /// The part of a table of `total` entries alerts may hold: the same
-    /// fraction of it as `alert_policy_limit()` is of the policy table.
+    /// fraction of it as `alert_policy_limit()` is of the policy table,
+    /// rounded up (a small `max_alert_policies` still leaves alerts a chunk).
     pub fn alert_share(&self, total: usize) -> usize {
-        let max = (self.capacity.max_policies as usize).max(1);
-        (total as u128 * self.alert_policy_limit().min(max) as u128 / max as u128) as usize
+        let max = (self.capacity.max_policies as u128).max(1);
+        let limit = (self.alert_policy_limit() as u128).min(max);
+        (total as u128 * limit).div_ceil(max) as usize
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -345,6 +347,18 @@ mod tests {
         let e = Config::parse("[capacity]\nv4_chunks = 0").unwrap_err().to_string();
         assert!(e.contains("v4_chunks"), "{e}");
         assert!(Config::parse("default_ttl_secs = 10\nmax_ttl_secs = 5").is_err());
+    }
+
+    #[test]
+    fn alerts_get_the_policy_tables_share_of_every_table_rounded_up() {
+        let c = Config::parse("").unwrap();
+        assert_eq!((c.alert_share(64), c.alert_share(49152), c.alert_share(16384)), (32, 24576, 8192));
+        let c = Config::parse("max_alert_policies = 2").unwrap();
+        assert_eq!((c.alert_share(64), c.alert_share(49152)), (1, 12));
+        let c = Config::parse("max_alert_policies = 100000").unwrap();
+        assert_eq!(c.alert_share(64), 64, "never more than the table");
+        let c = Config::parse("max_alert_policies = 0").unwrap();
+        assert_eq!(c.alert_share(64), 0);
     }
 
     #[test]
