@@ -18,8 +18,5 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
         return Ok(());
     }
-    aya_build::build_ebpf(
-        [aya_build::Package { name: "xdp-ebpf", root_dir: root, ..Default::default() }],
-        aya_build::Toolchain::default(),
-    )
+    aya_build::build_ebpf([aya_build::Package { name: "xdp-ebpf", root_dir: root, ..Default::default() }], aya_build::Toolchain::default())
 }

@@ -41,7 +41,9 @@ fn port_vector(port: u16) -> Option<String> {
 /// sent as `to_generic_json` to `POST /v1/alerts` is accepted and means the
 /// same; and its text fits what the store keeps, so it never blocks the ban.
 fn assert_generic_round_trip(alert: &Alert) {
-    for (what, text, max) in [("comment", &alert.comment, ampguard::text::MAX_COMMENT_BYTES), ("attack_type", &alert.attack_type, MAX_ATTACK_TYPE_BYTES)] {
+    for (what, text, max) in
+        [("comment", &alert.comment, ampguard::text::MAX_COMMENT_BYTES), ("attack_type", &alert.attack_type, MAX_ATTACK_TYPE_BYTES)]
+    {
         if let Some(t) = text {
             assert!(t.len() <= max && !t.chars().any(char::is_control), "{what} {t:?} is over {max} bytes or has control characters");
         }
@@ -115,7 +117,8 @@ pub fn policy_json(data: &[u8]) {
 /// allowlist is canonical (no IPv4-mapped IPv6).
 pub fn config_toml(data: &[u8]) {
     let Ok(c) = Config::parse(&String::from_utf8_lossy(data)) else { return };
-    for (name, v) in [("max_ttl_secs", c.max_ttl_secs), ("max_alert_ttl_secs", c.max_alert_ttl_secs), ("alert_ttl_secs", c.alert_ttl_secs)] {
+    for (name, v) in [("max_ttl_secs", c.max_ttl_secs), ("max_alert_ttl_secs", c.max_alert_ttl_secs), ("alert_ttl_secs", c.alert_ttl_secs)]
+    {
         assert!((1..=config::MAX_TTL_SECS).contains(&v), "{name} {v} accepted");
     }
     for p in &c.allowlist {
@@ -146,9 +149,6 @@ pub fn state_file(data: &[u8]) {
             let again = state::encode(&back);
             assert_eq!(state::parse(&again).ok().as_ref(), Some(&back), "a saved state changed through a second save");
         }
-        Err(e) => panic!(
-            "a saved state is refused: {e}\nstate: {st:?}\nfile: {}",
-            String::from_utf8_lossy(&bytes)
-        ),
+        Err(e) => panic!("a saved state is refused: {e}\nstate: {st:?}\nfile: {}", String::from_utf8_lossy(&bytes)),
     }
 }

@@ -26,7 +26,10 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// workspace's tests; `cargo xtask test` builds it first).
 pub fn ampguard_bin() -> PathBuf {
     find_ampguard().unwrap_or_else(|| {
-        panic!("the ampguard binary is not next to {:?}: run `cargo build -p xdp-user` (cargo xtask test and demo do)", std::env::current_exe())
+        panic!(
+            "the ampguard binary is not next to {:?}: run `cargo build -p xdp-user` (cargo xtask test and demo do)",
+            std::env::current_exe()
+        )
     })
 }
 
@@ -196,11 +199,8 @@ impl Daemon {
         let token = token.map(str::to_string);
         let method = method.to_string();
         self.ns.enter(move || -> Result<(u16, Value)> {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(5)))
-                .build()
-                .into();
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(5))).build().into();
             let auth = token.map(|t| format!("Bearer {t}"));
             let mut req = ureq::http::Request::builder().method(method.as_str()).uri(&url);
             if let Some(a) = &auth {

@@ -50,11 +50,7 @@ pub const EDGE_MAC: &str = "02:a9:00:00:00:02";
 /// wan side: the "internet" router address on wan0.
 pub const WAN_GW_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// wan side: reflector addresses (memcached/NTP/DNS-style sources), /32 each.
-pub const REFLECTOR_V4: [Ipv4Addr; 3] = [
-    Ipv4Addr::new(198, 51, 100, 7),
-    Ipv4Addr::new(198, 51, 100, 53),
-    Ipv4Addr::new(198, 51, 100, 123),
-];
+pub const REFLECTOR_V4: [Ipv4Addr; 3] = [Ipv4Addr::new(198, 51, 100, 7), Ipv4Addr::new(198, 51, 100, 53), Ipv4Addr::new(198, 51, 100, 123)];
 /// wan side: a legitimate client.
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 pub const WAN_GW_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
@@ -147,8 +143,7 @@ impl Netns {
     /// `("ipv4/conf/all/rp_filter", "0")`.
     pub fn sysctl_net(&self, key: &str, value: &str) -> Result<()> {
         let path = format!("/proc/sys/net/{key}");
-        self.enter(|| std::fs::write(&path, value))?
-            .with_context(|| format!("writing {value} to {path} in {}", self.name))
+        self.enter(|| std::fs::write(&path, value))?.with_context(|| format!("writing {value} to {path} in {}", self.name))
     }
 
     /// Whether the namespace handle exists.
@@ -189,13 +184,7 @@ fn registry() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
 }
 
 fn delete_netns(name: &str) {
-    match Command::new("ip")
-        .args(["netns", "del", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-    {
+    match Command::new("ip").args(["netns", "del", name]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).output() {
         Ok(o) if o.status.success() => {}
         Ok(o) if !Path::new(NETNS_DIR).join(name).exists() => drop(o),
         Ok(o) => eprintln!("ampguard lab: ip netns del {name}: {}", String::from_utf8_lossy(&o.stderr).trim()),
@@ -217,7 +206,9 @@ pub fn install_signal_handler() {
             std::process::exit(130);
         });
         if let Err(e) = r {
-            eprintln!("ampguard lab: not installing the cleanup signal handler ({e}); lab namespaces are removed on drop or by the next run");
+            eprintln!(
+                "ampguard lab: not installing the cleanup signal handler ({e}); lab namespaces are removed on drop or by the next run"
+            );
         }
     });
 }
@@ -276,13 +267,7 @@ impl Lab {
             // Registered before creation so an interrupt half way still cleans up.
             reg.insert(wan.clone());
             reg.insert(edge.clone());
-            Lab {
-                wan: Netns { name: wan },
-                edge: Netns { name: edge },
-                edge_if: EDGE_IF.to_string(),
-                wan_if: WAN_IF.to_string(),
-                tag,
-            }
+            Lab { wan: Netns { name: wan }, edge: Netns { name: edge }, edge_if: EDGE_IF.to_string(), wan_if: WAN_IF.to_string(), tag }
         };
         // On error `lab` is dropped here, deleting whatever was created.
         lab.configure().with_context(|| format!("setting up lab {:?}", lab.tag))?;
@@ -296,10 +281,7 @@ impl Lab {
 
         // The pair is created inside the wan namespace, its peer directly in the
         // edge namespace: nothing ever appears in the host's namespace.
-        w.ip(&[
-            "link", "add", WAN_IF, "address", WAN_MAC, "type", "veth", "peer", "name", EDGE_IF, "address", EDGE_MAC,
-            "netns", &e.name,
-        ])?;
+        w.ip(&["link", "add", WAN_IF, "address", WAN_MAC, "type", "veth", "peer", "name", EDGE_IF, "address", EDGE_MAC, "netns", &e.name])?;
 
         // Before any address exists: no DAD, so IPv6 addresses are usable at once;
         // no reverse-path filter on the edge, so spoof-looking sources are accepted.
@@ -347,12 +329,8 @@ impl Lab {
             .map(IpAddr::V4)
             .chain([WAN_GW_V6, REFLECTOR_V6].map(IpAddr::V6))
             .collect();
-        let edge_side: Vec<IpAddr> = [EDGE_V4]
-            .into_iter()
-            .chain(VICTIM_V4)
-            .map(IpAddr::V4)
-            .chain([EDGE_V6, VICTIM_V6].map(IpAddr::V6))
-            .collect();
+        let edge_side: Vec<IpAddr> =
+            [EDGE_V4].into_iter().chain(VICTIM_V4).map(IpAddr::V4).chain([EDGE_V6, VICTIM_V6].map(IpAddr::V6)).collect();
         for a in &edge_side {
             w.ip(&["neigh", "replace", &a.to_string(), "lladdr", EDGE_MAC, "dev", WAN_IF, "nud", "permanent"])?;
         }
@@ -410,19 +388,20 @@ impl Drop for Lab {
 /// A UDP socket created inside `ns`, bound to `addr` with IP(V6)_FREEBIND (any
 /// address works, configured or not).
 fn udp_socket_in(ns: &Netns, addr: SocketAddr, reuse: bool) -> Result<UdpSocket> {
-    let sock = ns.enter(|| -> std::io::Result<Socket> {
-        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-            s.set_freebind_v6(true)?;
-        } else {
-            s.set_freebind_v4(true)?;
-        }
-        s.set_reuse_address(reuse)?;
-        s.bind(&addr.into())?;
-        Ok(s)
-    })?
-    .with_context(|| format!("binding UDP {addr} in {}", ns.name))?;
+    let sock = ns
+        .enter(|| -> std::io::Result<Socket> {
+            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+                s.set_freebind_v6(true)?;
+            } else {
+                s.set_freebind_v4(true)?;
+            }
+            s.set_reuse_address(reuse)?;
+            s.bind(&addr.into())?;
+            Ok(s)
+        })?
+        .with_context(|| format!("binding UDP {addr} in {}", ns.name))?;
     Ok(sock.into())
 }
 
@@ -451,17 +430,14 @@ pub fn send_udp_payload(ns: &Netns, src: SocketAddr, dst: SocketAddr, count: usi
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(e) if is_transient(&e) => break,
-            Err(e) => {
-                return Err(anyhow!(e)).with_context(|| format!("sending UDP {src} -> {dst} after {sent} datagrams"))
-            }
+            Err(e) => return Err(anyhow!(e)).with_context(|| format!("sending UDP {src} -> {dst} after {sent} datagrams")),
         }
     }
     Ok(sent)
 }
 
 fn is_transient(e: &std::io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
-        || e.raw_os_error() == Some(libc::ENOBUFS)
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) || e.raw_os_error() == Some(libc::ENOBUFS)
 }
 
 /// A UDP receiver bound inside a namespace; counts what arrives.

@@ -9,7 +9,7 @@ use std::{
 
 use ampguard_tests::{
     daemon::Daemon,
-    lab::{Lab, sa, send_udp},
+    lab::{sa, send_udp, Lab},
     require_root,
 };
 
@@ -38,7 +38,8 @@ fn capture_writes_a_pcap_of_the_dropped_attack_that_tcpdump_reads() {
     assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10"}"#)).unwrap().0, 201);
     let pcap = d.dir.join("attack.pcap");
     let out = under_attack(&lab, || {
-        d.cli(&["capture", "--out", pcap.to_str().unwrap(), "--count", "30", "--victim", "203.0.113.0/24", "--seconds", "15"], None).unwrap()
+        d.cli(&["capture", "--out", pcap.to_str().unwrap(), "--count", "30", "--victim", "203.0.113.0/24", "--seconds", "15"], None)
+            .unwrap()
     });
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("wrote 30 packets"), "{}", String::from_utf8_lossy(&out.stdout));

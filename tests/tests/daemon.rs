@@ -8,7 +8,7 @@ use std::{
 
 use ampguard_tests::{
     daemon::Daemon,
-    lab::{Lab, UdpSink, deliver, sa, send_udp},
+    lab::{deliver, sa, send_udp, Lab, UdpSink},
     require_root,
 };
 use serde_json::{json, Value};
@@ -168,11 +168,8 @@ fn sigterm_keeps_enforcing_and_detach_stops() {
     assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10"}"#)).unwrap().0, 201);
     assert!(d.stop().unwrap().success());
     assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 100), 0, "daemon stopped, still enforcing");
-    let out = std::process::Command::new(ampguard_tests::daemon::ampguard_bin())
-        .args(["detach", "--pin-dir"])
-        .arg(&d.pin_dir)
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new(ampguard_tests::daemon::ampguard_bin()).args(["detach", "--pin-dir"]).arg(&d.pin_dir).output().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("edge0"));
     assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 100), 100, "detached: traffic passes");
 }
@@ -207,10 +204,38 @@ fn bad_requests_get_the_right_4xx_and_change_nothing() {
         ("unknown field", "/v1/policies", Some(r#"{"victim": "203.0.113.12", "ruls": {}}"#), Some("ok"), 400, "ruls"),
         ("bad prefix", "/v1/policies", Some(r#"{"victim": "203.0.113.300/32"}"#), Some("ok"), 400, "not an IPv4/IPv6"),
         ("host bits", "/v1/policies", Some(r#"{"victim": "203.0.113.12/24"}"#), Some("ok"), 400, "203.0.113.0/24"),
-        ("unknown vector", "/v1/policies", Some(r#"{"victim": "203.0.113.12", "rules": {"quake": {"action": "drop"}}}"#), Some("ok"), 400, "unknown vector"),
-        ("unknown action", "/v1/policies", Some(r#"{"victim": "203.0.113.12", "rules": {"ntp": {"action": "nuke"}}}"#), Some("ok"), 400, "nuke"),
-        ("limit without rate", "/v1/policies", Some(r#"{"victim": "203.0.113.12", "rules": {"ntp": {"action": "limit"}}}"#), Some("ok"), 400, "pps or bps"),
-        ("drop on 0.0.0.0/0", "/v1/policies", Some(r#"{"victim": "0.0.0.0/0", "rules": {"ntp": {"action": "drop"}}, "force": true}"#), Some("ok"), 422, "every address"),
+        (
+            "unknown vector",
+            "/v1/policies",
+            Some(r#"{"victim": "203.0.113.12", "rules": {"quake": {"action": "drop"}}}"#),
+            Some("ok"),
+            400,
+            "unknown vector",
+        ),
+        (
+            "unknown action",
+            "/v1/policies",
+            Some(r#"{"victim": "203.0.113.12", "rules": {"ntp": {"action": "nuke"}}}"#),
+            Some("ok"),
+            400,
+            "nuke",
+        ),
+        (
+            "limit without rate",
+            "/v1/policies",
+            Some(r#"{"victim": "203.0.113.12", "rules": {"ntp": {"action": "limit"}}}"#),
+            Some("ok"),
+            400,
+            "pps or bps",
+        ),
+        (
+            "drop on 0.0.0.0/0",
+            "/v1/policies",
+            Some(r#"{"victim": "0.0.0.0/0", "rules": {"ntp": {"action": "drop"}}, "force": true}"#),
+            Some("ok"),
+            422,
+            "every address",
+        ),
         ("drop on ::/0", "/v1/policies", Some(r#"{"victim": "::/0"}"#), Some("ok"), 422, "every address"),
         ("too broad", "/v1/policies", Some(r#"{"victim": "198.18.0.0/15"}"#), Some("ok"), 422, "force"),
         ("ttl too long", "/v1/policies", Some(r#"{"victim": "203.0.113.12", "ttl_secs": 99999999}"#), Some("ok"), 400, "maximum"),
@@ -286,7 +311,9 @@ fn fastnetmon_json_and_generic_alerts_ban_and_unban() {
     assert_eq!(deliver(&lab, "198.51.100.7:1900", "203.0.113.10:40001", 100), 100);
 
     // The generic form, for any other detector.
-    let (st, r) = d.call("POST", "/v1/alerts", Some(r#"{"victim": "2001:db8:2::10", "action": "ban", "vectors": ["memcached"], "ttl_secs": 60}"#)).unwrap();
+    let (st, r) = d
+        .call("POST", "/v1/alerts", Some(r#"{"victim": "2001:db8:2::10", "action": "ban", "vectors": ["memcached"], "ttl_secs": 60}"#))
+        .unwrap();
     assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{r}");
     assert_eq!(deliver(&lab, "[2001:db8:1::7]:11211", "[2001:db8:2::10]:40001", 100), 0);
     // An unban never removes a policy an operator made through the API.
@@ -310,7 +337,11 @@ fn an_alert_token_may_only_post_alerts_and_alerts_keep_room_for_operators() {
     let ban = |v: &str| format!(r#"{{"victim": "{v}", "action": "ban"}}"#);
     let (st, r) = d.call_with("POST", "/v1/alerts", Some(&ban("203.0.113.10")), Some(alert_token)).unwrap();
     assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{r}");
-    for (method, path, body) in [("GET", "/v1/policies", None), ("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.30"}"#)), ("DELETE", "/v1/policies/p-1", None)] {
+    for (method, path, body) in [
+        ("GET", "/v1/policies", None),
+        ("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.30"}"#)),
+        ("DELETE", "/v1/policies/p-1", None),
+    ] {
         let (st, e) = d.call_with(method, path, body, Some(alert_token)).unwrap();
         assert_eq!((st, e["error"]["code"].as_str()), (403, Some("forbidden")), "{method} {path}: {e}");
     }
@@ -321,7 +352,14 @@ fn an_alert_token_may_only_post_alerts_and_alerts_keep_room_for_operators() {
     assert!(e["error"]["message"].as_str().unwrap().contains("max_alert_policies"));
     assert_eq!(d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.20"}"#)).unwrap().0, 201);
     // Even a ban that claims another source shares the one budget.
-    let (st, _) = d.call_with("POST", "/v1/alerts", Some(r#"{"victim": "203.0.113.13", "action": "ban", "source": "fastnetmon_script"}"#), Some(alert_token)).unwrap();
+    let (st, _) = d
+        .call_with(
+            "POST",
+            "/v1/alerts",
+            Some(r#"{"victim": "203.0.113.13", "action": "ban", "source": "fastnetmon_script"}"#),
+            Some(alert_token),
+        )
+        .unwrap();
     assert_eq!(st, 507);
     let _ = std::fs::remove_dir_all(&dir);
 }

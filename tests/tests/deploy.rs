@@ -14,10 +14,9 @@ use std::{
 };
 
 use ampguard_tests::{
-    TempDir,
     daemon::{ampguard_bin, Daemon},
-    lab::{Lab, deliver},
-    require_root,
+    lab::{deliver, Lab},
+    require_root, TempDir,
 };
 
 fn root() -> PathBuf {
@@ -128,17 +127,17 @@ impl Restricted {
             .join(",");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(d.dir.join("daemon.log")).unwrap();
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/var/run/netns/{}", d.ns.name))
-            .args(["setpriv", "--no-new-privs", "--inh-caps=-all", &format!("--bounding-set={bounding}"), "--"]);
+        c.arg(format!("--net=/var/run/netns/{}", d.ns.name)).args([
+            "setpriv",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            &format!("--bounding-set={bounding}"),
+            "--",
+        ]);
         if let Some(p) = strace_to {
             c.args(["strace", "-f", "-qq", "-o"]).arg(p).arg("--");
         }
-        c.arg(ampguard_bin())
-            .args(["run", "--config"])
-            .arg(&d.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        c.arg(ampguard_bin()).args(["run", "--config"]).arg(&d.config).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         Restricted { child: c.spawn().expect("nsenter setpriv ampguard run"), traced: strace_to.is_some() }
     }
 
@@ -339,7 +338,10 @@ fn xtask_install_stages_every_file_with_its_mode_and_never_overwrites_config_or_
     assert_eq!(mode(&dest.join("etc/ampguard")), 0o700);
     assert_eq!(mode(&dest.join("var/lib/ampguard")), 0o700);
     assert_eq!(mode(&dest.join("etc/ampguard/ampguard.toml")), 0o600);
-    assert_eq!(std::fs::read_to_string(dest.join("etc/ampguard/ampguard.toml")).unwrap(), std::fs::read_to_string(deploy("ampguard.toml")).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(dest.join("etc/ampguard/ampguard.toml")).unwrap(),
+        std::fs::read_to_string(deploy("ampguard.toml")).unwrap()
+    );
     let token = std::fs::read_to_string(dest.join("etc/ampguard/token")).unwrap();
     assert_eq!(mode(&dest.join("etc/ampguard/token")), 0o600);
     assert!(token.trim().len() >= 32 && token.trim().chars().all(|c| c.is_ascii_hexdigit()), "token {token:?}");
@@ -361,5 +363,8 @@ fn xtask_install_stages_every_file_with_its_mode_and_never_overwrites_config_or_
     assert_eq!(mode(&dest.join("etc/ampguard/token")), 0o600);
     assert!(out.contains("not overwritten"), "{out}");
     assert_eq!(mode(&dest.join("usr/local/bin/ampguard")), 0o755);
-    assert!(!std::fs::read_dir(dest.join("usr/local/bin")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')), "no temp files left");
+    assert!(
+        !std::fs::read_dir(dest.join("usr/local/bin")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')),
+        "no temp files left"
+    );
 }

@@ -12,7 +12,7 @@ use std::{
 
 use ampguard_tests::{
     daemon::{ampguard_bin, Daemon},
-    lab::{Lab, UdpSink, deliver, sa, send_udp},
+    lab::{deliver, sa, send_udp, Lab, UdpSink},
     require_root,
 };
 use serde_json::{json, Value};
@@ -63,7 +63,6 @@ fn xdp_prog_on_edge0(lab: &Lab) -> Option<u64> {
 // ---------------------------------------------------------------------------
 // SIGKILL under attack, several kinds of state, repeated
 
-
 /// The snapshot and the journal, as bytes: what a refusal must leave alone.
 fn state_files(d: &Daemon) -> (Vec<u8>, Vec<u8>) {
     let read = |f: &str| std::fs::read(d.dir.join("state").join(f)).unwrap_or_default();
@@ -89,10 +88,11 @@ fn repeated_sigkill_under_attack_keeps_v4_v6_prefix_policies_and_the_allowlist()
     // Flows (each bounded to 9 s): memcached to the /32 victim, to a host only
     // the /24 covers, to the IPv6 victim; memcached from the allowlisted
     // source (must pass) and ordinary UDP (must pass).
-    let sinks: Vec<(&str, UdpSink)> = ["203.0.113.10:40001", "203.0.113.20:40001", "[2001:db8:2::10]:40001", "203.0.113.20:40002", "203.0.113.10:40003"]
-        .into_iter()
-        .map(|a| (a, UdpSink::bind(&lab.edge, sa(a)).unwrap()))
-        .collect();
+    let sinks: Vec<(&str, UdpSink)> =
+        ["203.0.113.10:40001", "203.0.113.20:40001", "[2001:db8:2::10]:40001", "203.0.113.20:40002", "203.0.113.10:40003"]
+            .into_iter()
+            .map(|a| (a, UdpSink::bind(&lab.edge, sa(a)).unwrap()))
+            .collect();
     let flows = [
         ("198.51.100.7:11211", "203.0.113.10:40001"),
         ("198.51.100.7:11211", "203.0.113.20:40001"),
@@ -188,13 +188,21 @@ fn garbage_or_wrongly_shaped_state_file_stops_run_at_once_with_the_reason() {
         ("garbage bytes", garbage, &["corrupt", "state.json.bak"]),
         ("empty file", Vec::new(), &["corrupt", "state.json.bak"]),
         ("a JSON array", b"[1, 2, 3]".to_vec(), &["corrupt", "state.json.bak"]),
-        ("policies is a string", br#"{"version": 1, "next_id": 2, "policies": "p-1", "allowlist": []}"#.to_vec(), &["corrupt", "state.json.bak"]),
+        (
+            "policies is a string",
+            br#"{"version": 1, "next_id": 2, "policies": "p-1", "allowlist": []}"#.to_vec(),
+            &["corrupt", "state.json.bak"],
+        ),
         (
             "a policy of the wrong shape",
             br#"{"version": 1, "next_id": 2, "policies": [{"id": 1, "victim": "not an address"}], "allowlist": []}"#.to_vec(),
             &["corrupt", "state.json.bak"],
         ),
-        ("an unknown field", br#"{"version": 1, "next_id": 2, "policies": [], "allowlist": [], "extra": true}"#.to_vec(), &["corrupt", "state.json.bak"]),
+        (
+            "an unknown field",
+            br#"{"version": 1, "next_id": 2, "policies": [], "allowlist": [], "extra": true}"#.to_vec(),
+            &["corrupt", "state.json.bak"],
+        ),
         ("a future version", br#"{"version": 99, "next_id": 2, "policies": [], "allowlist": []}"#.to_vec(), &["version 99"]),
     ];
     for (what, bytes, needles) in &cases {
@@ -215,7 +223,9 @@ fn garbage_or_wrongly_shaped_state_file_stops_run_at_once_with_the_reason() {
     let journal = d.dir.join("state/state.journal");
     let jgood = std::fs::read(&journal).unwrap();
     assert!(String::from_utf8_lossy(&jgood).contains("203.0.113.10/32"), "the change is in the journal");
-    for (what, tail) in [("a garbage line", &b"{\"seq\": oops}\n"[..]), ("a line that skips a change", &b"{\"seq\":99,\"del_policy\":\"p-1\"}\n"[..])] {
+    for (what, tail) in
+        [("a garbage line", &b"{\"seq\": oops}\n"[..]), ("a line that skips a change", &b"{\"seq\":99,\"del_policy\":\"p-1\"}\n"[..])]
+    {
         let bad = [jgood.as_slice(), tail].concat();
         std::fs::write(&journal, &bad).unwrap();
         let (ok, text, _) = run_once(&d);
@@ -370,7 +380,11 @@ fn bpffs_of_the_pin_dir_unmounted_is_mounted_and_pinned_again() {
     let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     let rc = unsafe { libc::umount2(c.as_ptr(), 0) };
-    assert_eq!((rc, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EBUSY)), "a plain umount is refused while the daemon runs");
+    assert_eq!(
+        (rc, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EBUSY)),
+        "a plain umount is refused while the daemon runs"
+    );
     // SAFETY: as above.
     let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     assert_eq!(rc, 0, "umount -l {}: {}", mnt.display(), std::io::Error::last_os_error());
@@ -529,14 +543,16 @@ fn an_alert_source_is_held_to_hosts_ttls_its_budget_and_the_allowlist() {
     }
     // Every alert policy has a TTL, within max_ttl_secs.
     for ttl in [0u64, 7 * 24 * 3600 + 1] {
-        let (st, e) = d.call("POST", "/v1/alerts", Some(&json!({"victim": "203.0.113.10", "action": "ban", "ttl_secs": ttl}).to_string())).unwrap();
+        let (st, e) =
+            d.call("POST", "/v1/alerts", Some(&json!({"victim": "203.0.113.10", "action": "ban", "ttl_secs": ttl}).to_string())).unwrap();
         assert_eq!(st, 400, "ttl {ttl}: {e}");
     }
     // Victims in allowlisted space are refused (409), and use no budget.
     let (st, e) = d.call("POST", "/v1/alerts", Some(r#"{"victim": "203.0.113.200", "action": "ban"}"#)).unwrap();
     assert_eq!((st, error_of(&e).0), (409, "conflict"), "{e}");
     // The budget: 3 changes a minute from this source, then 429 and nothing changes.
-    let (_, op) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.20", "rules": {"ntp": {"action": "drop"}}, "ttl_secs": 0}"#)).unwrap();
+    let (_, op) =
+        d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.20", "rules": {"ntp": {"action": "drop"}}, "ttl_secs": 0}"#)).unwrap();
     for v in ["203.0.113.10", "203.0.113.11", "2001:db8:2::10"] {
         let (st, r) = d.call("POST", "/v1/alerts", Some(&json!({"victim": v, "action": "ban"}).to_string())).unwrap();
         assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{v}: {r}");
@@ -586,7 +602,8 @@ fn a_state_file_that_cannot_be_written_fails_the_request_loudly_and_recovers() {
     assert!(msg.contains("in force") && msg.contains("retried"), "the message says where the change stands: {msg}");
     assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.20:40001", 100), 0, "the change is in force");
     let (_, m) = d.call_with("GET", "/metrics", None, None).unwrap();
-    let failures = m.as_str().unwrap().lines().find_map(|l| l.strip_prefix("ampguard_state_write_failures_total ")).map(|v| v.parse::<u64>().unwrap());
+    let failures =
+        m.as_str().unwrap().lines().find_map(|l| l.strip_prefix("ampguard_state_write_failures_total ")).map(|v| v.parse::<u64>().unwrap());
     chattr("-i", &journal);
     assert!(failures.is_some_and(|n| n >= 1), "the failure is counted: {failures:?}");
 
@@ -615,11 +632,9 @@ fn breadth_is_judged_on_both_branches_and_totals_are_bounded_even_with_force() {
     // A pass whose `otherwise` drops is a drop: refused on every address even
     // with force, and on a broad prefix without it.
     let sneaky = json!({"memcached": {"action": "pass", "max_bytes": 0, "otherwise": "drop"}});
-    for (victim, force, code, needle) in [
-        ("0.0.0.0/0", true, 422, "every address"),
-        ("::/0", true, 422, "every address"),
-        ("10.0.0.0/8", false, 422, "force"),
-    ] {
+    for (victim, force, code, needle) in
+        [("0.0.0.0/0", true, 422, "every address"), ("::/0", true, 422, "every address"), ("10.0.0.0/8", false, 422, "force")]
+    {
         let (st, c, v) = post(&d, "/v1/policies", &json!({"victim": victim, "rules": sneaky, "force": force}));
         assert_eq!((st, c.as_str()), (code, "too_broad"), "{victim}: {v}");
         assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{victim}: {v}");
@@ -641,7 +656,8 @@ fn breadth_is_judged_on_both_branches_and_totals_are_bounded_even_with_force() {
     // The `otherwise` branch counts here too; rules that only pass do not.
     let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "198.18.0.0/16", "rules": sneaky}));
     assert_eq!(st, 422, "{r}");
-    let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "172.16.0.0/12", "rules": {"memcached": {"action": "pass"}}, "force": true}));
+    let (st, _, r) =
+        post(&d, "/v1/policies", &json!({"victim": "172.16.0.0/12", "rules": {"memcached": {"action": "pass"}}, "force": true}));
     assert_eq!(st, 201, "a policy that only passes covers nothing: {r}");
     // IPv6: one /32 in all.
     let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "2001:db8::/33", "rules": drop, "force": true}));
@@ -652,7 +668,8 @@ fn breadth_is_judged_on_both_branches_and_totals_are_bounded_even_with_force() {
     assert_eq!((st, r["error"]["message"].as_str().is_some_and(|m| m.contains("policy_coverage_v6"))), (422, true), "{r}");
     // Room again once a broad policy goes; a delete is never refused.
     let (_, list) = d.call("GET", "/v1/policies", None).unwrap();
-    let id = list["policies"].as_array().unwrap().iter().find(|p| p["victim"] == "100.0.0.0/9").unwrap()["id"].as_str().unwrap().to_string();
+    let id =
+        list["policies"].as_array().unwrap().iter().find(|p| p["victim"] == "100.0.0.0/9").unwrap()["id"].as_str().unwrap().to_string();
     assert_eq!(d.call("DELETE", &format!("/v1/policies/{id}"), None).unwrap().0, 204);
     assert_eq!(post(&d, "/v1/policies", &json!({"victim": "198.18.0.0/16", "rules": drop})).0, 201);
 
@@ -771,7 +788,11 @@ fn detector_text_is_cut_to_fit_and_never_blocks_a_ban() {
     assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{r}");
     assert_eq!(r["policy"]["comment"].as_str(), Some("é".repeat(128).as_str()));
     // Control characters are dropped, not refused.
-    let (st, _, r) = post(&d, "/v1/alerts", &json!({"victim": "203.0.113.11", "action": "ban", "comment": "line\nforged\u{1b}[2J", "attack_type": "😀".repeat(64)}));
+    let (st, _, r) = post(
+        &d,
+        "/v1/alerts",
+        &json!({"victim": "203.0.113.11", "action": "ban", "comment": "line\nforged\u{1b}[2J", "attack_type": "😀".repeat(64)}),
+    );
     assert_eq!((st, r["policy"]["comment"].as_str()), (200, Some("lineforged[2J")), "{r}");
     // FastNetMon's JSON callback and its notify script with 64 emoji as the attack type.
     let fnm = json!({"ip": "203.0.113.12", "action": "ban", "alert_scope": "host",
@@ -795,16 +816,15 @@ fn raw_request(d: &Daemon, method: &str, path: &str) -> u16 {
     use std::io::{Read, Write};
     let req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     let port = d.port;
-    d.ns
-        .enter(move || {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(req.as_bytes()).unwrap();
-            let mut out = Vec::new();
-            let _ = s.read_to_end(&mut out);
-            String::from_utf8_lossy(&out).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
-        })
-        .unwrap()
+    d.ns.enter(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    })
+    .unwrap()
 }
 
 #[test]
@@ -933,7 +953,11 @@ fn run_wrapper(d: &Daemon, args: &[&str], stdin_bytes: usize) -> (bool, String, 
     std::mem::forget(child); // reaped above
     assert_eq!(r, pid, "wait4");
     let sent = writer.join().unwrap();
-    let out = format!("{}{}", std::fs::read_to_string(&out_file).unwrap_or_default(), std::fs::read_to_string(d.dir.join("wrapper.err")).unwrap_or_default());
+    let out = format!(
+        "{}{}",
+        std::fs::read_to_string(&out_file).unwrap_or_default(),
+        std::fs::read_to_string(d.dir.join("wrapper.err")).unwrap_or_default()
+    );
     (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, out, sent, usage.ru_maxrss)
 }
 

@@ -14,7 +14,7 @@ use std::{
 
 use ampguard_tests::{
     daemon::Daemon,
-    lab::{EDGE_MAC, Lab, UdpSink, sa, send_udp},
+    lab::{sa, send_udp, Lab, UdpSink, EDGE_MAC},
     require_root,
 };
 use aya::maps::{Array, Map, MapData};
@@ -60,11 +60,8 @@ fn raise_nofile() {
 
 /// One client's requests, from inside the edge namespace: (what, expected, got).
 fn client(d: &Daemon, i: usize) -> Vec<(String, u16, u16, String)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into();
     let auth = format!("Bearer {}", d.token);
     let base = format!("http://127.0.0.1:{}", d.port);
     let call = |method: &str, path: &str, body: Option<String>| -> (u16, Value) {
@@ -171,7 +168,12 @@ fn thousand_concurrent_clients_under_attack_leave_api_state_file_and_maps_in_agr
     let want: BTreeSet<String> =
         (0..CLIENTS).filter(|&i| kept(i)).map(|i| prefix(victim(i))).chain(["203.0.113.10/32".to_string()]).collect();
     assert_eq!(have.len(), want.len(), "policy count");
-    assert!(have == want, "policies differ: missing {:?}, extra {:?}", want.difference(&have).take(5).collect::<Vec<_>>(), have.difference(&want).take(5).collect::<Vec<_>>());
+    assert!(
+        have == want,
+        "policies differ: missing {:?}, extra {:?}",
+        want.difference(&have).take(5).collect::<Vec<_>>(),
+        have.difference(&want).take(5).collect::<Vec<_>>()
+    );
     let replaced = list["policies"]
         .as_array()
         .unwrap()

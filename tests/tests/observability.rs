@@ -17,10 +17,9 @@ use std::{
 };
 
 use ampguard_tests::{
-    TempDir,
     daemon::{ampguard_bin, Daemon},
-    lab::{Lab, Netns, UdpSink, sa, send_udp},
-    require_root,
+    lab::{sa, send_udp, Lab, Netns, UdpSink},
+    require_root, TempDir,
 };
 use serde_json::Value;
 
@@ -214,7 +213,9 @@ fn prometheus_scrapes_the_daemon_and_counts_every_dropped_attack_packet() {
     send_udp(&lab.wan, sa("198.51.100.7:40000"), sa("203.0.113.10:40002"), 50, 100).unwrap();
 
     let total = r#"sum(ampguard_packets_total{job="ampguard",vector="memcached",verdict="dropped"})"#;
-    let per_policy = format!(r#"sum(ampguard_policy_packets_total{{job="ampguard",policy="{id}",victim="203.0.113.10/32",vector="memcached",verdict="dropped"}})"#);
+    let per_policy = format!(
+        r#"sum(ampguard_policy_packets_total{{job="ampguard",policy="{id}",victim="203.0.113.10/32",vector="memcached",verdict="dropped"}})"#
+    );
     let seen = wait_for(Duration::from_secs(20), "the scrape to catch up with 3000 dropped packets", || {
         let v = prom.scalar(total)?;
         assert!(v <= 3000.0, "Prometheus counts more dropped packets ({v}) than were sent (3000)");
@@ -225,10 +226,18 @@ fn prometheus_scrapes_the_daemon_and_counts_every_dropped_attack_packet() {
     assert_eq!(prom.scalar(r#"sum(ampguard_policies{job="ampguard",mode="enforce"})"#), Some(1.0));
 
     // The shipped rules loaded and evaluate without error against the real series.
-    let names = ["AmpguardAttackInProgress", "AmpguardPolicyNearExpiry", "AmpguardDaemonDown", "AmpguardXdpDetached", "AmpguardPolicyTableNearlyFull", "AmpguardStateNotSaved"];
+    let names = [
+        "AmpguardAttackInProgress",
+        "AmpguardPolicyNearExpiry",
+        "AmpguardDaemonDown",
+        "AmpguardXdpDetached",
+        "AmpguardPolicyTableNearlyFull",
+        "AmpguardStateNotSaved",
+    ];
     let rules = wait_for(Duration::from_secs(15), "every rule evaluated", || {
         let v = prom.api("/api/v1/rules");
-        let rules: Vec<Value> = v["data"]["groups"].as_array()?.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
+        let rules: Vec<Value> =
+            v["data"]["groups"].as_array()?.iter().flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default()).collect();
         rules.iter().all(|r| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001"))).then_some(rules)
     });
     for n in names {
@@ -238,7 +247,11 @@ fn prometheus_scrapes_the_daemon_and_counts_every_dropped_attack_packet() {
     // The near-expiry alert fires for the 200 s policy (no `for:`), with its labels.
     let alert = wait_for(Duration::from_secs(15), "AmpguardPolicyNearExpiry firing", || {
         let v = prom.api("/api/v1/alerts");
-        v["data"]["alerts"].as_array()?.iter().find(|a| a["labels"]["alertname"] == "AmpguardPolicyNearExpiry" && a["state"] == "firing").cloned()
+        v["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "AmpguardPolicyNearExpiry" && a["state"] == "firing")
+            .cloned()
     });
     assert_eq!(alert["labels"]["policy"], id.as_str(), "{alert}");
     assert_eq!(alert["labels"]["victim"], "203.0.113.10/32", "{alert}");
@@ -365,17 +378,16 @@ fn fastnetmon_detects_the_flood_and_its_notify_script_bans_and_unbans() {
     let mut fnm = Proc::spawn_in(
         &lab.edge,
         "fastnetmon",
-        &[
-            "fastnetmon",
-            "--configuration_file",
-            conf.to_str().unwrap(),
-            "--log_file",
-            log_file.to_str().unwrap(),
-            "--disable_pid_logic",
-        ],
+        &["fastnetmon", "--configuration_file", conf.to_str().unwrap(), "--log_file", log_file.to_str().unwrap(), "--disable_pid_logic"],
         t.join("fastnetmon.out"),
     );
-    let fnm_log = || format!("{}\n{}", std::fs::read_to_string(&log_file).unwrap_or_default(), std::fs::read_to_string(t.join("fastnetmon.out")).unwrap_or_default());
+    let fnm_log = || {
+        format!(
+            "{}\n{}",
+            std::fs::read_to_string(&log_file).unwrap_or_default(),
+            std::fs::read_to_string(t.join("fastnetmon.out")).unwrap_or_default()
+        )
+    };
     // Ready when its own metrics endpoint (on the namespace's loopback) answers.
     wait_for(Duration::from_secs(30), "FastNetMon's metrics endpoint", || {
         fnm.check_alive();
@@ -415,7 +427,8 @@ fn fastnetmon_detects_the_flood_and_its_notify_script_bans_and_unbans() {
 
     // Now the flood dies at the edge: exactly what was sent is dropped.
     let id = policy["id"].as_str().unwrap().to_string();
-    let before = d.call("GET", &format!("/v1/policies/{id}"), None).unwrap().1["counters"]["memcached"]["dropped"]["packets"].as_u64().unwrap_or(0);
+    let before =
+        d.call("GET", &format!("/v1/policies/{id}"), None).unwrap().1["counters"]["memcached"]["dropped"]["packets"].as_u64().unwrap_or(0);
     let mut sent2 = 0;
     for _ in 0..20 {
         sent2 += send_udp(&lab.wan, sa("198.51.100.7:11211"), sa("203.0.113.10:40001"), 50, 1200).unwrap();
@@ -436,13 +449,17 @@ fn fastnetmon_detects_the_flood_and_its_notify_script_bans_and_unbans() {
     });
     let log = std::fs::read_to_string(&calls).unwrap();
     eprintln!("unbanned {unbanned_in:?} after the flood started; notify calls:\n{log}");
-    let actions: Vec<&str> = log.lines().filter(|l| l.contains("203.0.113.10 incoming")).filter_map(|l| l.split_whitespace().last()).collect();
+    let actions: Vec<&str> =
+        log.lines().filter(|l| l.contains("203.0.113.10 incoming")).filter_map(|l| l.split_whitespace().last()).collect();
     assert_eq!(actions.first(), Some(&"ban"), "{log}");
     assert_eq!(actions.last(), Some(&"unban"), "{log}");
     assert!(!log.lines().any(|l| l.starts_with("exit ") && l != "exit 0"), "a notify call failed:\n{log}");
     let (_, alerts) = d.call_with("GET", "/metrics", None, None).unwrap();
     let m = alerts.as_str().unwrap();
-    assert!(m.lines().any(|l| l.starts_with(r#"ampguard_alerts_total{action="unban",result="removed",source="fastnetmon_script"}"#)), "{m}");
+    assert!(
+        m.lines().any(|l| l.starts_with(r#"ampguard_alerts_total{action="unban",result="removed",source="fastnetmon_script"}"#)),
+        "{m}"
+    );
 
     // Unbanned: traffic flows again.
     assert_eq!(send_udp(&lab.wan, sa("198.51.100.7:11211"), sa("203.0.113.10:40001"), 100, 1200).unwrap(), 100);

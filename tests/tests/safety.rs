@@ -81,9 +81,8 @@ fn raise_own_fd_limit() {
 fn idle_connections_under_flood(lab: &Lab, d: &Daemon, n: usize, hold: Duration) -> usize {
     raise_own_fd_limit();
     let port = d.port;
-    let conns = d
-        .ns
-        .enter(move || {
+    let conns =
+        d.ns.enter(move || {
             let addr = format!("127.0.0.1:{port}").parse().unwrap();
             (0..n).filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()).collect::<Vec<_>>()
         })
@@ -441,7 +440,8 @@ fn a_full_state_disk_does_not_block_the_restart() {
     }
     let filler = fill(&state);
     // The journal's last page may still have room for a line or two.
-    let mut saved = vec!["203.0.113.10/32", "203.0.113.11/32", "203.0.113.12/32", "2001:db8::12/128"].into_iter().map(String::from).collect::<Vec<_>>();
+    let mut saved =
+        vec!["203.0.113.10/32", "203.0.113.11/32", "203.0.113.12/32", "2001:db8::12/128"].into_iter().map(String::from).collect::<Vec<_>>();
     let refused = (13..60).find_map(|i| {
         let (st, e) = d.call("POST", "/v1/policies", Some(&format!(r#"{{"victim": "203.0.113.{i}"}}"#))).unwrap();
         match st {

@@ -10,7 +10,7 @@ use ampguard::{
     vectors,
 };
 use ampguard_tests::{
-    lab::{Lab, deliver},
+    lab::{deliver, Lab},
     require_root,
 };
 use aya::programs::XdpMode;

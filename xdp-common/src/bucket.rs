@@ -184,10 +184,7 @@ mod tests {
 
     #[test]
     fn extremes_do_not_overflow() {
-        let cfg = LimitCfg {
-            packets: Rate::new(MAX_RATE, MAX_BURST),
-            bytes: Rate::new(MAX_RATE, MAX_BURST),
-        };
+        let cfg = LimitCfg { packets: Rate::new(MAX_RATE, MAX_BURST), bytes: Rate::new(MAX_RATE, MAX_BURST) };
         let mut st = BucketState::default();
         assert!(admit(&cfg, &mut st, u64::MAX / 2, 65_535));
         assert!(admit(&cfg, &mut st, u64::MAX - 1, 65_535));

@@ -20,8 +20,7 @@ pub mod reason {
     pub const EXPIRED: usize = 4;
     pub const PARSE_ERROR: usize = 5;
     pub const COUNT: usize = 6;
-    pub const NAMES: [&str; COUNT] =
-        ["not_udp", "no_vector", "no_policy", "allowlisted", "expired", "parse_error"];
+    pub const NAMES: [&str; COUNT] = ["not_udp", "no_vector", "no_policy", "allowlisted", "expired", "parse_error"];
 }
 
 #[repr(C)]

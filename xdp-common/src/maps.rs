@@ -61,8 +61,22 @@ pub const REASONS: &str = "AG_REASONS";
 
 /// Every map, for pinning and adoption.
 pub const ALL: &[&str] = &[
-    CONFIG, CLOCK, SAMPLES, SAMPLER, PORTS, V4_L1, V4_L2, V6_VICTIMS, POLICIES, LIMITERS, ALLOW_BITS, ALLOW_V4,
-    ALLOW_V6, POLICY_COUNTERS, VECTOR_COUNTERS, REASONS,
+    CONFIG,
+    CLOCK,
+    SAMPLES,
+    SAMPLER,
+    PORTS,
+    V4_L1,
+    V4_L2,
+    V6_VICTIMS,
+    POLICIES,
+    LIMITERS,
+    ALLOW_BITS,
+    ALLOW_V4,
+    ALLOW_V6,
+    POLICY_COUNTERS,
+    VECTOR_COUNTERS,
+    REASONS,
 ];
 
 /// Name of the XDP program (its ELF symbol and bpftool name).

@@ -1,7 +1,11 @@
 //! `aya::Pod` for the map value types, so the controller can read and write them.
 //! Safety: all are `#[repr(C)]`, `Copy`, made of integers, with explicit padding.
 
-use crate::{bucket::Limiter, counters::{Counter, VerdictCounters}, policy::{Config, Policy, Sample}};
+use crate::{
+    bucket::Limiter,
+    counters::{Counter, VerdictCounters},
+    policy::{Config, Policy, Sample},
+};
 
 unsafe impl aya::Pod for Policy {}
 unsafe impl aya::Pod for Config {}

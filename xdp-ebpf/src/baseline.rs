@@ -8,7 +8,12 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::{map, xdp}, maps::PerCpuArray, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
 
 #[map]
 static BASE_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

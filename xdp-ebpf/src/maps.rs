@@ -44,8 +44,7 @@ pub static AG_V4_L2: Array<u32> = Array::with_max_entries(DEFAULT_V4_CHUNKS * CH
 
 /// IPv6 victim prefix -> policy slot.
 #[map]
-pub static AG_V6_VICTIMS: LpmTrie<[u8; 16], u32> =
-    LpmTrie::with_max_entries(DEFAULT_MAX_V6_VICTIMS, 0);
+pub static AG_V6_VICTIMS: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_V6_VICTIMS, 0);
 
 /// Policy slot -> policy (mode, expiry, rule per vector).
 #[map]
@@ -69,13 +68,11 @@ pub static AG_ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAU
 
 /// Per CPU, (slot * MAX_VECTORS + vector) -> packets/bytes per verdict.
 #[map]
-pub static AG_POL_COUNTERS: PerCpuArray<VerdictCounters> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_POLICIES * MAX_VECTORS as u32, 0);
+pub static AG_POL_COUNTERS: PerCpuArray<VerdictCounters> = PerCpuArray::with_max_entries(DEFAULT_MAX_POLICIES * MAX_VECTORS as u32, 0);
 
 /// Per CPU, vector -> packets/bytes per verdict, over all policies.
 #[map]
-pub static AG_VEC_COUNTERS: PerCpuArray<VerdictCounters> =
-    PerCpuArray::with_max_entries(MAX_VECTORS as u32, 0);
+pub static AG_VEC_COUNTERS: PerCpuArray<VerdictCounters> = PerCpuArray::with_max_entries(MAX_VECTORS as u32, 0);
 
 /// Per CPU, reason -> packets/bytes that met no policy.
 #[map]

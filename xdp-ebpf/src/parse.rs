@@ -45,8 +45,14 @@ pub struct L3 {
 
 pub enum Parsed {
     /// `l4`: offset of the UDP header.
-    Udp { l3: L3, l4: usize, sport: u16 },
-    Fragment { l3: L3 },
+    Udp {
+        l3: L3,
+        l4: usize,
+        sport: u16,
+    },
+    Fragment {
+        l3: L3,
+    },
     NotUdp,
     ParseError,
 }

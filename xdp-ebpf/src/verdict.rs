@@ -56,8 +56,7 @@ pub fn decide(ctx: &XdpContext) -> u32 {
     // The settings, read once for the signature thresholds, the test clock and
     // the sampler (each used to look the entry up again).
     let cfg = AG_CONFIG.get(0);
-    let action =
-        if rule.flags == 0 || conditions_hold(ctx, &rule, vector as u8, l4, cfg) { rule.on_match } else { rule.otherwise };
+    let action = if rule.flags == 0 || conditions_hold(ctx, &rule, vector as u8, l4, cfg) { rule.on_match } else { rule.otherwise };
     // The clock only where it is needed: a policy with an expiry, or a limit.
     let now = if policy.expires_ns != 0 || action == action::LIMIT { now_ns(cfg) } else { 0 };
     if policy.expired(now) {
@@ -197,8 +196,7 @@ fn now_ns(cfg: Option<&Config>) -> u64 {
 fn allowlisted(l3: &L3) -> bool {
     if l3.v6 {
         let src = l3.src6();
-        bit_set(maps::allow_bit_v6(u32::from_be_bytes([src[0], src[1], src[2], src[3]])))
-            && AG_ALLOW_V6.get(Key::new(128, src)).is_some()
+        bit_set(maps::allow_bit_v6(u32::from_be_bytes([src[0], src[1], src[2], src[3]]))) && AG_ALLOW_V6.get(Key::new(128, src)).is_some()
     } else {
         let src = l3.src4();
         bit_set(maps::allow_bit_v4(u32::from_be_bytes(src))) && AG_ALLOW_V4.get(Key::new(32, src)).is_some()

@@ -5,7 +5,10 @@
 
 use std::{
     net::IpAddr,
-    sync::{atomic::{AtomicUsize, Ordering}, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, SystemTime},
 };
 
@@ -120,7 +123,12 @@ impl CaptureHub {
 }
 
 /// Collect up to `count` samples (to addresses in `victim`, if given) for at most `max`.
-pub async fn collect(rx: &mut broadcast::Receiver<Arc<Captured>>, count: usize, victim: Option<IpNet>, max: Duration) -> Vec<Arc<Captured>> {
+pub async fn collect(
+    rx: &mut broadcast::Receiver<Arc<Captured>>,
+    count: usize,
+    victim: Option<IpNet>,
+    max: Duration,
+) -> Vec<Arc<Captured>> {
     let deadline = tokio::time::Instant::now() + max;
     let mut out = Vec::new();
     while out.len() < count {
@@ -157,7 +165,14 @@ mod tests {
     #[test]
     fn pcap_has_the_header_and_the_records() {
         let pkt = crate::packet::PacketBuilder::udp4("198.51.100.7:11211", "203.0.113.10:1").payload(200).build();
-        let c = Arc::new(Captured { at: SystemTime::now(), slot: 1, vector: 16, verdict: 1, orig_len: pkt.len() as u32, data: pkt[..128].to_vec() });
+        let c = Arc::new(Captured {
+            at: SystemTime::now(),
+            slot: 1,
+            vector: 16,
+            verdict: 1,
+            orig_len: pkt.len() as u32,
+            data: pkt[..128].to_vec(),
+        });
         assert_eq!(c.dst(), Some("203.0.113.10".parse().unwrap()));
         let bytes = to_pcap(&[c.clone(), c]);
         assert_eq!(&bytes[..4], &0xa1b2c3d4u32.to_le_bytes(), "pcap magic");

@@ -2,7 +2,11 @@
 //! has a default, so an empty file is a valid config. Example with comments:
 //! deploy/ampguard.toml.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::{Path, PathBuf}};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use ipnet::IpNet;
 use serde::Deserialize;

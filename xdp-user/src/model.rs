@@ -47,8 +47,16 @@ impl Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
     /// `l4`: offset of the UDP header.
-    Udp { src: IpAddr, dst: IpAddr, sport: u16, l4: usize },
-    Fragment { src: IpAddr, dst: IpAddr },
+    Udp {
+        src: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        l4: usize,
+    },
+    Fragment {
+        src: IpAddr,
+        dst: IpAddr,
+    },
     NotUdp,
     ParseError,
 }
@@ -186,7 +194,9 @@ impl Model {
         }
         if when.signature {
             return match l4 {
-                Some(o) if pkt.len() >= o + 8 => signature_matches(vector, payload, o + 8, plen, self.dns_large_bytes, self.dns_many_answers),
+                Some(o) if pkt.len() >= o + 8 => {
+                    signature_matches(vector, payload, o + 8, plen, self.dns_large_bytes, self.dns_many_answers)
+                }
                 _ => false,
             };
         }
@@ -194,12 +204,7 @@ impl Model {
     }
 
     fn victim_slot(&self, dst: IpAddr) -> u32 {
-        self.victims
-            .iter()
-            .filter(|(n, _)| n.contains(&dst))
-            .max_by_key(|(n, _)| n.prefix_len())
-            .map(|(_, s)| *s)
-            .unwrap_or(NO_SLOT)
+        self.victims.iter().filter(|(n, _)| n.contains(&dst)).max_by_key(|(n, _)| n.prefix_len()).map(|(_, s)| *s).unwrap_or(NO_SLOT)
     }
 
     /// Forget a policy's bucket state (the data plane made fresh limiters).
@@ -345,7 +350,11 @@ pub fn signature_matches(vector: u8, payload: &[u8], at: usize, plen: usize, dns
                 return false;
             }
             let Some(h) = ber_header(w[1]) else { return false };
-            w[h] == 0x02 && w[h + 1] == 0x01 && w[h + 3] == 0x04 && (w[h + 4] as usize) <= SNMP_MAX_COMMUNITY && w[h + 5 + w[h + 4] as usize] == 0xa2
+            w[h] == 0x02
+                && w[h + 1] == 0x01
+                && w[h + 3] == 0x04
+                && (w[h + 4] as usize) <= SNMP_MAX_COMMUNITY
+                && w[h + 5 + w[h + 4] as usize] == 0xa2
         }
         _ => false,
     }
@@ -366,9 +375,7 @@ mod tests {
         assert!(matches!(parse(&frag), Parsed::Fragment { .. }));
         let qinq = PacketBuilder::udp4("198.51.100.7:123", "203.0.113.10:1").vlans(&[(0x88a8, 10), (0x8100, 20)]).build();
         assert!(matches!(parse(&qinq), Parsed::Udp { sport: 123, .. }));
-        let three = PacketBuilder::udp4("198.51.100.7:123", "203.0.113.10:1")
-            .vlans(&[(0x88a8, 10), (0x8100, 20), (0x8100, 30)])
-            .build();
+        let three = PacketBuilder::udp4("198.51.100.7:123", "203.0.113.10:1").vlans(&[(0x88a8, 10), (0x8100, 20), (0x8100, 30)]).build();
         assert_eq!(parse(&three), Parsed::ParseError);
         for cut in 0..udp.len() {
             let p = parse(&udp[..cut]);

@@ -26,7 +26,11 @@ pub fn dns_response(name: &str, qtype: u16, answers: u16, extra_rdata: usize) ->
     v.extend_from_slice(&1u16.to_be_bytes()); // IN
     for i in 0..answers {
         let (t, rdata): (u16, Vec<u8>) = if extra_rdata > 0 && i == 0 {
-            (16, { let mut r = vec![extra_rdata.min(255) as u8]; r.extend(std::iter::repeat_n(b'x', extra_rdata.min(255))); r })
+            (16, {
+                let mut r = vec![extra_rdata.min(255) as u8];
+                r.extend(std::iter::repeat_n(b'x', extra_rdata.min(255)));
+                r
+            })
         } else {
             (1, vec![192, 0, 2, (i % 250) as u8 + 1])
         };
@@ -138,7 +142,9 @@ pub fn ssdp_ok_reply() -> Vec<u8> {
 pub fn cldap_search_res_entry() -> Vec<u8> {
     // protocolOp [APPLICATION 4] with an empty objectName and one attribute list.
     let mut attrs = Vec::new();
-    for (name, val) in [("currentTime", "20261125170000.0Z"), ("dnsHostName", "dc1.example.com"), ("defaultNamingContext", "DC=example,DC=com")] {
+    for (name, val) in
+        [("currentTime", "20261125170000.0Z"), ("dnsHostName", "dc1.example.com"), ("defaultNamingContext", "DC=example,DC=com")]
+    {
         let mut a = vec![0x04, name.len() as u8];
         a.extend_from_slice(name.as_bytes());
         a.extend_from_slice(&[0x31, (val.len() + 2) as u8, 0x04, val.len() as u8]);

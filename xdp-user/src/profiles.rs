@@ -229,14 +229,17 @@ pub type Profile = BTreeMap<String, RuleSpec>;
 /// SNMP, sees mDNS on a LAN, and receives fragmented EDNS answers).
 pub fn builtin_default() -> Profile {
     let mut p = Profile::new();
-    for v in ["memcached", "chargen", "qotd", "ssdp", "cldap", "wsd", "ard", "ubiquiti", "dvr", "netbios", "portmap", "coap", "mssql", "tftp"] {
+    for v in
+        ["memcached", "chargen", "qotd", "ssdp", "cldap", "wsd", "ard", "ubiquiti", "dvr", "netbios", "portmap", "coap", "mssql", "tftp"]
+    {
         p.insert(v.into(), RuleSpec::simple(ActionName::Drop));
     }
     // DNS, NTP, SNMP: drop what carries a reflection signature (large or ANY
     // DNS answers, NTP mode 6/7, large SNMP GetResponses), rate-limit the rest
     // so the victim's own lookups, clock sync and polling keep working. Rates
     // per victim: generous for one host's own traffic, small against a flood.
-    let sig_else_limit = |pps, bps| RuleSpec { signature: Some(true), otherwise: Some(ActionName::Limit), ..RuleSpec::limit(pps, Some(bps)) };
+    let sig_else_limit =
+        |pps, bps| RuleSpec { signature: Some(true), otherwise: Some(ActionName::Limit), ..RuleSpec::limit(pps, Some(bps)) };
     let mut p_drop = |name: &str, r: RuleSpec| {
         p.insert(name.into(), RuleSpec { action: ActionName::Drop, ..r });
     };

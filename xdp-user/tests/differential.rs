@@ -19,13 +19,23 @@ use rand::{rngs::SmallRng, seq::IndexedRandom, Rng, SeedableRng};
 use xdp_common::vector::BUILTIN;
 
 const REFLECTORS4: &[&str] = &["198.51.100.7", "198.51.100.53", "198.51.100.200", "192.0.2.1", "203.0.113.99"];
-const VICTIMS4: &[&str] = &["203.0.113.5", "203.0.113.10", "203.0.113.20", "203.0.113.130", "192.0.2.77", "198.18.4.4", "198.19.200.1", "100.64.0.1"];
+const VICTIMS4: &[&str] =
+    &["203.0.113.5", "203.0.113.10", "203.0.113.20", "203.0.113.130", "192.0.2.77", "198.18.4.4", "198.19.200.1", "100.64.0.1"];
 const REFLECTORS6: &[&str] = &["2001:db8:1::7", "2001:db8:1::53", "2001:db8:ffff::1"];
 const VICTIMS6: &[&str] = &["2001:db8:2::10", "2001:db8:2::11", "2001:db8:2:1::10", "2001:db8:3::1"];
 const VICTIM_PREFIXES: &[&str] = &[
-    "203.0.113.0/24", "203.0.113.10/32", "203.0.113.128/25", "203.0.113.20/31", "192.0.2.64/26",
-    "198.18.0.0/15", "198.19.200.0/24", "100.64.0.0/10", "2001:db8:2::/64", "2001:db8:2::10/128",
-    "2001:db8::/32", "2001:db8:2:1::/64",
+    "203.0.113.0/24",
+    "203.0.113.10/32",
+    "203.0.113.128/25",
+    "203.0.113.20/31",
+    "192.0.2.64/26",
+    "198.18.0.0/15",
+    "198.19.200.0/24",
+    "100.64.0.0/10",
+    "2001:db8:2::/64",
+    "2001:db8:2::10/128",
+    "2001:db8::/32",
+    "2001:db8:2:1::/64",
 ];
 
 fn rand_limit(rng: &mut SmallRng) -> Limit {
@@ -103,24 +113,17 @@ fn valid_packet(rng: &mut SmallRng) -> P {
     let dport: u16 = rng.random();
     let v6 = rng.random_bool(0.3);
     let mut b = if v6 {
-        P::udp6(
-            &format!("[{}]:{sport}", REFLECTORS6.choose(rng).unwrap()),
-            &format!("[{}]:{dport}", VICTIMS6.choose(rng).unwrap()),
-        )
+        P::udp6(&format!("[{}]:{sport}", REFLECTORS6.choose(rng).unwrap()), &format!("[{}]:{dport}", VICTIMS6.choose(rng).unwrap()))
     } else {
-        P::udp4(
-            &format!("{}:{sport}", REFLECTORS4.choose(rng).unwrap()),
-            &format!("{}:{dport}", VICTIMS4.choose(rng).unwrap()),
-        )
+        P::udp4(&format!("{}:{sport}", REFLECTORS4.choose(rng).unwrap()), &format!("{}:{dport}", VICTIMS4.choose(rng).unwrap()))
     };
     b = match rng.random_range(0..3) {
         0 => b.payload(rng.random_range(0..1400)),
         _ => b.payload_bytes(&real_payload(rng, sport)),
     };
     if rng.random_bool(0.2) {
-        let tags: Vec<(u16, u16)> = (0..rng.random_range(1..4))
-            .map(|_| (*[0x8100u16, 0x88a8].choose(rng).unwrap(), rng.random_range(1..4095)))
-            .collect();
+        let tags: Vec<(u16, u16)> =
+            (0..rng.random_range(1..4)).map(|_| (*[0x8100u16, 0x88a8].choose(rng).unwrap(), rng.random_range(1..4095))).collect();
         b = b.vlans(&tags);
     }
     if rng.random_bool(0.1) {
@@ -147,10 +150,16 @@ fn valid_packet(rng: &mut SmallRng) -> P {
 /// A reply of the port's protocol, attack or ordinary, possibly truncated.
 fn real_payload(rng: &mut SmallRng, sport: u16) -> Vec<u8> {
     let mut p = match sport {
-        53 => [payloads::dns_a_answer(), payloads::dns_any_answer(), payloads::dns_query(), payloads::dns_response("a.example", 255, 1, 0), payloads::dns_response("b.example.org", 1, rng.random_range(0..30), 0)]
-            .choose(rng)
-            .unwrap()
-            .clone(),
+        53 => [
+            payloads::dns_a_answer(),
+            payloads::dns_any_answer(),
+            payloads::dns_query(),
+            payloads::dns_response("a.example", 255, 1, 0),
+            payloads::dns_response("b.example.org", 1, rng.random_range(0..30), 0),
+        ]
+        .choose(rng)
+        .unwrap()
+        .clone(),
         123 => [payloads::ntp_mode4_reply(), payloads::ntp_monlist_reply(), payloads::ntp_mode6_reply()].choose(rng).unwrap().clone(),
         11211 => [payloads::memcached_stat_reply(), payloads::memcached_value_reply()].choose(rng).unwrap().clone(),
         1900 => payloads::ssdp_ok_reply(),
@@ -270,19 +279,30 @@ fn program_agrees_with_model() {
     assert!(mismatches.is_empty(), "seed {seed}: program and model disagree:\n{}", mismatches.join("\n"));
 
     // Coverage: the run must have reached every kind of outcome.
-    let reasons: Vec<usize> = tally.keys().filter_map(|o| match o { Outcome::Reason(r) => Some(*r), _ => None }).collect();
+    let reasons: Vec<usize> = tally
+        .keys()
+        .filter_map(|o| match o {
+            Outcome::Reason(r) => Some(*r),
+            _ => None,
+        })
+        .collect();
     for r in [reason::NOT_UDP, reason::NO_VECTOR, reason::NO_POLICY, reason::ALLOWLISTED, reason::EXPIRED, reason::PARSE_ERROR] {
         assert!(reasons.contains(&r), "seed {seed}: no packet reached reason {}", reason::NAMES[r]);
     }
     // Dropped by a signature: the conditional rules were exercised both ways.
     assert!(cond_matched > 100 && cond_unmatched > 100, "seed {seed}: signature rules matched {cond_matched}, not {cond_unmatched}");
     for vd in [verdict::PASSED, verdict::DROPPED, verdict::RATE_LIMITED, verdict::MONITORED] {
-        assert!(tally.keys().any(|o| matches!(o, Outcome::Verdict { verdict, .. } if *verdict == vd)), "seed {seed}: no {}", verdict::NAMES[vd]);
+        assert!(
+            tally.keys().any(|o| matches!(o, Outcome::Verdict { verdict, .. } if *verdict == vd)),
+            "seed {seed}: no {}",
+            verdict::NAMES[vd]
+        );
     }
     for b in BUILTIN {
         assert!(
             tally.keys().any(|o| matches!(o, Outcome::Verdict { vector, .. } if *vector == b.id)),
-            "seed {seed}: vector {} never met a policy", b.name
+            "seed {seed}: vector {} never met a policy",
+            b.name
         );
     }
     assert!(truncations > 0);

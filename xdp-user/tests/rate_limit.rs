@@ -33,9 +33,7 @@ fn flood(f: &Fixture, pkt: &[u8], cpus: usize) -> Duration {
             s.spawn(move || {
                 pin_to_cpu(cpu);
                 while start.elapsed() < RUN {
-                    f.dp.program()
-                        .test_run(TestRunOptions { data_in: Some(pkt), repeat: 10_000, ..Default::default() })
-                        .expect("test run");
+                    f.dp.program().test_run(TestRunOptions { data_in: Some(pkt), repeat: 10_000, ..Default::default() }).expect("test run");
                 }
             });
         }
@@ -69,11 +67,7 @@ fn run_case(what: &str, rule: Rule, cpus: usize) {
 
 #[test]
 fn packets_per_second_on_one_cpu() {
-    run_case(
-        "10,000 pps, burst 500, one CPU",
-        Rule::Limit(Limit { pps: 10_000, bytes_per_sec: 0, burst_packets: 500, burst_bytes: 0 }),
-        1,
-    );
+    run_case("10,000 pps, burst 500, one CPU", Rule::Limit(Limit { pps: 10_000, bytes_per_sec: 0, burst_packets: 500, burst_bytes: 0 }), 1);
 }
 
 #[test]
@@ -94,4 +88,3 @@ fn packets_per_second_on_all_cpus() {
         cpus,
     );
 }
-

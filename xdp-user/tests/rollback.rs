@@ -17,7 +17,12 @@ fn memcached_to(dst: &str) -> Vec<u8> {
 /// Runs `change` with a write failure injected at step 0, 1, 2, ... until it
 /// succeeds; after each failure `unchanged` must hold. Returns the number of
 /// failures seen (each a different step of the change).
-fn fail_every_step(f: &mut Fixture, what: &str, mut change: impl FnMut(&mut Fixture) -> Result<(), String>, unchanged: impl Fn(&Fixture)) -> u32 {
+fn fail_every_step(
+    f: &mut Fixture,
+    what: &str,
+    mut change: impl FnMut(&mut Fixture) -> Result<(), String>,
+    unchanged: impl Fn(&Fixture),
+) -> u32 {
     for n in 0..64 {
         f.dp.inject_write_failure(n);
         match change(f) {

@@ -40,40 +40,120 @@ fn verdict_table() {
     f.allow("2001:db8:1::53/128");
     use Expect::*;
     let cases = vec![
-        case("memcached reply to a /24 victim is dropped", P::udp4("198.51.100.7:11211", "203.0.113.5:40001"), Verdict(0, "memcached", verdict::DROPPED)),
-        case("the /32 wins over the /24 (dns dropped there)", P::udp4("198.51.100.7:53", "203.0.113.10:40001"), Verdict(1, "dns", verdict::DROPPED)),
+        case(
+            "memcached reply to a /24 victim is dropped",
+            P::udp4("198.51.100.7:11211", "203.0.113.5:40001"),
+            Verdict(0, "memcached", verdict::DROPPED),
+        ),
+        case(
+            "the /32 wins over the /24 (dns dropped there)",
+            P::udp4("198.51.100.7:53", "203.0.113.10:40001"),
+            Verdict(1, "dns", verdict::DROPPED),
+        ),
         case("dns to the /24 passes by rule", P::udp4("198.51.100.7:53", "203.0.113.5:40001"), Verdict(0, "dns", verdict::PASSED)),
-        case("a vector with no rule passes (ssdp on the /24)", P::udp4("198.51.100.7:1900", "203.0.113.5:1"), Verdict(0, "ssdp", verdict::PASSED)),
-        case("vector port as destination only: not a vector", P::udp4("198.51.100.7:40001", "203.0.113.5:11211"), Reason(reason::NO_VECTOR)),
+        case(
+            "a vector with no rule passes (ssdp on the /24)",
+            P::udp4("198.51.100.7:1900", "203.0.113.5:1"),
+            Verdict(0, "ssdp", verdict::PASSED),
+        ),
+        case(
+            "vector port as destination only: not a vector",
+            P::udp4("198.51.100.7:40001", "203.0.113.5:11211"),
+            Reason(reason::NO_VECTOR),
+        ),
         case("ordinary UDP passes without a lookup", P::udp4("198.51.100.7:40000", "203.0.113.5:443"), Reason(reason::NO_VECTOR)),
         case("TCP from port 11211 is not UDP", P::udp4("198.51.100.7:11211", "203.0.113.5:40001").protocol(6), Reason(reason::NOT_UDP)),
         case("memcached to an address with no policy", P::udp4("198.51.100.7:11211", "192.0.2.10:40001"), Reason(reason::NO_POLICY)),
         case("allowlisted source passes", P::udp4("198.51.100.53:11211", "203.0.113.5:40001"), Reason(reason::ALLOWLISTED)),
-        case("monitor mode counts and passes", P::udp4("198.51.100.7:11211", "203.0.113.20:40001"), Verdict(2, "memcached", verdict::MONITORED)),
+        case(
+            "monitor mode counts and passes",
+            P::udp4("198.51.100.7:11211", "203.0.113.20:40001"),
+            Verdict(2, "memcached", verdict::MONITORED),
+        ),
         case("expired policy stops acting", P::udp4("198.51.100.7:11211", "203.0.113.30:40001"), Reason(reason::EXPIRED)),
         case("unexpired policy with expiry acts", P::udp4("198.51.100.7:1900", "192.0.2.200:1"), Verdict(5, "ssdp", verdict::DROPPED)),
-        case("IPv4 non-first fragment is the fragment vector", P::udp4("198.51.100.7:11211", "203.0.113.5:1").fragment_offset(185), Verdict(0, "fragment", verdict::DROPPED)),
-        case("IPv4 first fragment is classified by port", P::udp4("198.51.100.7:53", "203.0.113.5:1").more_fragments(), Verdict(0, "dns", verdict::PASSED)),
-        case("IPv4 with options", P::udp4("198.51.100.7:11211", "203.0.113.5:1").ipv4_options(10), Verdict(0, "memcached", verdict::DROPPED)),
-        case("802.1Q tagged", P::udp4("198.51.100.7:11211", "203.0.113.5:1").vlans(&[(0x8100, 100)]), Verdict(0, "memcached", verdict::DROPPED)),
-        case("802.1ad + 802.1Q (QinQ)", P::udp4("198.51.100.7:11211", "203.0.113.5:1").vlans(&[(0x88a8, 10), (0x8100, 100)]), Verdict(0, "memcached", verdict::DROPPED)),
-        case("three VLAN tags: parse error, passed", P::udp4("198.51.100.7:11211", "203.0.113.5:1").vlans(&[(0x88a8, 1), (0x8100, 2), (0x8100, 3)]), Reason(reason::PARSE_ERROR)),
-        case("IPv6 memcached dropped", P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:40001"), Verdict(4, "memcached", verdict::DROPPED)),
-        case("IPv6 through hop-by-hop, routing, dest-opts", P::udp6("[2001:db8:1::7]:1900", "[2001:db8:2::10]:1").ext_headers(&[0, 43, 60]), Verdict(4, "ssdp", verdict::DROPPED)),
-        case("IPv6 non-first fragment", P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:1").fragment_offset(100), Verdict(4, "fragment", verdict::DROPPED)),
-        case("IPv6 first fragment classified by port", P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:1").more_fragments(), Verdict(4, "memcached", verdict::DROPPED)),
+        case(
+            "IPv4 non-first fragment is the fragment vector",
+            P::udp4("198.51.100.7:11211", "203.0.113.5:1").fragment_offset(185),
+            Verdict(0, "fragment", verdict::DROPPED),
+        ),
+        case(
+            "IPv4 first fragment is classified by port",
+            P::udp4("198.51.100.7:53", "203.0.113.5:1").more_fragments(),
+            Verdict(0, "dns", verdict::PASSED),
+        ),
+        case(
+            "IPv4 with options",
+            P::udp4("198.51.100.7:11211", "203.0.113.5:1").ipv4_options(10),
+            Verdict(0, "memcached", verdict::DROPPED),
+        ),
+        case(
+            "802.1Q tagged",
+            P::udp4("198.51.100.7:11211", "203.0.113.5:1").vlans(&[(0x8100, 100)]),
+            Verdict(0, "memcached", verdict::DROPPED),
+        ),
+        case(
+            "802.1ad + 802.1Q (QinQ)",
+            P::udp4("198.51.100.7:11211", "203.0.113.5:1").vlans(&[(0x88a8, 10), (0x8100, 100)]),
+            Verdict(0, "memcached", verdict::DROPPED),
+        ),
+        case(
+            "three VLAN tags: parse error, passed",
+            P::udp4("198.51.100.7:11211", "203.0.113.5:1").vlans(&[(0x88a8, 1), (0x8100, 2), (0x8100, 3)]),
+            Reason(reason::PARSE_ERROR),
+        ),
+        case(
+            "IPv6 memcached dropped",
+            P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:40001"),
+            Verdict(4, "memcached", verdict::DROPPED),
+        ),
+        case(
+            "IPv6 through hop-by-hop, routing, dest-opts",
+            P::udp6("[2001:db8:1::7]:1900", "[2001:db8:2::10]:1").ext_headers(&[0, 43, 60]),
+            Verdict(4, "ssdp", verdict::DROPPED),
+        ),
+        case(
+            "IPv6 non-first fragment",
+            P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:1").fragment_offset(100),
+            Verdict(4, "fragment", verdict::DROPPED),
+        ),
+        case(
+            "IPv6 first fragment classified by port",
+            P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:1").more_fragments(),
+            Verdict(4, "memcached", verdict::DROPPED),
+        ),
         case("IPv6 allowlisted source", P::udp6("[2001:db8:1::53]:11211", "[2001:db8:2::10]:1"), Reason(reason::ALLOWLISTED)),
         case("IPv6 outside the victim prefix", P::udp6("[2001:db8:1::7]:11211", "[2001:db8:3::10]:1"), Reason(reason::NO_POLICY)),
-        case("IPv6 through 8 extension headers (the most promised)", P::udp6("[2001:db8:1::7]:1900", "[2001:db8:2::10]:1").ext_headers(&[0, 43, 60, 60, 60, 60, 60, 60]), Verdict(4, "ssdp", verdict::DROPPED)),
-        case("IPv6 8 extension headers ending in a fragment header", P::udp6("[2001:db8:1::7]:1900", "[2001:db8:2::10]:1").ext_headers(&[0, 43, 60, 60, 60, 60, 60, 44]), Verdict(4, "ssdp", verdict::DROPPED)),
-        case("IPv6 9 extension headers: parse error, passed", P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:1").ext_headers(&[60; 9]), Reason(reason::PARSE_ERROR)),
+        case(
+            "IPv6 through 8 extension headers (the most promised)",
+            P::udp6("[2001:db8:1::7]:1900", "[2001:db8:2::10]:1").ext_headers(&[0, 43, 60, 60, 60, 60, 60, 60]),
+            Verdict(4, "ssdp", verdict::DROPPED),
+        ),
+        case(
+            "IPv6 8 extension headers ending in a fragment header",
+            P::udp6("[2001:db8:1::7]:1900", "[2001:db8:2::10]:1").ext_headers(&[0, 43, 60, 60, 60, 60, 60, 44]),
+            Verdict(4, "ssdp", verdict::DROPPED),
+        ),
+        case(
+            "IPv6 9 extension headers: parse error, passed",
+            P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:1").ext_headers(&[60; 9]),
+            Reason(reason::PARSE_ERROR),
+        ),
         case("IPv6 ESP is not UDP", P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:1").protocol(50), Reason(reason::NOT_UDP)),
         case("rate limit: 1st in burst", P::udp4("198.51.100.123:123", "203.0.113.5:1"), Verdict(0, "ntp", verdict::PASSED)),
         case("rate limit: 2nd in burst", P::udp4("198.51.100.123:123", "203.0.113.5:1"), Verdict(0, "ntp", verdict::PASSED)),
         case("rate limit: 3rd in burst", P::udp4("198.51.100.123:123", "203.0.113.5:1"), Verdict(0, "ntp", verdict::PASSED)),
         case("rate limit: over the burst", P::udp4("198.51.100.123:123", "203.0.113.5:1"), Verdict(0, "ntp", verdict::RATE_LIMITED)),
-        case("monitor + limit: 1st is within the burst", P::udp4("198.51.100.123:123", "203.0.113.20:1"), Verdict(2, "ntp", verdict::PASSED)),
-        case("monitor + limit: 2nd is over, monitored and passed", P::udp4("198.51.100.123:123", "203.0.113.20:1"), Verdict(2, "ntp", verdict::MONITORED)),
+        case(
+            "monitor + limit: 1st is within the burst",
+            P::udp4("198.51.100.123:123", "203.0.113.20:1"),
+            Verdict(2, "ntp", verdict::PASSED),
+        ),
+        case(
+            "monitor + limit: 2nd is over, monitored and passed",
+            P::udp4("198.51.100.123:123", "203.0.113.20:1"),
+            Verdict(2, "ntp", verdict::MONITORED),
+        ),
     ];
     let mut truncated = P::udp4("198.51.100.7:11211", "203.0.113.5:1").build();
     truncated.truncate(14 + 20 + 1);
@@ -85,7 +165,16 @@ fn verdict_table() {
         Case { what: "UDP header cut off: parse error, passed", pkt: truncated, expect: Expect::Reason(reason::PARSE_ERROR) },
         Case { what: "IHL 4: parse error, passed", pkt: bad_ihl, expect: Expect::Reason(reason::PARSE_ERROR) },
         Case { what: "IPv4 ethertype with version 6: parse error", pkt: bad_version, expect: Expect::Reason(reason::PARSE_ERROR) },
-        Case { what: "ARP is not UDP", pkt: { let mut p = vec![0u8; 60]; p[12] = 0x08; p[13] = 0x06; p }, expect: Expect::Reason(reason::NOT_UDP) },
+        Case {
+            what: "ARP is not UDP",
+            pkt: {
+                let mut p = vec![0u8; 60];
+                p[12] = 0x08;
+                p[13] = 0x06;
+                p
+            },
+            expect: Expect::Reason(reason::NOT_UDP),
+        },
     ];
 
     let mut failures = Vec::new();
@@ -126,7 +215,8 @@ fn signatures_with_the_default_profile() {
     f.set_now(100 * SEC);
     let rules = builtin_default().iter().map(|(name, spec)| (v(name), spec.resolve().unwrap())).collect();
     let slot = f.policy("203.0.113.10/32", DpPolicy { mode: Enforce, expires_ns: 0, rules });
-    let pkt = |sport: u16, payload: Vec<u8>| P::udp4(&format!("198.51.100.7:{sport}"), "203.0.113.10:40001").payload_bytes(&payload).build();
+    let pkt =
+        |sport: u16, payload: Vec<u8>| P::udp4(&format!("198.51.100.7:{sport}"), "203.0.113.10:40001").payload_bytes(&payload).build();
     let cases: Vec<(&str, Vec<u8>, &str, usize)> = vec![
         ("NTP monlist reply (440 B, mode 7)", pkt(123, ntp_monlist_reply()), "ntp", verdict::DROPPED),
         ("NTP mode 6 control reply", pkt(123, ntp_mode6_reply()), "ntp", verdict::DROPPED),
@@ -173,7 +263,13 @@ fn a_reused_slot_starts_with_zero_counters() {
     f.remove("203.0.113.10/32");
     let new = f.policy("203.0.113.20/32", policy(Enforce, 0, rules));
     assert_eq!(new, old, "the free list hands the slot out again");
-    let left: Vec<_> = f.dp.policy_counters(new).unwrap().into_iter().enumerate().filter(|(_, c)| c.by_verdict.iter().any(|x| x.packets != 0 || x.bytes != 0)).collect();
+    let left: Vec<_> =
+        f.dp.policy_counters(new)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, c)| c.by_verdict.iter().any(|x| x.packets != 0 || x.bytes != 0))
+            .collect();
     assert!(left.is_empty(), "counters carried over into the new policy: {left:?}");
     assert_eq!(f.run(&P::udp4("198.51.100.7:11211", "203.0.113.20:40001").build()), XDP_DROP);
     assert_eq!(f.dp.policy_counters(new).unwrap()[v("memcached") as usize].by_verdict[verdict::DROPPED].packets, 1);

@@ -20,11 +20,7 @@ pub fn build(args: &[String]) -> Result<()> {
 }
 
 pub fn test(args: &[String]) -> Result<()> {
-    cmd::run(
-        cargo()
-            .args(["test", "--workspace", "--exclude", "xdp-ebpf", "--no-fail-fast"])
-            .args(args),
-    )
+    cmd::run(cargo().args(["test", "--workspace", "--exclude", "xdp-ebpf", "--no-fail-fast"]).args(args))
 }
 
 pub fn demo(args: &[String]) -> Result<()> {

@@ -29,10 +29,7 @@ pub fn display(cmd: &Command) -> String {
 pub fn run(cmd: &mut Command) -> Result<()> {
     let shown = display(cmd);
     println!("+ {shown}");
-    let status = cmd
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("could not start `{shown}`"))?;
+    let status = cmd.stdin(Stdio::null()).status().with_context(|| format!("could not start `{shown}`"))?;
     if !status.success() {
         bail!("`{shown}` failed ({status})");
     }
@@ -42,11 +39,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs a quiet probe (not printed) and returns its output; `None` if the
 /// program could not be started at all (e.g. not installed).
 pub fn probe<S: AsRef<OsStr>>(program: S, args: &[&str]) -> Option<Output> {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()
+    Command::new(program).args(args).stdin(Stdio::null()).output().ok()
 }
 
 /// Whether `program` is found on PATH.
@@ -56,7 +49,5 @@ pub fn on_path(program: &str) -> bool {
 
 pub fn find_on_path(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
 }

@@ -21,8 +21,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// The targets (binaries of fuzz/Cargo.toml), in the order they run.
-pub const TARGETS: &[&str] =
-    &["fastnetmon_script", "fastnetmon_json", "generic_alert", "policy_json", "config_toml", "state_file"];
+pub const TARGETS: &[&str] = &["fastnetmon_script", "fastnetmon_json", "generic_alert", "policy_json", "config_toml", "state_file"];
 
 /// An input taking longer than this (seconds) is reported as a hang.
 const INPUT_TIMEOUT_SECS: u64 = 20;
@@ -66,11 +65,7 @@ pub fn run(seconds: u64, jobs: Option<usize>, only: &[String]) -> Result<()> {
     let bin_dir = work.join("x86_64-unknown-linux-gnu/release");
 
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
-    println!(
-        "fuzz: {} targets, {seconds} s each, {jobs} at a time (logs in {})",
-        targets.len(),
-        work.join("logs").display()
-    );
+    println!("fuzz: {} targets, {seconds} s each, {jobs} at a time (logs in {})", targets.len(), work.join("logs").display());
     let queue = Mutex::new(targets.iter().rev().copied().collect::<Vec<_>>());
     let failures = Mutex::new(Vec::<String>::new());
     std::thread::scope(|s| {
@@ -148,7 +143,9 @@ fn run_target(root: &Path, work: &Path, bin_dir: &Path, t: &str, seconds: u64) -
             .lines()
             .rev()
             .find(|l| l.contains(" cov: "))
-            .and_then(|l| l.find("cov: ").map(|i| l[i..].split(" lim:").next().unwrap_or("").split(" exec/s").next().unwrap_or("").to_string()))
+            .and_then(|l| {
+                l.find("cov: ").map(|i| l[i..].split(" lim:").next().unwrap_or("").split(" exec/s").next().unwrap_or("").to_string())
+            })
             .unwrap_or_default();
         println!("fuzz: {t}: ok, no crash ({done}; {cov})");
         return Ok(());

@@ -60,12 +60,8 @@ fn replace(path: &Path, contents: &[u8], mode: u32, log: &mut Vec<String>) -> Re
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!(".{}.xtask-install", path.file_name().unwrap().to_string_lossy()));
     let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f =
+        fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(contents)?;
     f.set_permissions(fs::Permissions::from_mode(mode))?;
     f.sync_all()?;

@@ -15,11 +15,8 @@ const KERNEL_PROBES: &[(&str, &str)] = &[
 ];
 
 pub fn check_kernel() -> Result<()> {
-    let missing: Vec<String> = KERNEL_PROBES
-        .iter()
-        .filter(|(p, _)| !Path::new(p).exists())
-        .map(|(p, what)| format!("{p} is missing: no {what}"))
-        .collect();
+    let missing: Vec<String> =
+        KERNEL_PROBES.iter().filter(|(p, _)| !Path::new(p).exists()).map(|(p, what)| format!("{p} is missing: no {what}")).collect();
     if !missing.is_empty() {
         bail!(
             "this kernel cannot run eBPF/XDP programs:\n  {}\n\

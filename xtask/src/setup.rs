@@ -57,10 +57,7 @@ pub fn run(mode: Mode) -> Result<()> {
     bpffs(mode, &mut missing)?;
     cargo_fuzz(mode)?;
     if !missing.is_empty() {
-        bail!(
-            "this machine is missing:\n  {}\nrun `sudo cargo xtask setup` to install it",
-            missing.join("\n  ")
-        );
+        bail!("this machine is missing:\n  {}\nrun `sudo cargo xtask setup` to install it", missing.join("\n  "));
     }
     Ok(())
 }
@@ -118,9 +115,7 @@ fn rust_src(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         "rustup not found (on PATH, in $CARGO_HOME/bin or ~/.cargo/bin): \
          the nightly toolchain that builds the eBPF program is managed by rustup",
     )?;
-    let toolchains = probe(&rustup, &["toolchain", "list"])
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+    let toolchains = probe(&rustup, &["toolchain", "list"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     if toolchains.lines().any(|l| l.starts_with("nightly")) {
         println!("ok: nightly toolchain already present");
     } else if mode == Mode::CheckOnly {
@@ -152,10 +147,7 @@ fn bpf_linker_version() -> Option<String> {
     let bin = find_tool("bpf-linker")?;
     let out = probe(&bin, &["--version"])?;
     // "bpf-linker 0.13.0"
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .map(str::to_owned)
+    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).map(str::to_owned)
 }
 
 fn bpf_linker(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
@@ -181,21 +173,16 @@ fn bpf_linker(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
     println!("installing bpf-linker {BPF_LINKER_VERSION}: {why}; takes about a minute");
     let path = std::env::var("PATH").unwrap_or_default();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    cmd::run(
-        Command::new(cargo)
-            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
-            .env("PATH", format!("{LLVM_PREFIX}/bin:{path}"))
-            .args([
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--locked",
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ]),
-    )?;
+    cmd::run(Command::new(cargo).env("LLVM_SYS_221_PREFIX", LLVM_PREFIX).env("PATH", format!("{LLVM_PREFIX}/bin:{path}")).args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]))?;
     match bpf_linker_version() {
         Some(v) if v == BPF_LINKER_VERSION => Ok(()),
         other => bail!("bpf-linker still reports {other:?} after installing {BPF_LINKER_VERSION}"),

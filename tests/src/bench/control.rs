@@ -23,12 +23,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use ampguard::store::state::{State, StateFile};
 use ampguard::{
     clock,
     dataplane::{rules::DpPolicy, rules::Mode, Capacity, DataPlane, LoadOptions},
     profiles, vectors,
 };
-use ampguard::store::state::{State, StateFile};
 use ampguard_tests::{
     daemon::Daemon,
     lab::{Lab, UdpSink},
@@ -50,9 +50,7 @@ const ATTACK_SRC: &str = "198.51.100.7:11211";
 const ATTACK_DST: &str = "203.0.113.10:40001";
 
 fn daemon_extra() -> String {
-    format!(
-        "max_alerts_per_minute = 1000000\n[capacity]\nmax_policies = {MAX_POLICIES}\nmax_limiters = {MAX_LIMITERS}\n"
-    )
+    format!("max_alerts_per_minute = 1000000\n[capacity]\nmax_policies = {MAX_POLICIES}\nmax_limiters = {MAX_LIMITERS}\n")
 }
 
 /// The i-th bench victim: 100.64.0.0 + i, /32.
@@ -181,9 +179,7 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
 fn proc_status(pid: u32) -> Result<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
-            .unwrap_or(0)
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())).unwrap_or(0)
     };
     Ok((field("VmRSS:"), field("VmHWM:")))
 }
@@ -210,10 +206,7 @@ fn agent() -> ureq::Agent {
 /// One API call on `agent` (must run inside the edge namespace): (status, body).
 fn call(agent: &ureq::Agent, d: &Daemon, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Value)> {
     let url = format!("http://127.0.0.1:{}{}", d.port, path);
-    let req = ureq::http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("Authorization", format!("Bearer {}", d.token));
+    let req = ureq::http::Request::builder().method(method).uri(&url).header("Authorization", format!("Bearer {}", d.token));
     let mut res = match body {
         Some(b) => agent.run(req.header("Content-Type", "application/json").body(b.to_string())?)?,
         None => agent.run(req.body(())?)?,
@@ -289,12 +282,7 @@ fn batch(
 }
 
 fn add_req(i: usize) -> (String, String, Option<String>, u16) {
-    (
-        "POST".into(),
-        "/v1/policies".into(),
-        Some(format!(r#"{{"victim": "{}", "ttl_secs": 3600, "comment": "bench"}}"#, victim(i))),
-        201,
-    )
+    ("POST".into(), "/v1/policies".into(), Some(format!(r#"{{"victim": "{}", "ttl_secs": 3600, "comment": "bench"}}"#, victim(i))), 201)
 }
 
 /// Numbered attack frames paced at ~`gap_us`, with their send times; the
@@ -544,7 +532,11 @@ pub fn api(n_bans: usize, api_budget: Duration) -> Result<ApiResult> {
         bail!("daemon reports {total} policies after the restart, expected {N_POLICIES}: {st}");
     }
     eprintln!("  restarted with {total} policies in {restart_secs:.1} s");
-    rss_v.push(rss(&d, if extended { "restarted on the state file extended to 100,000" } else { "restarted on its own state file" }, total)?);
+    rss_v.push(rss(
+        &d,
+        if extended { "restarted on the state file extended to 100,000" } else { "restarted on its own state file" },
+        total,
+    )?);
     // Adds at this size, after the restart: 1,000 with 4 clients, then 500
     // with one client alone (which waits for its own fdatasync each time).
     batches.push(batch(&d, "POST /v1/policies", total, 4, 1000, &|i| add_req(N_POLICIES + 1000 + i))?);

@@ -73,8 +73,7 @@ pub struct BenchSlots {
 }
 
 fn base_rules() -> Vec<(u8, Rule)> {
-    let mut r: Vec<(u8, Rule)> =
-        ["memcached", "chargen", "qotd", "ssdp", "cldap"].iter().map(|n| (vid(n), Rule::Drop)).collect();
+    let mut r: Vec<(u8, Rule)> = ["memcached", "chargen", "qotd", "ssdp", "cldap"].iter().map(|n| (vid(n), Rule::Drop)).collect();
     r.push((vector::FRAGMENT, Rule::Drop));
     r
 }
@@ -143,9 +142,7 @@ impl Check {
     fn read(&self, dp: &DataPlane) -> Result<u64> {
         Ok(match *self {
             Check::Reason(r) => dp.reason_counters()?[r].packets,
-            Check::Verdict { slot, vector, verdict } => {
-                dp.policy_counters(slot)?[vector as usize].by_verdict[verdict].packets
-            }
+            Check::Verdict { slot, vector, verdict } => dp.policy_counters(slot)?[vector as usize].by_verdict[verdict].packets,
         })
     }
 }
@@ -308,9 +305,7 @@ pub fn paths(s: &BenchSlots) -> Vec<Path> {
 /// has 16-24 ms of fixed cost outside the loop (measured: 160-240 ns a run at
 /// 100,000 repeats, against the kernel's 8-12), 8-12 ns a run at 2,000,000.
 pub fn run(prog: &Xdp, pkt: &[u8], repeat: u32) -> Result<(u32, f64)> {
-    let r = prog
-        .test_run(TestRunOptions { data_in: Some(pkt), repeat, ..Default::default() })
-        .context("BPF_PROG_TEST_RUN")?;
+    let r = prog.test_run(TestRunOptions { data_in: Some(pkt), repeat, ..Default::default() }).context("BPF_PROG_TEST_RUN")?;
     Ok((r.return_value, r.duration.as_nanos() as f64))
 }
 
@@ -360,14 +355,7 @@ pub fn median(v: &[f64]) -> f64 {
 
 /// Runs every subject `rounds` times (interleaved) and checks each path.
 /// Returns the bare program first, then count-and-drop, then the paths.
-pub fn measure(
-    dp: &DataPlane,
-    bare: &Xdp,
-    count_drop: &Xdp,
-    paths: &[Path],
-    rounds: usize,
-    repeat: u32,
-) -> Result<Vec<Measured>> {
+pub fn measure(dp: &DataPlane, bare: &Xdp, count_drop: &Xdp, paths: &[Path], rounds: usize, repeat: u32) -> Result<Vec<Measured>> {
     let ref_pkt = P::udp4("198.51.100.7:11211", "203.0.113.10:40001").payload(PAYLOAD_64).build();
     // Warm up (and empty the rate-limited bucket), then check each verdict once.
     for (prog, pkt) in [(bare, &ref_pkt), (count_drop, &ref_pkt)] {
@@ -380,10 +368,8 @@ pub fn measure(
             bail!("path {:?}: XDP action {ret}, expected {}", p.label, p.expect);
         }
     }
-    let before: Vec<(u64, u64)> = paths
-        .iter()
-        .map(|p| Ok((p.check.read(dp)?, p.also.map(|c| c.read(dp)).transpose()?.unwrap_or(0))))
-        .collect::<Result<_>>()?;
+    let before: Vec<(u64, u64)> =
+        paths.iter().map(|p| Ok((p.check.read(dp)?, p.also.map(|c| c.read(dp)).transpose()?.unwrap_or(0)))).collect::<Result<_>>()?;
 
     let n = paths.len() + 2;
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); n];

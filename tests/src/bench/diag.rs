@@ -43,10 +43,8 @@ pub fn measure(
     rounds: usize,
     repeat: u32,
 ) -> Result<Diag> {
-    let chosen: Vec<&Path> = labels
-        .iter()
-        .map(|l| paths.iter().find(|p| p.label == *l).ok_or_else(|| anyhow::anyhow!("no path {l}")))
-        .collect::<Result<_>>()?;
+    let chosen: Vec<&Path> =
+        labels.iter().map(|l| paths.iter().find(|p| p.label == *l).ok_or_else(|| anyhow::anyhow!("no path {l}"))).collect::<Result<_>>()?;
     let pkt = &chosen[0].pkt;
     let mut bare_s = Vec::new();
     let mut s: Vec<[Vec<f64>; 3]> = vec![Default::default(); chosen.len()];

@@ -126,11 +126,7 @@ pub fn nft_rules_for_report(r: Receiver) -> String {
 fn nft_counters(lab: &Lab) -> Result<Vec<u64>> {
     let out = lab.edge.exec(&["nft", "list", "table", "netdev", NFT_TABLE])?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .split("counter packets ")
-        .skip(1)
-        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .collect())
+    Ok(text.split("counter packets ").skip(1).filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse().ok())).collect())
 }
 
 fn sum_percpu(ebpf: &Ebpf, map: &str) -> Result<u64> {
@@ -267,20 +263,14 @@ impl<'a> Live<'a> {
         for r in Receiver::ALL {
             let s = self.run_once(r, CALIBRATION_FRAMES, cfg.batch)?;
             if s.dropped == 0 {
-                bail!(
-                    "{}: the receiver dropped none of {} frames (do frames cross the veth? passed {})",
-                    r.label(),
-                    s.sent,
-                    s.passed
-                );
+                bail!("{}: the receiver dropped none of {} frames (do frames cross the veth? passed {})", r.label(), s.sent, s.passed);
             }
             let rate = (s.dropped + s.passed) as f64 / s.secs;
             let n = (rate * cfg.secs).clamp(MIN_FRAMES, MAX_FRAMES) as u32;
             eprintln!("  calibration: {:<50} {:>6.2} Mpps -> {n} frames a round", r.label(), rate / 1e6);
             frames.push(n);
         }
-        let mut results: Vec<LiveResult> =
-            Receiver::ALL.iter().map(|r| LiveResult { receiver: *r, samples: Vec::new() }).collect();
+        let mut results: Vec<LiveResult> = Receiver::ALL.iter().map(|r| LiveResult { receiver: *r, samples: Vec::new() }).collect();
         let n = Receiver::ALL.len();
         for round in 0..cfg.rounds {
             for k in 0..n {

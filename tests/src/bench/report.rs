@@ -154,14 +154,26 @@ impl Report {
         for c in self.cost.iter().skip(2) {
             if let Some(t) = c.target {
                 let r = self.ratio(c);
-                let _ = writeln!(w, "| {} <= {t:.1}x bare | {r:.2}x ({:.1} ns vs {:.1} ns; {:+.1} ns) | {} |", c.label, c.median(), self.bare(), c.over_bare(), met(r <= t));
+                let _ = writeln!(
+                    w,
+                    "| {} <= {t:.1}x bare | {r:.2}x ({:.1} ns vs {:.1} ns; {:+.1} ns) | {} |",
+                    c.label,
+                    c.median(),
+                    self.bare(),
+                    c.over_bare(),
+                    met(r <= t)
+                );
             }
         }
         match (self.live(Receiver::AmpguardDrop), self.live(Receiver::NftDrop), self.live(Receiver::CountDrop)) {
             (Some(a), Some(n), Some(c)) => {
                 let rn = self.live_ratio(Receiver::AmpguardDrop, Receiver::NftDrop).unwrap_or(a / n);
                 let rc = self.live_ratio(Receiver::AmpguardDrop, Receiver::CountDrop).unwrap_or(a / c);
-                let _ = writeln!(w, "| live drop rate >= 3x nftables per core | {rn:.2}x (medians {a:.2} vs {n:.2} Mpps) | {} |", met(rn >= 3.0));
+                let _ = writeln!(
+                    w,
+                    "| live drop rate >= 3x nftables per core | {rn:.2}x (medians {a:.2} vs {n:.2} Mpps) | {} |",
+                    met(rn >= 3.0)
+                );
                 let _ = writeln!(
                     w,
                     "| live drop rate within 10% of count-and-drop | {rc:.2}x (medians {a:.2} vs {c:.2} Mpps) | {} |",
@@ -172,10 +184,13 @@ impl Report {
                 let _ = writeln!(w, "| live traffic | not run (`--skip-live`) | |");
             }
         }
-        if let (Some(a), Some(n), Some(r)) =
-            (self.live(Receiver::AmpguardLimit), self.live(Receiver::NftLimit), self.live_ratio(Receiver::AmpguardLimit, Receiver::NftLimit))
-        {
-            let _ = writeln!(w, "| live rate-limit, vs nftables `limit rate` (no target set) | {r:.2}x (medians {a:.2} vs {n:.2} Mpps) | |");
+        if let (Some(a), Some(n), Some(r)) = (
+            self.live(Receiver::AmpguardLimit),
+            self.live(Receiver::NftLimit),
+            self.live_ratio(Receiver::AmpguardLimit, Receiver::NftLimit),
+        ) {
+            let _ =
+                writeln!(w, "| live rate-limit, vs nftables `limit rate` (no target set) | {r:.2}x (medians {a:.2} vs {n:.2} Mpps) | |");
         }
         if let Some(c) = &self.control {
             control_targets(w, c);
@@ -191,9 +206,19 @@ impl Report {
         );
         let v4: usize = self.v4_hist.values().sum();
         let v6: usize = self.v6_hist.values().sum();
-        let _ = writeln!(w, "- {v4} IPv4 victim prefixes in 40 /16s of 100.64.0.0/10 plus the bench's own in 203.0.113.0/24: {}", hist(&self.v4_hist));
+        let _ = writeln!(
+            w,
+            "- {v4} IPv4 victim prefixes in 40 /16s of 100.64.0.0/10 plus the bench's own in 203.0.113.0/24: {}",
+            hist(&self.v4_hist)
+        );
         let _ = writeln!(w, "- {v6} IPv6 victim prefixes in 2001:db8::/32: {}", hist(&self.v6_hist));
-        let _ = writeln!(w, "- {} allowlist entries ({} IPv4 in 10/8, 172.16/12 and 192.0.2.10/32; {} IPv6 in fd00::/8)", self.allow_v4 + self.allow_v6, self.allow_v4, self.allow_v6);
+        let _ = writeln!(
+            w,
+            "- {} allowlist entries ({} IPv4 in 10/8, 172.16/12 and 192.0.2.10/32; {} IPv6 in fd00::/8)",
+            self.allow_v4 + self.allow_v6,
+            self.allow_v4,
+            self.allow_v6
+        );
         let _ = writeln!(
             w,
             "- capacity: max_policies {}, v4_chunks {} (one per /16 holding prefixes longer than /16), \
@@ -237,8 +262,11 @@ impl Report {
 
         // Diagnostics.
         let d = &self.diag;
-        let _ = writeln!(w, "### Where the time goes
-");
+        let _ = writeln!(
+            w,
+            "### Where the time goes
+"
+        );
         let _ = writeln!(
             w,
             "The same packets again ({} more interleaved rounds; bare = {:.1} ns in these rounds): with the \
@@ -247,7 +275,10 @@ impl Report {
              `bpf_ktime_get_coarse_ns` once per tick), and through a second ampguard whose tables hold only the \
              bench's {} IPv4 + {} IPv6 victims and 1 allowlist entry. Column differences are the real clock's \
              cost (on paths that read it: an expiring policy or a limit) and the table size.\n",
-            d.rounds, d.bare, super::cost::BENCH_V4_VICTIMS, super::cost::BENCH_V6_VICTIMS
+            d.rounds,
+            d.bare,
+            super::cost::BENCH_V4_VICTIMS,
+            super::cost::BENCH_V6_VICTIMS
         );
         let _ = writeln!(
             w,
@@ -598,5 +629,4 @@ fn control_section(w: &mut String, c: &Control, cpus: usize) {
         let _ = writeln!(w, "| {} | {} | {} | {} |", r.what, r.policies, mb(r.rss_kb), mb(r.hwm_kb));
     }
     let _ = writeln!(w);
-
 }

@@ -86,9 +86,7 @@ pub fn source_rev(explicit: Option<&str>) -> String {
     let Some(head) = command_out("git", &["-C", root, "rev-parse", "--short=12", "HEAD"]) else {
         return "unknown (not a git checkout)".into();
     };
-    let dirty = command_out("git", &["-C", root, "status", "--porcelain", "--untracked-files=no"])
-        .map(|s| !s.is_empty())
-        .unwrap_or(false);
+    let dirty = command_out("git", &["-C", root, "status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()).unwrap_or(false);
     if dirty {
         format!("{head} + uncommitted changes")
     } else {

@@ -101,10 +101,10 @@ impl Tables {
 
 /// Prefix lengths and their shares of the IPv4 table (per 100,000).
 const V4_MIX: &[(&[u8], usize)] = &[
-    (&[16], 4),                               // whole /16 customers
+    (&[16], 4),                                      // whole /16 customers
     (&[17, 18, 19, 20, 21, 22, 22, 23, 23, 23], 96), // large customers
-    (&[24], 1_500),                           // customer /24s
-    (&[25, 26, 27, 28, 28, 29, 29, 30, 31], 400), // small customer subnets
+    (&[24], 1_500),                                  // customer /24s
+    (&[25, 26, 27, 28, 28, 29, 29, 30, 31], 400),    // small customer subnets
 ];
 
 fn gen_v4(rng: &mut Rng, total: usize) -> Vec<(IpNet, DpPolicy)> {
@@ -219,8 +219,7 @@ fn gen_allow(rng: &mut Rng, total: usize) -> Vec<IpNet> {
 /// amplification vectors that have no legitimate use towards a customer, and
 /// for a quarter of the victims also limit NTP and DNS; 5% in monitor mode.
 fn population_policy(rng: &mut Rng) -> DpPolicy {
-    let mut rules: Vec<(u8, Rule)> =
-        ["memcached", "chargen", "qotd", "ssdp", "cldap"].iter().map(|n| (vid(n), Rule::Drop)).collect();
+    let mut rules: Vec<(u8, Rule)> = ["memcached", "chargen", "qotd", "ssdp", "cldap"].iter().map(|n| (vid(n), Rule::Drop)).collect();
     rules.push((vector::FRAGMENT, Rule::Drop));
     if rng.below(4) == 0 {
         let l = Limit { pps: 1_000 + rng.below(50_000), bytes_per_sec: 0, burst_packets: 100, burst_bytes: 0 };

@@ -147,15 +147,8 @@ fn run() -> Result<()> {
     }
 
     // Tables: the generated population plus the bench's own victims.
-    let t = Tables::generate(
-        tables::V4_TOTAL - BENCH_V4_VICTIMS,
-        tables::V6_TOTAL - BENCH_V6_VICTIMS,
-        tables::ALLOW_TOTAL - BENCH_ALLOW,
-    );
-    let bench_v4: Vec<IpNet> = cost::BENCH_V4
-        .iter()
-        .map(|s| s.parse().expect("bench victim"))
-        .collect();
+    let t = Tables::generate(tables::V4_TOTAL - BENCH_V4_VICTIMS, tables::V6_TOTAL - BENCH_V6_VICTIMS, tables::ALLOW_TOTAL - BENCH_ALLOW);
+    let bench_v4: Vec<IpNet> = cost::BENCH_V4.iter().map(|s| s.parse().expect("bench victim")).collect();
     let bench_v6: IpNet = cost::V6_DROP.parse().expect("bench victim");
     let v4_chunks = Tables::chunks_needed(t.v4.iter().map(|(n, _)| n).chain(bench_v4.iter()));
     let limiters = Tables::limiters_needed(t.v4.iter().chain(t.v6.iter()).map(|(_, p)| p)) + cost::BENCH_LIMITERS;
@@ -238,8 +231,7 @@ fn run() -> Result<()> {
         let mut live = Live::new(&lab, &mut dp, &mut base, &slots)?;
         let call_overhead_ms = live.call_overhead_ms(args.batch)?;
         let frame_len = live.frame_len();
-        let results =
-            live.measure(&LiveConfig { rounds: args.live_rounds, secs: args.live_secs, batch: args.batch })?;
+        let results = live.measure(&LiveConfig { rounds: args.live_rounds, secs: args.live_secs, batch: args.batch })?;
         for r in &results {
             let m = r.median();
             eprintln!("  {:<50} {:>6.2} Mpps dropped ({:.0} ns/packet)", r.receiver.label(), m.drop_mpps(), 1e3 / m.drop_mpps());
@@ -274,10 +266,7 @@ fn run() -> Result<()> {
         Some(control::Control { handle, api: Some(api) })
     };
 
-    let notes = std::fs::read_to_string(&args.out)
-        .ok()
-        .and_then(|old| report::existing_notes(&old))
-        .unwrap_or_else(|| "(none yet)".into());
+    let notes = std::fs::read_to_string(&args.out).ok().and_then(|old| report::existing_notes(&old)).unwrap_or_else(|| "(none yet)".into());
     let report = Report {
         command: args.command.clone(),
         rev,

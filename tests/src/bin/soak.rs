@@ -289,10 +289,16 @@ fn main() -> Result<()> {
     let (attack_sent, normal_sent) = (c(&counts.attack_sent), c(&counts.normal_sent));
     let mut problems = Vec::new();
     if last.rss_kib > rss_bound {
-        problems.push(format!("RSS grew from {} KiB (after warm-up) to {} KiB, above the bound of {rss_bound} KiB (+20 %)", base.rss_kib, last.rss_kib));
+        problems.push(format!(
+            "RSS grew from {} KiB (after warm-up) to {} KiB, above the bound of {rss_bound} KiB (+20 %)",
+            base.rss_kib, last.rss_kib
+        ));
     }
     if max_fds_after > fd_bound {
-        problems.push(format!("open fds grew from {} (after warm-up) to {max_fds_after}, above the bound of {fd_bound} (+{FD_GROWTH_MAX})", base.fds));
+        problems.push(format!(
+            "open fds grew from {} (after warm-up) to {max_fds_after}, above the bound of {fd_bound} (+{FD_GROWTH_MAX})",
+            base.fds
+        ));
     }
     if leaked > 0 {
         problems.push(format!("{leaked} of {attack_sent} attack packets reached the victim"));
@@ -304,11 +310,24 @@ fn main() -> Result<()> {
     let mut md = String::new();
     writeln!(md, "# Soak test\n")?;
     writeln!(md, "Command: `{}`  ", args.command)?;
-    writeln!(md, "Duration: {:.1} min ({:.0} s), samples every {} s, warm-up {} s  ", args.minutes, elapsed.as_secs_f64(), args.interval, warmup.as_secs())?;
+    writeln!(
+        md,
+        "Duration: {:.1} min ({:.0} s), samples every {} s, warm-up {} s  ",
+        args.minutes,
+        elapsed.as_secs_f64(),
+        args.interval,
+        warmup.as_secs()
+    )?;
     writeln!(md, "Machine: {} vCPUs, kernel {}  ", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), kernel())?;
     writeln!(md, "Daemon: `{}` (debug or release as built by the command)\n", ampguard_tests::daemon::ampguard_bin().display())?;
     writeln!(md, "Load, all at once for the whole run (see tests/src/bin/soak.rs):")?;
-    writeln!(md, "- policy churn: {} created, {} replaced, {} deleted (about 100 live /32s in 198.18.0.0/15);", c(&counts.policies_created), c(&counts.policies_replaced), c(&counts.policies_deleted))?;
+    writeln!(
+        md,
+        "- policy churn: {} created, {} replaced, {} deleted (about 100 live /32s in 198.18.0.0/15);",
+        c(&counts.policies_created),
+        c(&counts.policies_replaced),
+        c(&counts.policies_deleted)
+    )?;
     writeln!(md, "- {} generic alerts (bans with a 20 s TTL, unbans; the sweeper expires the rest);", c(&counts.alerts))?;
     writeln!(md, "- /v1/status, /v1/policies and /metrics scraped every second;")?;
     writeln!(md, "- {} API requests in all, {} failed;", c(&counts.requests), c(&counts.failed))?;

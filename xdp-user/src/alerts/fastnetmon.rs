@@ -49,10 +49,7 @@ use std::net::IpAddr;
 use serde_json::{Map, Value};
 
 use super::generic::{is_vector_name, MAX_COMMENT_BYTES, MAX_VECTORS};
-use super::{
-    clean_text, json_kind, parse_victim, snippet, Alert, AlertAction, AlertError, AlertSource,
-    MAX_ATTACK_TYPE_BYTES,
-};
+use super::{clean_text, json_kind, parse_victim, snippet, Alert, AlertAction, AlertError, AlertSource, MAX_ATTACK_TYPE_BYTES};
 
 /// Most packet lines (or JSON packet entries) looked at.
 pub const MAX_DUMP_LINES: usize = 10_000;
@@ -100,11 +97,7 @@ pub const FRAGMENT_VECTOR: &str = "fragment";
 /// - IP must be a host address (IPv4 or IPv6), PPS a whole number.
 ///
 /// All four arguments are checked before the direction decides.
-pub fn parse_script(
-    argv: &[String],
-    stdin: &str,
-    port_vector: &dyn Fn(u16) -> Option<String>,
-) -> Result<Option<Alert>, AlertError> {
+pub fn parse_script(argv: &[String], stdin: &str, port_vector: &dyn Fn(u16) -> Option<String>) -> Result<Option<Alert>, AlertError> {
     let [ip, direction, pps, action] = argv else {
         return Err(AlertError::WrongArgCount(argv.len()));
     };
@@ -112,17 +105,9 @@ pub fn parse_script(
     let act = match direction.as_str() {
         "incoming" => true,
         "outgoing" | "internal" | "other" => false,
-        _ => {
-            return Err(AlertError::UnknownDirection {
-                field: "DIRECTION (argument 2)",
-                value: snippet(direction),
-            })
-        }
+        _ => return Err(AlertError::UnknownDirection { field: "DIRECTION (argument 2)", value: snippet(direction) }),
     };
-    let pps = pps.parse::<u64>().map_err(|_| AlertError::BadPps {
-        field: "PPS (argument 3)",
-        value: snippet(pps),
-    })?;
+    let pps = pps.parse::<u64>().map_err(|_| AlertError::BadPps { field: "PPS (argument 3)", value: snippet(pps) })?;
     let action = match action.as_str() {
         "ban" | "attack_details" => AlertAction::Ban,
         "unban" => AlertAction::Unban,
@@ -160,12 +145,7 @@ pub fn parse_script(
         AlertAction::Ban => tally.into_vectors(),
         AlertAction::Unban => Vec::new(),
     };
-    let comment = make_comment(
-        summary.attack_type.as_deref(),
-        summary.protocol.as_deref(),
-        Some(pps),
-        Some(direction),
-    );
+    let comment = make_comment(summary.attack_type.as_deref(), summary.protocol.as_deref(), Some(pps), Some(direction));
     Ok(Some(Alert {
         source: AlertSource::FastnetmonScript,
         victim,
@@ -192,12 +172,8 @@ pub fn parse_script(
 /// script's PPS argument), else `peak_attack_power`, else `total_incoming_pps`.
 /// Vectors come from `packet_dump_detailed`, else `packet_dump`. Unknown
 /// fields are ignored; packet entries that cannot be read are skipped.
-pub fn parse_json(
-    body: &[u8],
-    port_vector: &dyn Fn(u16) -> Option<String>,
-) -> Result<Alert, AlertError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| AlertError::InvalidJson(e.to_string()))?;
+pub fn parse_json(body: &[u8], port_vector: &dyn Fn(u16) -> Option<String>) -> Result<Alert, AlertError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| AlertError::InvalidJson(e.to_string()))?;
     let Value::Object(top) = value else {
         return Err(AlertError::NotAnObject(json_kind(&value)));
     };
@@ -236,44 +212,21 @@ pub fn parse_json(
         Some(Value::Object(m)) => m,
         Some(other) => return Err(wrong("attack_details", "an object", other)),
     };
-    let threshold_direction = opt_str(
-        details,
-        "attack_details.attack_detection_threshold_direction",
-        "attack_detection_threshold_direction",
-    )?;
-    let old_direction = opt_str(
-        details,
-        "attack_details.attack_direction",
-        "attack_direction",
-    )?;
+    let threshold_direction =
+        opt_str(details, "attack_details.attack_detection_threshold_direction", "attack_detection_threshold_direction")?;
+    let old_direction = opt_str(details, "attack_details.attack_direction", "attack_direction")?;
     let direction = match threshold_direction {
         Some(d) if !d.is_empty() && d != "unknown" => Some(d),
         _ => old_direction,
     };
     if let Some(d @ ("outgoing" | "internal")) = direction {
-        return Err(AlertError::NotIncoming {
-            direction: d.to_string(),
-        });
+        return Err(AlertError::NotIncoming { direction: d.to_string() });
     }
-    let attack_type = opt_str(details, "attack_details.attack_type", "attack_type")?
-        .and_then(|s| clean_text(s, MAX_ATTACK_TYPE_BYTES));
-    let protocol = opt_str(details, "attack_details.attack_protocol", "attack_protocol")?
-        .and_then(|s| clean_text(s, 16));
-    let pps = opt_u64(
-        details,
-        "attack_details.initial_attack_power",
-        "initial_attack_power",
-    )?
-    .or(opt_u64(
-        details,
-        "attack_details.peak_attack_power",
-        "peak_attack_power",
-    )?)
-    .or(opt_u64(
-        details,
-        "attack_details.total_incoming_pps",
-        "total_incoming_pps",
-    )?);
+    let attack_type = opt_str(details, "attack_details.attack_type", "attack_type")?.and_then(|s| clean_text(s, MAX_ATTACK_TYPE_BYTES));
+    let protocol = opt_str(details, "attack_details.attack_protocol", "attack_protocol")?.and_then(|s| clean_text(s, 16));
+    let pps = opt_u64(details, "attack_details.initial_attack_power", "initial_attack_power")?
+        .or(opt_u64(details, "attack_details.peak_attack_power", "peak_attack_power")?)
+        .or(opt_u64(details, "attack_details.total_incoming_pps", "total_incoming_pps")?);
 
     let detailed = opt_array(&top, "packet_dump_detailed")?;
     let lines = opt_array(&top, "packet_dump")?;
@@ -379,11 +332,7 @@ fn parse_packet_line(line: &str) -> Option<Packet> {
 /// `198.51.100.7:11211`, `[2001:db8::1]:53` or `2001:db8::1:53` (FastNetMon
 /// prints IPv6 without brackets: the port follows the last colon).
 fn split_endpoint(s: &str) -> Option<(IpAddr, u16)> {
-    let (addr, port) = if let Some(rest) = s.strip_prefix('[') {
-        rest.split_once("]:")?
-    } else {
-        s.rsplit_once(':')?
-    };
+    let (addr, port) = if let Some(rest) = s.strip_prefix('[') { rest.split_once("]:")? } else { s.rsplit_once(':')? };
     let addr: IpAddr = addr.parse().ok()?;
     Some((addr.to_canonical(), port.parse().ok()?))
 }
@@ -454,10 +403,7 @@ impl Tally {
     fn into_vectors(self) -> Vec<String> {
         let mut v: Vec<(String, u64)> = self.0.into_iter().collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        v.into_iter()
-            .take(MAX_VECTORS)
-            .map(|(name, _)| name)
-            .collect()
+        v.into_iter().take(MAX_VECTORS).map(|(name, _)| name).collect()
     }
 }
 
@@ -487,12 +433,7 @@ impl Summary {
 
 /// `fastnetmon: udp_flood 3209 pps, incoming`. An absent or `unknown` attack
 /// type is replaced by the protocol (`udp attack`), else by `attack`.
-fn make_comment(
-    attack_type: Option<&str>,
-    protocol: Option<&str>,
-    pps: Option<u64>,
-    direction: Option<&str>,
-) -> String {
+fn make_comment(attack_type: Option<&str>, protocol: Option<&str>, pps: Option<u64>, direction: Option<&str>) -> String {
     let what = match (attack_type, protocol) {
         (Some(t), _) if t != "unknown" => t.to_string(),
         (_, Some(p)) if p != "unknown" => format!("{p} attack"),
@@ -509,18 +450,10 @@ fn make_comment(
 }
 
 fn wrong(field: &'static str, expected: &'static str, got: &Value) -> AlertError {
-    AlertError::WrongType {
-        field,
-        expected,
-        got: json_kind(got).to_string(),
-    }
+    AlertError::WrongType { field, expected, got: json_kind(got).to_string() }
 }
 
-fn opt_str<'a>(
-    m: &'a Map<String, Value>,
-    field: &'static str,
-    key: &str,
-) -> Result<Option<&'a str>, AlertError> {
+fn opt_str<'a>(m: &'a Map<String, Value>, field: &'static str, key: &str) -> Result<Option<&'a str>, AlertError> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
@@ -528,11 +461,7 @@ fn opt_str<'a>(
     }
 }
 
-fn opt_u64(
-    m: &Map<String, Value>,
-    field: &'static str,
-    key: &str,
-) -> Result<Option<u64>, AlertError> {
+fn opt_u64(m: &Map<String, Value>, field: &'static str, key: &str) -> Result<Option<u64>, AlertError> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) if n.is_u64() => Ok(n.as_u64()),
@@ -540,10 +469,7 @@ fn opt_u64(
     }
 }
 
-fn opt_array<'a>(
-    m: &'a Map<String, Value>,
-    key: &'static str,
-) -> Result<Option<&'a [Value]>, AlertError> {
+fn opt_array<'a>(m: &'a Map<String, Value>, key: &'static str) -> Result<Option<&'a [Value]>, AlertError> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(a)) => Ok(Some(a.as_slice())),
@@ -557,16 +483,12 @@ mod tests {
     use serde_json::json;
 
     const BAN_STDIN: &str = include_str!("../../tests/fixtures/fastnetmon/ban-stdin.txt");
-    const DETAILS_STDIN: &str =
-        include_str!("../../tests/fixtures/fastnetmon/attack_details-stdin.txt");
+    const DETAILS_STDIN: &str = include_str!("../../tests/fixtures/fastnetmon/attack_details-stdin.txt");
     const ARGV_LOG: &str = include_str!("../../tests/fixtures/fastnetmon/argv.log");
 
     /// The built-in port table, as the controller will pass it.
     fn builtin(port: u16) -> Option<String> {
-        xdp_common::vector::BUILTIN
-            .iter()
-            .find(|v| v.ports.contains(&port))
-            .map(|v| v.name.to_string())
+        xdp_common::vector::BUILTIN.iter().find(|v| v.ports.contains(&port)).map(|v| v.name.to_string())
     }
 
     fn args(s: &str) -> Vec<String> {
@@ -597,9 +519,7 @@ mod tests {
 
     #[test]
     fn fixture_ban() {
-        let a = parse_script(&fixture_argv(0), BAN_STDIN, &builtin)
-            .unwrap()
-            .unwrap();
+        let a = parse_script(&fixture_argv(0), BAN_STDIN, &builtin).unwrap().unwrap();
         assert_eq!(
             a,
             Alert {
@@ -617,25 +537,18 @@ mod tests {
 
     #[test]
     fn fixture_attack_details() {
-        let a = parse_script(&fixture_argv(1), DETAILS_STDIN, &builtin)
-            .unwrap()
-            .unwrap();
+        let a = parse_script(&fixture_argv(1), DETAILS_STDIN, &builtin).unwrap().unwrap();
         assert_eq!(a.action, AlertAction::Ban);
         assert_eq!(a.victim, ip("203.0.113.10"));
         assert_eq!(a.vectors, vec!["memcached".to_string()]);
         assert_eq!(a.pps, Some(3209));
         assert_eq!(a.attack_type.as_deref(), Some("udp_flood"));
-        assert_eq!(
-            a.comment.as_deref(),
-            Some("fastnetmon: udp_flood 3209 pps, incoming")
-        );
+        assert_eq!(a.comment.as_deref(), Some("fastnetmon: udp_flood 3209 pps, incoming"));
     }
 
     #[test]
     fn fixture_unban() {
-        let a = parse_script(&fixture_argv(2), "", &builtin)
-            .unwrap()
-            .unwrap();
+        let a = parse_script(&fixture_argv(2), "", &builtin).unwrap().unwrap();
         assert_eq!(
             a,
             Alert {
@@ -650,22 +563,14 @@ mod tests {
             }
         );
         // An unban never carries vectors, even if a dump is passed.
-        let a = parse_script(
-            &args("203.0.113.10 incoming 3209 unban"),
-            DETAILS_STDIN,
-            &builtin,
-        )
-        .unwrap()
-        .unwrap();
+        let a = parse_script(&args("203.0.113.10 incoming 3209 unban"), DETAILS_STDIN, &builtin).unwrap().unwrap();
         assert_eq!(a.vectors, Vec::<String>::new());
     }
 
     #[test]
     fn crlf_stdin() {
         let crlf = DETAILS_STDIN.replace('\n', "\r\n");
-        let a = parse_script(&fixture_argv(1), &crlf, &builtin)
-            .unwrap()
-            .unwrap();
+        let a = parse_script(&fixture_argv(1), &crlf, &builtin).unwrap().unwrap();
         assert_eq!(a.vectors, vec!["memcached".to_string()]);
         assert_eq!(a.attack_type.as_deref(), Some("udp_flood"));
     }
@@ -678,82 +583,43 @@ mod tests {
         }
         assert_eq!(
             parse_script(&args("203.0.113.10 inbound 3209 ban"), "", &builtin),
-            Err(AlertError::UnknownDirection {
-                field: "DIRECTION (argument 2)",
-                value: "inbound".into()
-            })
+            Err(AlertError::UnknownDirection { field: "DIRECTION (argument 2)", value: "inbound".into() })
         );
         // Arguments are checked even when the direction is ignored.
-        assert!(matches!(
-            parse_script(&args("203.0.113.999 outgoing 3209 ban"), "", &builtin),
-            Err(AlertError::BadAddress { .. })
-        ));
+        assert!(matches!(parse_script(&args("203.0.113.999 outgoing 3209 ban"), "", &builtin), Err(AlertError::BadAddress { .. })));
     }
 
     #[test]
     fn malformed_argv() {
-        assert_eq!(
-            parse_script(&[], "", &builtin),
-            Err(AlertError::WrongArgCount(0))
-        );
-        assert_eq!(
-            parse_script(&args("203.0.113.10 incoming 3209"), "", &builtin),
-            Err(AlertError::WrongArgCount(3))
-        );
+        assert_eq!(parse_script(&[], "", &builtin), Err(AlertError::WrongArgCount(0)));
+        assert_eq!(parse_script(&args("203.0.113.10 incoming 3209"), "", &builtin), Err(AlertError::WrongArgCount(3)));
         // The script name must not be included.
         assert_eq!(
-            parse_script(
-                &args("/usr/local/bin/notify 203.0.113.10 incoming 3209 ban"),
-                "",
-                &builtin
-            ),
+            parse_script(&args("/usr/local/bin/notify 203.0.113.10 incoming 3209 ban"), "", &builtin),
             Err(AlertError::WrongArgCount(5))
         );
         assert_eq!(
             parse_script(&args("203.0.113 incoming 3209 ban"), "", &builtin),
-            Err(AlertError::BadAddress {
-                field: "IP (argument 1)",
-                value: "203.0.113".into()
-            })
+            Err(AlertError::BadAddress { field: "IP (argument 1)", value: "203.0.113".into() })
         );
-        assert!(matches!(
-            parse_script(&args("203.0.113.0/24 incoming 3209 ban"), "", &builtin),
-            Err(AlertError::PrefixNotAllowed { .. })
-        ));
+        assert!(matches!(parse_script(&args("203.0.113.0/24 incoming 3209 ban"), "", &builtin), Err(AlertError::PrefixNotAllowed { .. })));
         assert!(matches!(
             parse_script(&args("0.0.0.0 incoming 3209 ban"), "", &builtin),
-            Err(AlertError::UnusableAddress {
-                reason: "unspecified address",
-                ..
-            })
+            Err(AlertError::UnusableAddress { reason: "unspecified address", .. })
         ));
         assert!(matches!(
             parse_script(&args("255.255.255.255 incoming 3209 ban"), "", &builtin),
-            Err(AlertError::UnusableAddress {
-                reason: "broadcast address",
-                ..
-            })
+            Err(AlertError::UnusableAddress { reason: "broadcast address", .. })
         ));
         assert!(matches!(
             parse_script(&args("ff05::2 incoming 3209 ban"), "", &builtin),
-            Err(AlertError::UnusableAddress {
-                reason: "multicast address",
-                ..
-            })
+            Err(AlertError::UnusableAddress { reason: "multicast address", .. })
         ));
         for bad in ["-1", "3209.5", "", "lots", "0x10", "18446744073709551616"] {
-            let argv = vec![
-                "203.0.113.10".into(),
-                "incoming".into(),
-                bad.to_string(),
-                "ban".into(),
-            ];
+            let argv = vec!["203.0.113.10".into(), "incoming".into(), bad.to_string(), "ban".into()];
             assert_eq!(
                 parse_script(&argv, "", &builtin),
-                Err(AlertError::BadPps {
-                    field: "PPS (argument 3)",
-                    value: bad.into()
-                }),
+                Err(AlertError::BadPps { field: "PPS (argument 3)", value: bad.into() }),
                 "{bad:?}"
             );
         }
@@ -769,18 +635,9 @@ mod tests {
 
     #[test]
     fn huge_pps() {
-        let a = parse_script(
-            &args("203.0.113.10 incoming 18446744073709551615 ban"),
-            "",
-            &builtin,
-        )
-        .unwrap()
-        .unwrap();
+        let a = parse_script(&args("203.0.113.10 incoming 18446744073709551615 ban"), "", &builtin).unwrap().unwrap();
         assert_eq!(a.pps, Some(u64::MAX));
-        assert_eq!(
-            a.comment.as_deref(),
-            Some("fastnetmon: attack 18446744073709551615 pps, incoming")
-        );
+        assert_eq!(a.comment.as_deref(), Some("fastnetmon: attack 18446744073709551615 pps, incoming"));
     }
 
     #[test]
@@ -789,46 +646,16 @@ mod tests {
         let stdin = [
             "Attack type: unknown",
             "Attack protocol: udp",
-            &line(
-                "2001:db8:1::7:123",
-                "2001:db8::10:40001",
-                "udp",
-                "frag: 0",
-                1,
-                1,
-            ),
-            &line(
-                "[2001:db8:1::7]:123",
-                "[2001:db8::10]:40001",
-                "udp",
-                "frag: 0",
-                1,
-                1,
-            ),
-            &line(
-                "[2001:db8:1::8]:53",
-                "2001:db8::10:40002",
-                "udp",
-                "frag: 0",
-                1,
-                1,
-            ),
+            &line("2001:db8:1::7:123", "2001:db8::10:40001", "udp", "frag: 0", 1, 1),
+            &line("[2001:db8:1::7]:123", "[2001:db8::10]:40001", "udp", "frag: 0", 1, 1),
+            &line("[2001:db8:1::8]:53", "2001:db8::10:40002", "udp", "frag: 0", 1, 1),
         ]
         .join("\n");
-        let a = parse_script(
-            &args("2001:db8::10 incoming 500 attack_details"),
-            &stdin,
-            &builtin,
-        )
-        .unwrap()
-        .unwrap();
+        let a = parse_script(&args("2001:db8::10 incoming 500 attack_details"), &stdin, &builtin).unwrap().unwrap();
         assert_eq!(a.victim, ip("2001:db8::10"));
         assert_eq!(a.vectors, vec!["ntp".to_string(), "dns".to_string()]);
         assert_eq!(a.attack_type.as_deref(), Some("unknown"));
-        assert_eq!(
-            a.comment.as_deref(),
-            Some("fastnetmon: udp attack 500 pps, incoming")
-        );
+        assert_eq!(a.comment.as_deref(), Some("fastnetmon: udp attack 500 pps, incoming"));
     }
 
     #[test]
@@ -836,79 +663,23 @@ mod tests {
         let v = "203.0.113.10";
         let stdin = [
             // 3 ntp packets sampled 1:1.
-            line(
-                "198.51.100.1:123",
-                &format!("{v}:1"),
-                "udp",
-                "frag: 0",
-                3,
-                1,
-            ),
+            line("198.51.100.1:123", &format!("{v}:1"), "udp", "frag: 0", 3, 1),
             // 1 dns packet sampled 1:10 outweighs them.
-            line(
-                "198.51.100.2:53",
-                &format!("{v}:1"),
-                "udp",
-                "frag: 0",
-                1,
-                10,
-            ),
+            line("198.51.100.2:53", &format!("{v}:1"), "udp", "frag: 0", 1, 10),
             // Non-first fragments: no ports.
             line("198.51.100.3:0", &format!("{v}:0"), "udp", "frag: 1", 2, 1),
             // A first fragment of a memcached reply: memcached and fragment.
-            line(
-                "198.51.100.4:11211",
-                &format!("{v}:1"),
-                "udp",
-                "frag: 1",
-                1,
-                1,
-            ),
+            line("198.51.100.4:11211", &format!("{v}:1"), "udp", "frag: 1", 1, 1),
             // TCP from port 53 is not DNS amplification.
-            line(
-                "198.51.100.5:53",
-                &format!("{v}:1"),
-                "tcp flags: syn",
-                "frag: 0",
-                100,
-                1,
-            ),
+            line("198.51.100.5:53", &format!("{v}:1"), "tcp flags: syn", "frag: 0", 100, 1),
             // Not towards the victim (its own replies): ignored.
-            line(
-                &format!("{v}:53"),
-                "198.51.100.6:5000",
-                "udp",
-                "frag: 0",
-                100,
-                1,
-            ),
+            line(&format!("{v}:53"), "198.51.100.6:5000", "udp", "frag: 0", 100, 1),
             // Unknown port: no vector.
-            line(
-                "198.51.100.7:40000",
-                &format!("{v}:1"),
-                "udp",
-                "frag: 0",
-                100,
-                1,
-            ),
+            line("198.51.100.7:40000", &format!("{v}:1"), "udp", "frag: 0", 100, 1),
         ]
         .join("\n");
-        let a = parse_script(
-            &args("203.0.113.10 incoming 1000 attack_details"),
-            &stdin,
-            &builtin,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            a.vectors,
-            vec![
-                "dns".to_string(),
-                "fragment".into(),
-                "ntp".into(),
-                "memcached".into()
-            ]
-        );
+        let a = parse_script(&args("203.0.113.10 incoming 1000 attack_details"), &stdin, &builtin).unwrap().unwrap();
+        assert_eq!(a.vectors, vec!["dns".to_string(), "fragment".into(), "ntp".into(), "memcached".into()]);
     }
 
     #[test]
@@ -920,22 +691,13 @@ mod tests {
             "198.51.100.3:19 > 203.0.113.10:1 protocol: udp".to_string(),
         ]
         .join("\n");
-        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &stdin, &builtin)
-            .unwrap()
-            .unwrap();
+        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &stdin, &builtin).unwrap().unwrap();
         assert_eq!(a.vectors, vec!["ssdp".to_string(), "chargen".into()]);
     }
 
     #[test]
     fn truncated_and_garbage_lines() {
-        let good = line(
-            "198.51.100.1:11211",
-            "203.0.113.10:1",
-            "udp",
-            "frag: 0",
-            1,
-            1,
-        );
+        let good = line("198.51.100.1:11211", "203.0.113.10:1", "udp", "frag: 0", 1, 1);
         let mut stdin = String::new();
         // Every prefix of a packet line must parse or be skipped, never panic;
         // prefixes missing the protocol are skipped.
@@ -952,19 +714,13 @@ mod tests {
         stdin.push_str("nonsense:123 > 203.0.113.10:1 protocol: udp\n");
         stdin.push_str("\u{0}\u{ff}\u{1b}[2J ünïcödé > > > protocol: protocol:\n");
         stdin.push_str("Attack type: \u{1b}[31mevil\n");
-        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &stdin, &builtin)
-            .unwrap()
-            .unwrap();
+        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &stdin, &builtin).unwrap().unwrap();
         // Only the complete prefixes (from "protocol: udp" on) count.
         assert_eq!(a.vectors, vec!["memcached".to_string()]);
         assert_eq!(a.attack_type.as_deref(), Some("[31mevil"));
 
-        let garbage: String = (0..5000u32)
-            .map(|i| char::from_u32(i * 7 % 0x2FFF).unwrap_or('x'))
-            .collect();
-        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &garbage, &builtin)
-            .unwrap()
-            .unwrap();
+        let garbage: String = (0..5000u32).map(|i| char::from_u32(i * 7 % 0x2FFF).unwrap_or('x')).collect();
+        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &garbage, &builtin).unwrap().unwrap();
         assert_eq!(a.vectors, Vec::<String>::new());
         assert_eq!(a.attack_type, None);
     }
@@ -976,51 +732,28 @@ mod tests {
         // 10,000 ntp lines, then dns lines that are past the cap.
         let mut stdin = format!("{l}\n").repeat(MAX_DUMP_LINES);
         stdin.push_str(&format!("{m}\n").repeat(20_000));
-        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &stdin, &builtin)
-            .unwrap()
-            .unwrap();
+        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &stdin, &builtin).unwrap().unwrap();
         assert_eq!(a.vectors, vec!["ntp".to_string()]);
         // An over-long line is skipped, even if it is a packet line.
         let long = format!("{}{}", " ".repeat(MAX_LINE_BYTES), m);
-        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &long, &builtin)
-            .unwrap()
-            .unwrap();
+        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &long, &builtin).unwrap().unwrap();
         assert_eq!(a.vectors, Vec::<String>::new());
         // A long attack type is cut; a line over 4 KiB is not read at all.
         let t = format!("Attack type: {}", "x".repeat(4000));
-        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &t, &builtin)
-            .unwrap()
-            .unwrap();
+        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &t, &builtin).unwrap().unwrap();
         assert_eq!(a.attack_type.map(|t| t.len()), Some(MAX_ATTACK_TYPE_BYTES));
         let t = format!("Attack type: {}", "x".repeat(10_000));
-        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &t, &builtin)
-            .unwrap()
-            .unwrap();
+        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &t, &builtin).unwrap().unwrap();
         assert_eq!(a.attack_type, None);
         // 64 emoji (256 bytes) are cut to whole emoji, and the comment fits
         // the store's bound: detector text never blocks a ban.
         let t = format!("Attack type: {}", "😀".repeat(64));
-        let a = parse_script(&args("203.0.113.10 incoming 18446744073709551615 ban"), &t, &builtin)
-            .unwrap()
-            .unwrap();
+        let a = parse_script(&args("203.0.113.10 incoming 18446744073709551615 ban"), &t, &builtin).unwrap().unwrap();
         assert_eq!(a.attack_type.as_deref(), Some("😀".repeat(16).as_str()));
         assert!(a.comment.as_ref().is_some_and(|c| c.len() <= MAX_COMMENT_BYTES && c.contains("😀")), "{:?}", a.comment);
         // Packet counts saturate.
-        let big = line(
-            "198.51.100.1:123",
-            "203.0.113.10:1",
-            "udp",
-            "frag: 1",
-            u64::MAX,
-            u64::MAX,
-        );
-        let a = parse_script(
-            &args("203.0.113.10 incoming 10 ban"),
-            &format!("{big}\n{big}"),
-            &builtin,
-        )
-        .unwrap()
-        .unwrap();
+        let big = line("198.51.100.1:123", "203.0.113.10:1", "udp", "frag: 1", u64::MAX, u64::MAX);
+        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &format!("{big}\n{big}"), &builtin).unwrap().unwrap();
         assert_eq!(a.vectors, vec!["fragment".to_string(), "ntp".into()]);
     }
 
@@ -1038,9 +771,7 @@ mod tests {
             line("198.51.100.1:124", "203.0.113.10:1", "udp", "frag: 0", 1, 1),
         ]
         .join("\n");
-        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &stdin, &weird)
-            .unwrap()
-            .unwrap();
+        let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &stdin, &weird).unwrap().unwrap();
         assert_eq!(a.vectors, vec!["ok_name".to_string()]);
     }
 
@@ -1149,10 +880,7 @@ mod tests {
         }
         let mut v = advanced_ban();
         v["action"] = json!("partial_block");
-        assert_eq!(
-            pj(&v).unwrap().comment.as_deref(),
-            Some("fastnetmon: udp_flood 282473 pps, incoming (partial_block)")
-        );
+        assert_eq!(pj(&v).unwrap().comment.as_deref(), Some("fastnetmon: udp_flood 282473 pps, incoming (partial_block)"));
     }
 
     #[test]
@@ -1206,14 +934,7 @@ mod tests {
             })
         );
         v["action"] = json!(1);
-        assert_eq!(
-            pj(&v),
-            Err(AlertError::WrongType {
-                field: "action",
-                expected: "an action string",
-                got: "an integer".into()
-            })
-        );
+        assert_eq!(pj(&v), Err(AlertError::WrongType { field: "action", expected: "an action string", got: "an integer".into() }));
         v.as_object_mut().unwrap().remove("action");
         assert_eq!(pj(&v), Err(AlertError::MissingField("action")));
     }
@@ -1226,68 +947,30 @@ mod tests {
         v["ip"] = json!(null);
         assert_eq!(pj(&v), Err(AlertError::MissingField("ip")));
         v["ip"] = json!(["203.0.113.10"]);
-        assert_eq!(
-            pj(&v),
-            Err(AlertError::WrongType {
-                field: "ip",
-                expected: "an IP address string",
-                got: "an array".into()
-            })
-        );
+        assert_eq!(pj(&v), Err(AlertError::WrongType { field: "ip", expected: "an IP address string", got: "an array".into() }));
         v["ip"] = json!("203.0.113.10/32");
-        assert!(matches!(
-            pj(&v),
-            Err(AlertError::PrefixNotAllowed { field: "ip", .. })
-        ));
+        assert!(matches!(pj(&v), Err(AlertError::PrefixNotAllowed { field: "ip", .. })));
         v["ip"] = json!("0.0.0.0");
-        assert!(matches!(
-            pj(&v),
-            Err(AlertError::UnusableAddress { field: "ip", .. })
-        ));
+        assert!(matches!(pj(&v), Err(AlertError::UnusableAddress { field: "ip", .. })));
     }
 
     #[test]
     fn json_invalid() {
-        assert!(matches!(
-            parse_json(b"", &builtin),
-            Err(AlertError::InvalidJson(_))
-        ));
-        assert!(matches!(
-            parse_json(b"{\"ip\": \"203.0.113.10\",", &builtin),
-            Err(AlertError::InvalidJson(_))
-        ));
-        assert!(matches!(
-            parse_json(b"203.0.113.10 incoming 3209 ban", &builtin),
-            Err(AlertError::InvalidJson(_))
-        ));
-        assert_eq!(
-            parse_json(b"[]", &builtin),
-            Err(AlertError::NotAnObject("an array"))
-        );
-        assert_eq!(
-            parse_json(b"42", &builtin),
-            Err(AlertError::NotAnObject("an integer"))
-        );
+        assert!(matches!(parse_json(b"", &builtin), Err(AlertError::InvalidJson(_))));
+        assert!(matches!(parse_json(b"{\"ip\": \"203.0.113.10\",", &builtin), Err(AlertError::InvalidJson(_))));
+        assert!(matches!(parse_json(b"203.0.113.10 incoming 3209 ban", &builtin), Err(AlertError::InvalidJson(_))));
+        assert_eq!(parse_json(b"[]", &builtin), Err(AlertError::NotAnObject("an array")));
+        assert_eq!(parse_json(b"42", &builtin), Err(AlertError::NotAnObject("an integer")));
         // Deep nesting hits serde_json's recursion limit, not the stack.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(matches!(
-            parse_json(deep.as_bytes(), &builtin),
-            Err(AlertError::InvalidJson(_))
-        ));
+        assert!(matches!(parse_json(deep.as_bytes(), &builtin), Err(AlertError::InvalidJson(_))));
     }
 
     #[test]
     fn json_wrong_types() {
         let mut v = advanced_ban();
         v["attack_details"] = json!("udp_flood");
-        assert_eq!(
-            pj(&v),
-            Err(AlertError::WrongType {
-                field: "attack_details",
-                expected: "an object",
-                got: "a string".into()
-            })
-        );
+        assert_eq!(pj(&v), Err(AlertError::WrongType { field: "attack_details", expected: "an object", got: "a string".into() }));
         let mut v = advanced_ban();
         v["attack_details"]["initial_attack_power"] = json!("282473");
         assert_eq!(
@@ -1300,54 +983,24 @@ mod tests {
         );
         let mut v = advanced_ban();
         v["attack_details"]["peak_attack_power"] = json!(-5);
-        assert!(matches!(
-            pj(&v),
-            Err(AlertError::WrongType {
-                field: "attack_details.peak_attack_power",
-                ..
-            })
-        ));
+        assert!(matches!(pj(&v), Err(AlertError::WrongType { field: "attack_details.peak_attack_power", .. })));
         let mut v = advanced_ban();
         v["attack_details"]["attack_type"] = json!(7);
-        assert!(matches!(
-            pj(&v),
-            Err(AlertError::WrongType {
-                field: "attack_details.attack_type",
-                ..
-            })
-        ));
+        assert!(matches!(pj(&v), Err(AlertError::WrongType { field: "attack_details.attack_type", .. })));
         let mut v = advanced_ban();
         v["packet_dump_detailed"] = json!({"source_port": 123});
-        assert!(matches!(
-            pj(&v),
-            Err(AlertError::WrongType {
-                field: "packet_dump_detailed",
-                ..
-            })
-        ));
+        assert!(matches!(pj(&v), Err(AlertError::WrongType { field: "packet_dump_detailed", .. })));
         let mut v = advanced_ban();
         v["alert_scope"] = json!(false);
-        assert!(matches!(
-            pj(&v),
-            Err(AlertError::WrongType {
-                field: "alert_scope",
-                ..
-            })
-        ));
+        assert!(matches!(pj(&v), Err(AlertError::WrongType { field: "alert_scope", .. })));
     }
 
     #[test]
     fn json_pps_fallbacks() {
         let mut v = advanced_ban();
-        v["attack_details"]
-            .as_object_mut()
-            .unwrap()
-            .remove("initial_attack_power");
+        v["attack_details"].as_object_mut().unwrap().remove("initial_attack_power");
         assert_eq!(pj(&v).unwrap().pps, Some(300000));
-        v["attack_details"]
-            .as_object_mut()
-            .unwrap()
-            .remove("peak_attack_power");
+        v["attack_details"].as_object_mut().unwrap().remove("peak_attack_power");
         assert_eq!(pj(&v).unwrap().pps, Some(282472));
         v["attack_details"]["initial_attack_power"] = json!(u64::MAX);
         assert_eq!(pj(&v).unwrap().pps, Some(u64::MAX));
@@ -1357,46 +1010,25 @@ mod tests {
     fn json_scope_and_direction() {
         let mut v = advanced_ban();
         v["alert_scope"] = json!("hostgroup");
-        assert_eq!(
-            pj(&v),
-            Err(AlertError::UnsupportedScope("hostgroup".into()))
-        );
+        assert_eq!(pj(&v), Err(AlertError::UnsupportedScope("hostgroup".into())));
 
         let mut v = advanced_ban();
         v["attack_details"]["attack_direction"] = json!("outgoing");
         let e = pj(&v).unwrap_err();
-        assert_eq!(
-            e,
-            AlertError::NotIncoming {
-                direction: "outgoing".into()
-            }
-        );
+        assert_eq!(e, AlertError::NotIncoming { direction: "outgoing".into() });
         assert!(e.is_ignored());
         // The newer field wins over the deprecated one.
         v["attack_details"]["attack_detection_threshold_direction"] = json!("incoming");
         assert_eq!(pj(&v).unwrap().action, AlertAction::Ban);
         v["attack_details"]["attack_detection_threshold_direction"] = json!("internal");
-        assert_eq!(
-            pj(&v),
-            Err(AlertError::NotIncoming {
-                direction: "internal".into()
-            })
-        );
+        assert_eq!(pj(&v), Err(AlertError::NotIncoming { direction: "internal".into() }));
         // "unknown" falls back to attack_direction.
         v["attack_details"]["attack_detection_threshold_direction"] = json!("unknown");
-        assert_eq!(
-            pj(&v),
-            Err(AlertError::NotIncoming {
-                direction: "outgoing".into()
-            })
-        );
+        assert_eq!(pj(&v), Err(AlertError::NotIncoming { direction: "outgoing".into() }));
         // Manual and Flow Spec blocks say "other": acted on.
         v["attack_details"]["attack_direction"] = json!("other");
         let a = pj(&v).unwrap();
-        assert_eq!(
-            a.comment.as_deref(),
-            Some("fastnetmon: udp_flood 282473 pps, other")
-        );
+        assert_eq!(a.comment.as_deref(), Some("fastnetmon: udp_flood 282473 pps, other"));
     }
 
     #[test]
@@ -1422,18 +1054,10 @@ mod tests {
     #[test]
     fn json_to_generic_round_trip() {
         let a = pj(&advanced_ban()).unwrap();
-        let back = crate::alerts::generic::parse_generic(
-            crate::alerts::to_generic_json(&a).to_string().as_bytes(),
-        )
-        .unwrap();
+        let back = crate::alerts::generic::parse_generic(crate::alerts::to_generic_json(&a).to_string().as_bytes()).unwrap();
         assert_eq!(back, a);
-        let s = parse_script(&fixture_argv(1), DETAILS_STDIN, &builtin)
-            .unwrap()
-            .unwrap();
-        let back = crate::alerts::generic::parse_generic(
-            crate::alerts::to_generic_json(&s).to_string().as_bytes(),
-        )
-        .unwrap();
+        let s = parse_script(&fixture_argv(1), DETAILS_STDIN, &builtin).unwrap().unwrap();
+        let back = crate::alerts::generic::parse_generic(crate::alerts::to_generic_json(&s).to_string().as_bytes()).unwrap();
         assert_eq!(back, s);
     }
 }

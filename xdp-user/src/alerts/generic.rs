@@ -17,10 +17,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{
-    clean_text, json_kind, parse_victim, snippet, Alert, AlertAction, AlertError, AlertSource,
-    MAX_ATTACK_TYPE_BYTES,
-};
+use super::{clean_text, json_kind, parse_victim, snippet, Alert, AlertAction, AlertError, AlertSource, MAX_ATTACK_TYPE_BYTES};
 
 /// Most vector names in one alert.
 pub const MAX_VECTORS: usize = 32;
@@ -48,15 +45,13 @@ struct GenericBody {
 pub fn parse_generic(body: &[u8]) -> Result<Alert, AlertError> {
     // First as plain JSON: syntax errors, and the kind of the top-level value
     // (a derived struct would also accept an array of 8 values).
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| AlertError::InvalidJson(e.to_string()))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| AlertError::InvalidJson(e.to_string()))?;
     if !value.is_object() {
         return Err(AlertError::NotAnObject(json_kind(&value)));
     }
     // Then field by field from the bytes: a `Value` would silently keep the
     // last of two `"victim"` keys, the struct refuses repeats and unknowns.
-    let raw: GenericBody =
-        serde_json::from_slice(body).map_err(|e| AlertError::UnknownField(e.to_string()))?;
+    let raw: GenericBody = serde_json::from_slice(body).map_err(|e| AlertError::UnknownField(e.to_string()))?;
 
     let victim = match raw.victim {
         None | Some(Value::Null) => return Err(AlertError::MissingField("victim")),
@@ -68,13 +63,7 @@ pub fn parse_generic(body: &[u8]) -> Result<Alert, AlertError> {
         Some(Value::String(s)) => match s.as_str() {
             "ban" => AlertAction::Ban,
             "unban" => AlertAction::Unban,
-            _ => {
-                return Err(AlertError::UnknownAction {
-                    field: "action",
-                    value: snippet(&s),
-                    expected: "\"ban\" or \"unban\"",
-                })
-            }
+            _ => return Err(AlertError::UnknownAction { field: "action", value: snippet(&s), expected: "\"ban\" or \"unban\"" }),
         },
         Some(other) => return Err(wrong("action", "\"ban\" or \"unban\"", &other)),
     };
@@ -109,32 +98,16 @@ pub fn parse_generic(body: &[u8]) -> Result<Alert, AlertError> {
         None | Some(Value::Null) => AlertSource::Generic,
         Some(Value::String(s)) => AlertSource::from_label(&s).ok_or_else(|| AlertError::BadValue {
             field: "source",
-            reason: format!(
-                "unknown source {:?}, expected \"generic\", \"fastnetmon_script\" or \"fastnetmon_json\"",
-                snippet(&s)
-            ),
+            reason: format!("unknown source {:?}, expected \"generic\", \"fastnetmon_script\" or \"fastnetmon_json\"", snippet(&s)),
         })?,
         Some(other) => return Err(wrong("source", "a string", &other)),
     };
 
-    Ok(Alert {
-        source,
-        victim,
-        action,
-        vectors,
-        ttl_secs,
-        pps,
-        attack_type,
-        comment,
-    })
+    Ok(Alert { source, victim, action, vectors, ttl_secs, pps, attack_type, comment })
 }
 
 fn wrong(field: &'static str, expected: &'static str, got: &Value) -> AlertError {
-    AlertError::WrongType {
-        field,
-        expected,
-        got: json_kind(got).to_string(),
-    }
+    AlertError::WrongType { field, expected, got: json_kind(got).to_string() }
 }
 
 fn opt_u64(field: &'static str, v: Option<Value>) -> Result<Option<u64>, AlertError> {
@@ -149,9 +122,7 @@ fn opt_u64(field: &'static str, v: Option<Value>) -> Result<Option<u64>, AlertEr
 pub fn is_vector_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_VECTOR_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Vector names: strings of `[a-z0-9_-]`, 1..=[`MAX_VECTOR_NAME`] bytes, at
@@ -170,10 +141,7 @@ fn parse_vectors(items: &[Value]) -> Result<Vec<String>, AlertError> {
             other => {
                 return Err(AlertError::BadValue {
                     field: "vectors",
-                    reason: format!(
-                        "item {i}: expected a vector name string, got {}",
-                        json_kind(other)
-                    ),
+                    reason: format!("item {i}: expected a vector name string, got {}", json_kind(other)),
                 })
             }
         };
@@ -246,10 +214,8 @@ mod tests {
 
     #[test]
     fn nulls_are_absent() {
-        let a = parse(
-            json!({"victim": "203.0.113.10", "action": "ban", "vectors": null, "ttl_secs": null,
-            "comment": null, "source": null}),
-        )
+        let a = parse(json!({"victim": "203.0.113.10", "action": "ban", "vectors": null, "ttl_secs": null,
+            "comment": null, "source": null}))
         .unwrap();
         assert_eq!(a.vectors, Vec::<String>::new());
         assert_eq!(a.ttl_secs, None);
@@ -258,44 +224,23 @@ mod tests {
 
     #[test]
     fn bad_json() {
-        assert!(matches!(
-            parse_generic(b"{\"victim\": "),
-            Err(AlertError::InvalidJson(_))
-        ));
-        assert!(matches!(
-            parse_generic(b""),
-            Err(AlertError::InvalidJson(_))
-        ));
-        assert!(matches!(
-            parse_generic(b"victim=203.0.113.10"),
-            Err(AlertError::InvalidJson(_))
-        ));
-        assert!(matches!(
-            parse_generic(b"\xff\xfe"),
-            Err(AlertError::InvalidJson(_))
-        ));
-        assert_eq!(
-            parse_generic(b"[1,2]"),
-            Err(AlertError::NotAnObject("an array"))
-        );
-        assert_eq!(
-            parse_generic(b"\"203.0.113.10\""),
-            Err(AlertError::NotAnObject("a string"))
-        );
+        assert!(matches!(parse_generic(b"{\"victim\": "), Err(AlertError::InvalidJson(_))));
+        assert!(matches!(parse_generic(b""), Err(AlertError::InvalidJson(_))));
+        assert!(matches!(parse_generic(b"victim=203.0.113.10"), Err(AlertError::InvalidJson(_))));
+        assert!(matches!(parse_generic(b"\xff\xfe"), Err(AlertError::InvalidJson(_))));
+        assert_eq!(parse_generic(b"[1,2]"), Err(AlertError::NotAnObject("an array")));
+        assert_eq!(parse_generic(b"\"203.0.113.10\""), Err(AlertError::NotAnObject("a string")));
         assert_eq!(parse_generic(b"null"), Err(AlertError::NotAnObject("null")));
     }
 
     #[test]
     fn unknown_and_repeated_fields() {
-        let e =
-            parse(json!({"victim": "203.0.113.10", "action": "ban", "victm": "x"})).unwrap_err();
+        let e = parse(json!({"victim": "203.0.113.10", "action": "ban", "victm": "x"})).unwrap_err();
         match &e {
             AlertError::UnknownField(m) => assert!(m.contains("unknown field `victm`"), "{m}"),
             other => panic!("{other:?}"),
         }
-        let e =
-            parse_generic(br#"{"victim":"203.0.113.10","victim":"198.51.100.1","action":"ban"}"#)
-                .unwrap_err();
+        let e = parse_generic(br#"{"victim":"203.0.113.10","victim":"198.51.100.1","action":"ban"}"#).unwrap_err();
         match &e {
             AlertError::UnknownField(m) => assert!(m.contains("duplicate field `victim`"), "{m}"),
             other => panic!("{other:?}"),
@@ -304,18 +249,9 @@ mod tests {
 
     #[test]
     fn missing_fields() {
-        assert_eq!(
-            parse(json!({"action": "ban"})),
-            Err(AlertError::MissingField("victim"))
-        );
-        assert_eq!(
-            parse(json!({"victim": null, "action": "ban"})),
-            Err(AlertError::MissingField("victim"))
-        );
-        assert_eq!(
-            parse(json!({"victim": "203.0.113.10"})),
-            Err(AlertError::MissingField("action"))
-        );
+        assert_eq!(parse(json!({"action": "ban"})), Err(AlertError::MissingField("victim")));
+        assert_eq!(parse(json!({"victim": null, "action": "ban"})), Err(AlertError::MissingField("victim")));
+        assert_eq!(parse(json!({"victim": "203.0.113.10"})), Err(AlertError::MissingField("action")));
         assert_eq!(parse(json!({})), Err(AlertError::MissingField("victim")));
     }
 
@@ -323,32 +259,13 @@ mod tests {
     fn bad_victims() {
         assert!(matches!(
             parse(json!({"victim": "203.0.113.0/24", "action": "ban"})),
-            Err(AlertError::PrefixNotAllowed {
-                field: "victim",
-                ..
-            })
+            Err(AlertError::PrefixNotAllowed { field: "victim", .. })
         ));
-        assert!(matches!(
-            parse(json!({"victim": "example.com", "action": "ban"})),
-            Err(AlertError::BadAddress {
-                field: "victim",
-                ..
-            })
-        ));
-        assert!(matches!(
-            parse(json!({"victim": "239.1.1.1", "action": "ban"})),
-            Err(AlertError::UnusableAddress {
-                field: "victim",
-                ..
-            })
-        ));
+        assert!(matches!(parse(json!({"victim": "example.com", "action": "ban"})), Err(AlertError::BadAddress { field: "victim", .. })));
+        assert!(matches!(parse(json!({"victim": "239.1.1.1", "action": "ban"})), Err(AlertError::UnusableAddress { field: "victim", .. })));
         assert_eq!(
             parse(json!({"victim": 3405803786u64, "action": "ban"})),
-            Err(AlertError::WrongType {
-                field: "victim",
-                expected: "a host address string",
-                got: "an integer".into()
-            })
+            Err(AlertError::WrongType { field: "victim", expected: "a host address string", got: "an integer".into() })
         );
     }
 
@@ -356,79 +273,30 @@ mod tests {
     fn bad_actions() {
         assert_eq!(
             parse(json!({"victim": "203.0.113.10", "action": "block"})),
-            Err(AlertError::UnknownAction {
-                field: "action",
-                value: "block".into(),
-                expected: "\"ban\" or \"unban\""
-            })
+            Err(AlertError::UnknownAction { field: "action", value: "block".into(), expected: "\"ban\" or \"unban\"" })
         );
         // Case matters: the wire names are lowercase.
-        assert!(matches!(
-            parse(json!({"victim": "203.0.113.10", "action": "BAN"})),
-            Err(AlertError::UnknownAction { .. })
-        ));
+        assert!(matches!(parse(json!({"victim": "203.0.113.10", "action": "BAN"})), Err(AlertError::UnknownAction { .. })));
         assert_eq!(
             parse(json!({"victim": "203.0.113.10", "action": true})),
-            Err(AlertError::WrongType {
-                field: "action",
-                expected: "\"ban\" or \"unban\"",
-                got: "a boolean".into()
-            })
+            Err(AlertError::WrongType { field: "action", expected: "\"ban\" or \"unban\"", got: "a boolean".into() })
         );
     }
 
     #[test]
     fn bad_vectors() {
-        let base = |v: serde_json::Value| {
-            parse(json!({"victim": "203.0.113.10", "action": "ban", "vectors": v}))
-        };
-        assert!(matches!(
-            base(json!("memcached")),
-            Err(AlertError::WrongType {
-                field: "vectors",
-                ..
-            })
-        ));
-        for bad in [
-            json!([""]),
-            json!(["Memcached"]),
-            json!(["mem cached"]),
-            json!(["ntp", "dns;rm"]),
-            json!([1]),
-        ] {
-            assert!(
-                matches!(
-                    base(bad.clone()),
-                    Err(AlertError::BadValue {
-                        field: "vectors",
-                        ..
-                    })
-                ),
-                "{bad}"
-            );
+        let base = |v: serde_json::Value| parse(json!({"victim": "203.0.113.10", "action": "ban", "vectors": v}));
+        assert!(matches!(base(json!("memcached")), Err(AlertError::WrongType { field: "vectors", .. })));
+        for bad in [json!([""]), json!(["Memcached"]), json!(["mem cached"]), json!(["ntp", "dns;rm"]), json!([1])] {
+            assert!(matches!(base(bad.clone()), Err(AlertError::BadValue { field: "vectors", .. })), "{bad}");
         }
-        assert!(matches!(
-            base(json!(["x".repeat(65)])),
-            Err(AlertError::BadValue {
-                field: "vectors",
-                ..
-            })
-        ));
+        assert!(matches!(base(json!(["x".repeat(65)])), Err(AlertError::BadValue { field: "vectors", .. })));
         let many: Vec<String> = (0..33).map(|i| format!("v{i}")).collect();
-        assert!(matches!(
-            base(json!(many)),
-            Err(AlertError::BadValue {
-                field: "vectors",
-                ..
-            })
-        ));
+        assert!(matches!(base(json!(many)), Err(AlertError::BadValue { field: "vectors", .. })));
         let ok: Vec<String> = (0..32).map(|i| format!("v-{i}_x")).collect();
         assert_eq!(base(json!(ok.clone())).unwrap().vectors, ok);
         // Names are not checked against the vector table here.
-        assert_eq!(
-            base(json!(["no-such-vector"])).unwrap().vectors,
-            vec!["no-such-vector".to_string()]
-        );
+        assert_eq!(base(json!(["no-such-vector"])).unwrap().vectors, vec!["no-such-vector".to_string()]);
     }
 
     #[test]
@@ -440,41 +308,21 @@ mod tests {
         };
         assert_eq!(
             base("ttl_secs", json!(-1)),
-            Err(AlertError::WrongType {
-                field: "ttl_secs",
-                expected: "a non-negative integer",
-                got: "a negative integer".into()
-            })
+            Err(AlertError::WrongType { field: "ttl_secs", expected: "a non-negative integer", got: "a negative integer".into() })
         );
         assert_eq!(
             base("ttl_secs", json!("600")),
-            Err(AlertError::WrongType {
-                field: "ttl_secs",
-                expected: "a non-negative integer",
-                got: "a string".into()
-            })
+            Err(AlertError::WrongType { field: "ttl_secs", expected: "a non-negative integer", got: "a string".into() })
         );
         assert_eq!(
             base("ttl_secs", json!(1.5)),
-            Err(AlertError::WrongType {
-                field: "ttl_secs",
-                expected: "a non-negative integer",
-                got: "a fractional number".into()
-            })
+            Err(AlertError::WrongType { field: "ttl_secs", expected: "a non-negative integer", got: "a fractional number".into() })
         );
-        assert!(matches!(
-            base("ttl_secs", json!(0)),
-            Err(AlertError::BadValue {
-                field: "ttl_secs",
-                ..
-            })
-        ));
+        assert!(matches!(base("ttl_secs", json!(0)), Err(AlertError::BadValue { field: "ttl_secs", .. })));
         assert_eq!(base("pps", json!(u64::MAX)).unwrap().pps, Some(u64::MAX));
         // Larger than u64: serde_json reads it as a float.
         assert!(matches!(
-            parse_generic(
-                br#"{"victim":"203.0.113.10","action":"ban","pps":18446744073709551616}"#
-            ),
+            parse_generic(br#"{"victim":"203.0.113.10","action":"ban","pps":18446744073709551616}"#),
             Err(AlertError::WrongType { field: "pps", .. })
         ));
     }
@@ -492,28 +340,10 @@ mod tests {
         assert_eq!(base("comment", json!("é".repeat(200))).unwrap().comment, Some("é".repeat(128)));
         assert_eq!(base("attack_type", json!("😀".repeat(64))).unwrap().attack_type, Some("😀".repeat(16)));
         assert_eq!(base("comment", json!("")).unwrap().comment, None);
-        assert!(matches!(
-            base("comment", json!(["a"])),
-            Err(AlertError::WrongType {
-                field: "comment",
-                ..
-            })
-        ));
+        assert!(matches!(base("comment", json!(["a"])), Err(AlertError::WrongType { field: "comment", .. })));
         assert_eq!(base("attack_type", json!("x".repeat(65))).unwrap().attack_type.map(|t| t.len()), Some(MAX_ATTACK_TYPE_BYTES));
-        assert!(matches!(
-            base("source", json!("snmp")),
-            Err(AlertError::BadValue {
-                field: "source",
-                ..
-            })
-        ));
-        assert!(matches!(
-            base("source", json!(1)),
-            Err(AlertError::WrongType {
-                field: "source",
-                ..
-            })
-        ));
+        assert!(matches!(base("source", json!("snmp")), Err(AlertError::BadValue { field: "source", .. })));
+        assert!(matches!(base("source", json!(1)), Err(AlertError::WrongType { field: "source", .. })));
     }
 
     #[test]

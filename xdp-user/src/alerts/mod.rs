@@ -104,11 +104,7 @@ pub enum AlertError {
     #[error("missing field `{0}`")]
     MissingField(&'static str),
     #[error("field `{field}`: expected {expected}, got {got}")]
-    WrongType {
-        field: &'static str,
-        expected: &'static str,
-        got: String,
-    },
+    WrongType { field: &'static str, expected: &'static str, got: String },
     #[error("expected 4 arguments after the script name (IP DIRECTION PPS ACTION), got {0}")]
     WrongArgCount(usize),
     #[error("field `{field}`: {value:?} is not an IPv4 or IPv6 address")]
@@ -116,20 +112,14 @@ pub enum AlertError {
     #[error("field `{field}`: {value:?} is a prefix; an alert names a single host address (use a policy for prefixes)")]
     PrefixNotAllowed { field: &'static str, value: String },
     #[error("field `{field}`: {addr} cannot be a victim ({reason})")]
-    UnusableAddress {
-        field: &'static str,
-        addr: IpAddr,
-        reason: &'static str,
-    },
+    UnusableAddress { field: &'static str, addr: IpAddr, reason: &'static str },
     #[error("field `{field}`: unknown action {value:?}, expected {expected}")]
-    UnknownAction {
-        field: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+    UnknownAction { field: &'static str, value: String, expected: &'static str },
     #[error("field `{field}`: unknown direction {value:?}, expected incoming, outgoing, internal or other")]
     UnknownDirection { field: &'static str, value: String },
-    #[error("field `{field}`: {value:?} is not a packet rate (expected a whole number of packets per second, at most 18446744073709551615)")]
+    #[error(
+        "field `{field}`: {value:?} is not a packet rate (expected a whole number of packets per second, at most 18446744073709551615)"
+    )]
     BadPps { field: &'static str, value: String },
     #[error("field `{field}`: {reason}")]
     BadValue { field: &'static str, reason: String },
@@ -183,15 +173,9 @@ pub fn parse_victim(field: &'static str, value: &str) -> Result<IpAddr, AlertErr
         Ok(a) => a,
         Err(_) => {
             if value.contains('/') && value.parse::<ipnet::IpNet>().is_ok() {
-                return Err(AlertError::PrefixNotAllowed {
-                    field,
-                    value: snippet(value),
-                });
+                return Err(AlertError::PrefixNotAllowed { field, value: snippet(value) });
             }
-            return Err(AlertError::BadAddress {
-                field,
-                value: snippet(value),
-            });
+            return Err(AlertError::BadAddress { field, value: snippet(value) });
         }
     };
     let addr = addr.to_canonical();
@@ -205,11 +189,7 @@ pub fn parse_victim(field: &'static str, value: &str) -> Result<IpAddr, AlertErr
         None
     };
     match reason {
-        Some(reason) => Err(AlertError::UnusableAddress {
-            field,
-            addr,
-            reason,
-        }),
+        Some(reason) => Err(AlertError::UnusableAddress { field, addr, reason }),
         None => Ok(addr),
     }
 }
@@ -267,103 +247,33 @@ mod tests {
         assert_eq!(AlertSource::FastnetmonScript.as_str(), "fastnetmon_script");
         assert_eq!(AlertSource::FastnetmonJson.as_str(), "fastnetmon_json");
         assert_eq!(AlertSource::Generic.as_str(), "generic");
-        for s in [
-            AlertSource::FastnetmonScript,
-            AlertSource::FastnetmonJson,
-            AlertSource::Generic,
-        ] {
+        for s in [AlertSource::FastnetmonScript, AlertSource::FastnetmonJson, AlertSource::Generic] {
             assert_eq!(AlertSource::from_label(s.as_str()), Some(s));
             assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
         }
         assert_eq!(AlertSource::from_label("FastNetMon"), None);
-        assert_eq!(
-            serde_json::to_value(AlertAction::Ban).unwrap(),
-            json!("ban")
-        );
-        assert_eq!(
-            serde_json::to_value(AlertAction::Unban).unwrap(),
-            json!("unban")
-        );
-        assert_eq!(
-            serde_json::from_value::<AlertAction>(json!("unban")).unwrap(),
-            AlertAction::Unban
-        );
+        assert_eq!(serde_json::to_value(AlertAction::Ban).unwrap(), json!("ban"));
+        assert_eq!(serde_json::to_value(AlertAction::Unban).unwrap(), json!("unban"));
+        assert_eq!(serde_json::from_value::<AlertAction>(json!("unban")).unwrap(), AlertAction::Unban);
     }
 
     #[test]
     fn victims() {
-        assert_eq!(
-            parse_victim("ip", "203.0.113.10").unwrap(),
-            "203.0.113.10".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            parse_victim("ip", "2001:db8::10").unwrap(),
-            "2001:db8::10".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(parse_victim("ip", "203.0.113.10").unwrap(), "203.0.113.10".parse::<IpAddr>().unwrap());
+        assert_eq!(parse_victim("ip", "2001:db8::10").unwrap(), "2001:db8::10".parse::<IpAddr>().unwrap());
         // IPv4-mapped IPv6 becomes IPv4.
-        assert_eq!(
-            parse_victim("ip", "::ffff:203.0.113.10").unwrap(),
-            "203.0.113.10".parse::<IpAddr>().unwrap()
-        );
-        assert!(matches!(
-            parse_victim("ip", "203.0.113.0/24"),
-            Err(AlertError::PrefixNotAllowed { field: "ip", .. })
-        ));
-        assert!(matches!(
-            parse_victim("ip", "2001:db8::/64"),
-            Err(AlertError::PrefixNotAllowed { .. })
-        ));
-        assert!(matches!(
-            parse_victim("ip", "203.0.113.0/99"),
-            Err(AlertError::BadAddress { .. })
-        ));
-        assert!(matches!(
-            parse_victim("ip", "fe80::1%eth0"),
-            Err(AlertError::BadAddress { .. })
-        ));
-        assert!(matches!(
-            parse_victim("ip", ""),
-            Err(AlertError::BadAddress { .. })
-        ));
-        assert!(matches!(
-            parse_victim("ip", " 203.0.113.10"),
-            Err(AlertError::BadAddress { .. })
-        ));
-        assert!(matches!(
-            parse_victim("ip", "0.0.0.0"),
-            Err(AlertError::UnusableAddress {
-                reason: "unspecified address",
-                ..
-            })
-        ));
-        assert!(matches!(
-            parse_victim("ip", "::"),
-            Err(AlertError::UnusableAddress {
-                reason: "unspecified address",
-                ..
-            })
-        ));
-        assert!(matches!(
-            parse_victim("ip", "224.0.0.1"),
-            Err(AlertError::UnusableAddress {
-                reason: "multicast address",
-                ..
-            })
-        ));
-        assert!(matches!(
-            parse_victim("ip", "ff02::1"),
-            Err(AlertError::UnusableAddress {
-                reason: "multicast address",
-                ..
-            })
-        ));
-        assert!(matches!(
-            parse_victim("ip", "255.255.255.255"),
-            Err(AlertError::UnusableAddress {
-                reason: "broadcast address",
-                ..
-            })
-        ));
+        assert_eq!(parse_victim("ip", "::ffff:203.0.113.10").unwrap(), "203.0.113.10".parse::<IpAddr>().unwrap());
+        assert!(matches!(parse_victim("ip", "203.0.113.0/24"), Err(AlertError::PrefixNotAllowed { field: "ip", .. })));
+        assert!(matches!(parse_victim("ip", "2001:db8::/64"), Err(AlertError::PrefixNotAllowed { .. })));
+        assert!(matches!(parse_victim("ip", "203.0.113.0/99"), Err(AlertError::BadAddress { .. })));
+        assert!(matches!(parse_victim("ip", "fe80::1%eth0"), Err(AlertError::BadAddress { .. })));
+        assert!(matches!(parse_victim("ip", ""), Err(AlertError::BadAddress { .. })));
+        assert!(matches!(parse_victim("ip", " 203.0.113.10"), Err(AlertError::BadAddress { .. })));
+        assert!(matches!(parse_victim("ip", "0.0.0.0"), Err(AlertError::UnusableAddress { reason: "unspecified address", .. })));
+        assert!(matches!(parse_victim("ip", "::"), Err(AlertError::UnusableAddress { reason: "unspecified address", .. })));
+        assert!(matches!(parse_victim("ip", "224.0.0.1"), Err(AlertError::UnusableAddress { reason: "multicast address", .. })));
+        assert!(matches!(parse_victim("ip", "ff02::1"), Err(AlertError::UnusableAddress { reason: "multicast address", .. })));
+        assert!(matches!(parse_victim("ip", "255.255.255.255"), Err(AlertError::UnusableAddress { reason: "broadcast address", .. })));
     }
 
     #[test]
@@ -380,20 +290,10 @@ mod tests {
     #[test]
     fn error_messages_name_the_field() {
         let e = parse_victim("victim", "nope").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "field `victim`: \"nope\" is not an IPv4 or IPv6 address"
-        );
+        assert_eq!(e.to_string(), "field `victim`: \"nope\" is not an IPv4 or IPv6 address");
         let e = parse_victim("victim", "203.0.113.0/24").unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("field `victim`: \"203.0.113.0/24\" is a prefix"),
-            "{e}"
-        );
-        assert!(AlertError::NotIncoming {
-            direction: "outgoing".into()
-        }
-        .is_ignored());
+        assert!(e.to_string().starts_with("field `victim`: \"203.0.113.0/24\" is a prefix"), "{e}");
+        assert!(AlertError::NotIncoming { direction: "outgoing".into() }.is_ignored());
         assert!(!AlertError::MissingField("victim").is_ignored());
     }
 
@@ -439,10 +339,7 @@ mod tests {
 
     #[test]
     fn clean_text_drops_controls_and_caps() {
-        assert_eq!(
-            clean_text("  udp_flood\r\n", 64).as_deref(),
-            Some("udp_flood")
-        );
+        assert_eq!(clean_text("  udp_flood\r\n", 64).as_deref(), Some("udp_flood"));
         assert_eq!(clean_text("a\u{1b}[31mb", 64).as_deref(), Some("a[31mb"));
         assert_eq!(clean_text(" \t ", 64), None);
         assert_eq!(clean_text(&"x".repeat(500), 64).unwrap().len(), 64);

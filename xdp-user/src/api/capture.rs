@@ -39,7 +39,10 @@ impl Drop for Active {
     }
 }
 
-pub async fn capture(State(app): State<Shared>, q: Result<Query<CaptureQuery>, axum::extract::rejection::QueryRejection>) -> Result<Response, ApiError> {
+pub async fn capture(
+    State(app): State<Shared>,
+    q: Result<Query<CaptureQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let count = q.count.unwrap_or(100);
     if !(1..=10_000).contains(&count) {

@@ -1,7 +1,11 @@
 //! POST /v1/detach and /v1/attach: an operator stops enforcement on every
 //! interface, and it stays stopped (through restarts) until attach.
 
-use axum::{body::Bytes, extract::{rejection::BytesRejection, State}, Json};
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, State},
+    Json,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 

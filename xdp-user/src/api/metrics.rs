@@ -52,13 +52,22 @@ impl Default for ProcessMetrics {
         )
         .expect("metric");
         let repins = IntCounterVec::new(
-            Opts::new("ampguard_xdp_repins_total", "Times a link's pin was found removed (the link still attached through the daemon) and pinned again"),
+            Opts::new(
+                "ampguard_xdp_repins_total",
+                "Times a link's pin was found removed (the link still attached through the daemon) and pinned again",
+            ),
             &["interface"],
         )
         .expect("metric");
         let build = IntGaugeVec::new(Opts::new("ampguard_build_info", "Build information"), &["version"]).expect("metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for c in [Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>, Box::new(api_requests.clone()), Box::new(reattachments.clone()), Box::new(repins.clone()), Box::new(build)] {
+        for c in [
+            Box::new(alerts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(api_requests.clone()),
+            Box::new(reattachments.clone()),
+            Box::new(repins.clone()),
+            Box::new(build),
+        ] {
             registry.register(c).expect("unique metric");
         }
         Self { registry, alerts, api_requests, reattachments, repins }
@@ -134,9 +143,24 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
         }
 
         let limit = store.config().metrics_max_policies;
-        let pp = counter(&scrape, "ampguard_policy_packets_total", "Packets per policy, vector and verdict (bounded; see README)", &["policy", "victim", "vector", "verdict"]);
-        let pb = counter(&scrape, "ampguard_policy_bytes_total", "Bytes per policy, vector and verdict (bounded; see README)", &["policy", "victim", "vector", "verdict"]);
-        let expiry = gauge(&scrape, "ampguard_policy_expiry_timestamp_seconds", "When a policy expires (Unix time; absent: never)", &["policy", "victim"]);
+        let pp = counter(
+            &scrape,
+            "ampguard_policy_packets_total",
+            "Packets per policy, vector and verdict (bounded; see README)",
+            &["policy", "victim", "vector", "verdict"],
+        );
+        let pb = counter(
+            &scrape,
+            "ampguard_policy_bytes_total",
+            "Bytes per policy, vector and verdict (bounded; see README)",
+            &["policy", "victim", "vector", "verdict"],
+        );
+        let expiry = gauge(
+            &scrape,
+            "ampguard_policy_expiry_timestamp_seconds",
+            "When a policy expires (Unix time; absent: never)",
+            &["policy", "victim"],
+        );
         // The first `limit` policies get series of their own; "_other" is the
         // per-vector total less theirs: every other policy, and policies since
         // removed, so it never goes down when one is deleted. Reading the
@@ -190,8 +214,14 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
         allow.set((store.allowlist().len() + store.config().allowlist.len()) as i64);
         scrape.register(Box::new(allow)).expect("unique");
     }
-    let attached = gauge(&scrape, "ampguard_interface_attached", "1 if this daemon's XDP program is attached to the interface and enforcing", &["interface", "mode"]);
-    let by_operator = IntGauge::new("ampguard_detached_by_operator", "1 while an operator's `ampguard detach` holds enforcement off").expect("metric");
+    let attached = gauge(
+        &scrape,
+        "ampguard_interface_attached",
+        "1 if this daemon's XDP program is attached to the interface and enforcing",
+        &["interface", "mode"],
+    );
+    let by_operator =
+        IntGauge::new("ampguard_detached_by_operator", "1 while an operator's `ampguard detach` holds enforcement off").expect("metric");
     {
         let enf = app.enforcement.lock().expect("not poisoned");
         for i in enf.statuses() {
@@ -204,13 +234,23 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
     {
         use std::sync::atomic::Ordering::Relaxed;
         let st = &app.persist.stats;
-        let writes = counter(&scrape, "ampguard_state_writes_total", "Writes of the state files: journal appends (one fdatasync each) and snapshots", &["kind"]);
+        let writes = counter(
+            &scrape,
+            "ampguard_state_writes_total",
+            "Writes of the state files: journal appends (one fdatasync each) and snapshots",
+            &["kind"],
+        );
         writes.with_label_values(&["journal"]).inc_by(st.appends.load(Relaxed));
         writes.with_label_values(&["snapshot"]).inc_by(st.snapshots.load(Relaxed));
-        let failed = IntCounter::new("ampguard_state_write_failures_total", "State file writes that failed (retried every second)").expect("metric");
+        let failed =
+            IntCounter::new("ampguard_state_write_failures_total", "State file writes that failed (retried every second)").expect("metric");
         failed.inc_by(st.failures.load(Relaxed));
         scrape.register(Box::new(failed)).expect("unique");
-        let due = IntGauge::new("ampguard_state_snapshot_due", "1 while a state snapshot is owed and not yet written (retried every second; e.g. a full disk)").expect("metric");
+        let due = IntGauge::new(
+            "ampguard_state_snapshot_due",
+            "1 while a state snapshot is owed and not yet written (retried every second; e.g. a full disk)",
+        )
+        .expect("metric");
         due.set(app.persist.state().snapshot_due as i64);
         scrape.register(Box::new(due)).expect("unique");
         let bytes = gauge(&scrape, "ampguard_state_file_bytes", "Size of the state files", &["file"]);

@@ -134,8 +134,12 @@ async fn require_token(State(app): State<Shared>, req: Request, next: Next) -> R
     let admin = given.is_some_and(|t| same(t.trim().as_bytes(), app.token.as_bytes()));
     let alerter = !admin && given.zip(app.alert_token.as_deref()).is_some_and(|(t, a)| same(t.trim().as_bytes(), a.as_bytes()));
     if alerter && !req.uri().path().starts_with("/v1/alerts") {
-        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may only post alerts (POST /v1/alerts, /v1/alerts/fastnetmon)")
-            .into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may only post alerts (POST /v1/alerts, /v1/alerts/fastnetmon)",
+        )
+        .into_response();
     }
     if !admin && !alerter {
         let mut r = ApiError::new(

@@ -4,7 +4,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{client::{print_table, s, Client}, ApiArgs};
+use super::{
+    client::{print_table, s, Client},
+    ApiArgs,
+};
 
 #[derive(Subcommand)]
 pub enum AllowCmd {

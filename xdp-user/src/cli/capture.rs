@@ -32,6 +32,10 @@ pub fn run(args: CaptureArgs, api: &ApiArgs) -> anyhow::Result<()> {
     eprintln!("capturing up to {} dropped/limited/monitored packets for at most {} s ...", args.count, args.seconds);
     let (pcap, samples) = Client::new(api)?.get_bytes(&path)?;
     std::fs::write(&args.out, &pcap).with_context(|| format!("writing {}", args.out.display()))?;
-    println!("wrote {} packets to {} (first 128 bytes of each; open with tcpdump -r or Wireshark)", samples.unwrap_or_else(|| "?".into()), args.out.display());
+    println!(
+        "wrote {} packets to {} (first 128 bytes of each; open with tcpdump -r or Wireshark)",
+        samples.unwrap_or_else(|| "?".into()),
+        args.out.display()
+    );
     Ok(())
 }

@@ -14,7 +14,9 @@ pub struct Client {
 impl Client {
     pub fn new(args: &ApiArgs) -> anyhow::Result<Self> {
         let token = std::fs::read_to_string(&args.token_file)
-            .with_context(|| format!("cannot read the API token from {} (set --token-file or AMPGUARD_TOKEN_FILE)", args.token_file.display()))?
+            .with_context(|| {
+                format!("cannot read the API token from {} (set --token-file or AMPGUARD_TOKEN_FILE)", args.token_file.display())
+            })?
             .trim()
             .to_string();
         let agent = ureq::Agent::config_builder()
@@ -35,7 +37,8 @@ impl Client {
             ("PUT", Some(b)) => self.agent.put(&url).header("Authorization", &auth).send_json(b),
             _ => unreachable!("client method"),
         };
-        let mut res = res.with_context(|| format!("cannot reach the ampguard API at {} (is the daemon running? --api / AMPGUARD_API)", self.base))?;
+        let mut res =
+            res.with_context(|| format!("cannot reach the ampguard API at {} (is the daemon running? --api / AMPGUARD_API)", self.base))?;
         let status = res.status().as_u16();
         let text = res.body_mut().read_to_string().unwrap_or_default();
         let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };

@@ -15,7 +15,11 @@ pub fn detach(args: DetachArgs, api: &ApiArgs) -> anyhow::Result<()> {
     let cfg = daemon::load_config(args.config.as_deref())?;
     let pin_dir = pins::locate(&args.pin_dir.unwrap_or(cfg.pin_dir));
     if !pin_dir.exists() {
-        return report(api, json!({"detached": [], "pin_dir": pin_dir}), &format!("nothing was attached (no pin directory {})", pin_dir.display()));
+        return report(
+            api,
+            json!({"detached": [], "pin_dir": pin_dir}),
+            &format!("nothing was attached (no pin directory {})", pin_dir.display()),
+        );
     }
     match lock::lock_pin_dir(&pin_dir)? {
         Some(_held) => {
@@ -47,7 +51,11 @@ pub fn detach(args: DetachArgs, api: &ApiArgs) -> anyhow::Result<()> {
 pub fn attach(api: &ApiArgs) -> anyhow::Result<()> {
     let v = Client::new(api)?.request("POST", "/v1/attach", Some(&json!({})))?;
     let ifaces: Vec<String> = v["attached"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(String::from)).collect();
-    let text = if ifaces.is_empty() { "already enforcing on every interface".to_string() } else { format!("enforcing again on {}", ifaces.join(", ")) };
+    let text = if ifaces.is_empty() {
+        "already enforcing on every interface".to_string()
+    } else {
+        format!("enforcing again on {}", ifaces.join(", "))
+    };
     report(api, v, &text)
 }
 

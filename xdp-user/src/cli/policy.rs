@@ -6,7 +6,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::{client::{print_table, s, Client}, ApiArgs};
+use super::{
+    client::{print_table, s, Client},
+    ApiArgs,
+};
 
 #[derive(Subcommand)]
 pub enum PolicyCmd {
@@ -159,7 +162,16 @@ pub fn run(cmd: PolicyCmd, api: &ApiArgs) -> anyhow::Result<()> {
                 } else {
                     s(&r["action"])
                 };
-                rows.push(vec![v.clone(), action, s(&r["pps"]), s(&r["bps"]), n("dropped"), n("rate_limited"), n("monitored"), n("passed")]);
+                rows.push(vec![
+                    v.clone(),
+                    action,
+                    s(&r["pps"]),
+                    s(&r["bps"]),
+                    n("dropped"),
+                    n("rate_limited"),
+                    n("monitored"),
+                    n("passed"),
+                ]);
             }
             print_table(&["VECTOR", "ACTION", "PPS", "BPS", "DROPPED", "LIMITED", "MONITORED", "PASSED"], &rows);
             println!("(\"drop on signature, else limit\": the vector's reflection signature decides; see `ampguard vectors`)");

@@ -1,6 +1,9 @@
 //! `ampguard vectors` and `ampguard status`.
 
-use super::{client::{print_table, s, Client}, ApiArgs};
+use super::{
+    client::{print_table, s, Client},
+    ApiArgs,
+};
 
 pub fn vectors(api: &ApiArgs) -> anyhow::Result<()> {
     let r = Client::new(api)?.request("GET", "/v1/vectors", None)?;
@@ -25,7 +28,8 @@ pub fn vectors(api: &ApiArgs) -> anyhow::Result<()> {
                 let size = rule["min_bytes"].as_u64().map(|m| format!(" >= {m} B")).unwrap_or_default();
                 text = format!("{text} on signature{size}, else {}", verb(rule["otherwise"].as_str().unwrap_or("pass")));
             }
-            let sig = v["signature"].as_str().map(|d| d.split_once(": ").map(|x| x.1).unwrap_or(d).to_string()).unwrap_or_else(|| "-".into());
+            let sig =
+                v["signature"].as_str().map(|d| d.split_once(": ").map(|x| x.1).unwrap_or(d).to_string()).unwrap_or_else(|| "-".into());
             vec![s(&v["name"]), if ports.is_empty() { "(fragments)".into() } else { ports.join(",") }, s(&v["amplification"]), text, sig]
         })
         .collect();
@@ -39,13 +43,25 @@ pub fn status(api: &ApiArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
-    println!("ampguard {} up {}s, {}", s(&r["version"]), s(&r["uptime_secs"]), if r["healthy"] == true { "healthy" } else { "NOT HEALTHY" });
+    println!(
+        "ampguard {} up {}s, {}",
+        s(&r["version"]),
+        s(&r["uptime_secs"]),
+        if r["healthy"] == true { "healthy" } else { "NOT HEALTHY" }
+    );
     let rows: Vec<Vec<String>> = r["interfaces"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
-        .map(|i| vec![s(&i["name"]), s(&i["ifindex"]), s(&i["mode"]), if i["attached"] == true { "yes".into() } else { format!("NO: {}", s(&i["problem"])) }])
+        .map(|i| {
+            vec![
+                s(&i["name"]),
+                s(&i["ifindex"]),
+                s(&i["mode"]),
+                if i["attached"] == true { "yes".into() } else { format!("NO: {}", s(&i["problem"])) },
+            ]
+        })
         .collect();
     print_table(&["INTERFACE", "IFINDEX", "XDP MODE", "ATTACHED"], &rows);
     let p = &r["policies"];

@@ -6,7 +6,10 @@ use std::{collections::HashMap, io::IsTerminal, time::Duration};
 use clap::Args;
 use serde_json::Value;
 
-use super::{client::{print_table, Client}, ApiArgs};
+use super::{
+    client::{print_table, Client},
+    ApiArgs,
+};
 
 #[derive(Args, Debug)]
 pub struct TopArgs {

@@ -129,7 +129,12 @@ impl Enforcement {
         for name in names {
             let iface = match &me.detached {
                 Some(d) => {
-                    tracing::warn!(iface = name, "NOT enforcing: detached by operator ({}) at {}; `ampguard attach` enforces again", d.by, d.since);
+                    tracing::warn!(
+                        iface = name,
+                        "NOT enforcing: detached by operator ({}) at {}; `ampguard attach` enforces again",
+                        d.by,
+                        d.since
+                    );
                     Iface { name: name.clone(), link: None, status: detached_status(name, d) }
                 }
                 None => {
@@ -190,7 +195,13 @@ impl Enforcement {
                     if was != "not_enforcing" {
                         tracing::error!(iface = i.name, "{problem}");
                     }
-                    i.status = IfaceStatus { attached: false, state: "not_enforcing", program_id: Some(prog_id), problem: Some(problem), ..i.status.clone() };
+                    i.status = IfaceStatus {
+                        attached: false,
+                        state: "not_enforcing",
+                        program_id: Some(prog_id),
+                        problem: Some(problem),
+                        ..i.status.clone()
+                    };
                 }
                 Health::PinMissing => {
                     tracing::error!(iface = i.name, "the XDP link's pin is gone (removed by hand, or its bpffs unmounted); the link stays attached through this daemon, pinning it again");
@@ -228,7 +239,13 @@ impl Enforcement {
                             if i.status.problem.as_deref() != Some(e.as_str()) {
                                 tracing::error!(iface = i.name, "cannot re-attach: {e}");
                             }
-                            i.status = IfaceStatus { attached: false, state: "not_enforcing", program_id: None, problem: Some(e), ..i.status.clone() };
+                            i.status = IfaceStatus {
+                                attached: false,
+                                state: "not_enforcing",
+                                program_id: None,
+                                problem: Some(e),
+                                ..i.status.clone()
+                            };
                         }
                     }
                 }

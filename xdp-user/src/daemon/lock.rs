@@ -77,14 +77,8 @@ pub fn acquire(state_dir: &Path, pin_dir: &Path) -> anyhow::Result<Locks> {
     std::fs::create_dir_all(state_dir).with_context(|| format!("creating the state directory {}", state_dir.display()))?;
     let lock_path = state_dir.join("lock");
     let io = |source| LockError::Io { path: lock_path.clone(), source };
-    let mut state = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(io)?;
+    let mut state =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&lock_path).map_err(io)?;
     if !try_flock(&state).map_err(io)? {
         return Err(LockError::Held { what: "the state directory", path: state_dir.into(), pid: pid_text(&lock_path) }.into());
     }

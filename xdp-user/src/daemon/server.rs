@@ -9,7 +9,12 @@
 //! read timeout, which also closes a keep-alive connection idle that long),
 //! and bodies must arrive within `body_timeout_secs` (api::router).
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::{Duration, Instant}};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{extract::ConnectInfo, Router};
 use hyper_util::{

@@ -63,7 +63,9 @@ pub enum Health {
     /// The kernel detached the link (`bpftool link detach`, the interface went away).
     Detached,
     /// The link holds someone else's program (a `bpftool link update`, another daemon).
-    Foreign { prog_id: u32 },
+    Foreign {
+        prog_id: u32,
+    },
     /// The link is attached, but its pin is gone (removed by hand, bpffs unmounted).
     PinMissing,
     /// The question could not be answered (EMFILE, ...): assume nothing.
@@ -257,8 +259,7 @@ pub fn detach(pin_dir: &Path, iface: &str) -> std::io::Result<bool> {
 /// Every interface with a link pinned under `pin_dir`.
 pub fn pinned_interfaces(pin_dir: &Path) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(pin_dir) else { return Vec::new() };
-    let mut v: Vec<String> =
-        rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("link_").map(iface_of_pin_name)).collect();
+    let mut v: Vec<String> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("link_").map(iface_of_pin_name)).collect();
     v.sort();
     v
 }

@@ -44,9 +44,7 @@ pub fn update(map: &Map, keys: &[u32], values: &[u8], value_size: usize) -> Resu
     };
     // Safety: keys and values are valid for `count` elements of the map's key
     // and value sizes; the kernel writes back only `count`.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>())
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
     if rc < 0 {
         return Err(DpError::Io(std::io::Error::last_os_error()));
     }

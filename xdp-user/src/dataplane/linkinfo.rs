@@ -72,11 +72,8 @@ pub fn pin_fd(fd: BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
 /// answers even when the process is out of file descriptors.
 pub fn link_target(fd: BorrowedFd<'_>) -> std::io::Result<(u32, u32)> {
     let mut info = LinkInfoRaw { type_: 0, id: 0, prog_id: 0, _pad: 0, union: [0; 24] };
-    let attr = InfoAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<LinkInfoRaw>() as u32,
-        info: &mut info as *mut _ as u64,
-    };
+    let attr =
+        InfoAttr { bpf_fd: fd.as_raw_fd() as u32, info_len: std::mem::size_of::<LinkInfoRaw>() as u32, info: &mut info as *mut _ as u64 };
     // Safety: info points to a zeroed buffer of info_len bytes.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr as *const _, std::mem::size_of::<InfoAttr>()) };
     if rc < 0 {

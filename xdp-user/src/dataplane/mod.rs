@@ -192,10 +192,7 @@ impl DataPlane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(XDP_OBJECT)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(names::PROGRAM)
-            .ok_or(DpError::MissingMap(names::PROGRAM))?
-            .try_into()?;
+        let program: &mut Xdp = ebpf.program_mut(names::PROGRAM).ok_or(DpError::MissingMap(names::PROGRAM))?.try_into()?;
         program.load()?;
         let mut cfg: Array<_, Config> = Array::try_from(map_mut(&mut ebpf, names::CONFIG)?)?;
         cfg.set(0, Config::DEFAULT, 0)?;
@@ -488,7 +485,11 @@ impl DataPlane {
     fn check_victim_room(&self, victim: &IpNet) -> Result<(), DpError> {
         if let IpNet::V6(_) = victim {
             if self.v6.len() as u32 >= self.capacity.max_v6_victims {
-                return Err(DpError::Full { what: "the IPv6 victim table", capacity: self.capacity.max_v6_victims, knob: "max_v6_victims" });
+                return Err(DpError::Full {
+                    what: "the IPv6 victim table",
+                    capacity: self.capacity.max_v6_victims,
+                    knob: "max_v6_victims",
+                });
             }
         }
         Ok(())
@@ -510,8 +511,7 @@ impl DataPlane {
             }
             IpNet::V6(n) => {
                 self.fault_point()?;
-                let mut trie: LpmTrie<_, [u8; 16], u32> =
-                    LpmTrie::try_from(map_mut(&mut self.ebpf, names::V6_VICTIMS)?)?;
+                let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map_mut(&mut self.ebpf, names::V6_VICTIMS)?)?;
                 trie.insert(&Key::new(n.prefix_len() as u32, n.network().octets()), slot, 0)?;
                 self.v6.insert(*victim, slot);
                 Ok(())
@@ -536,8 +536,7 @@ impl DataPlane {
             }
             IpNet::V6(n) => {
                 self.fault_point()?;
-                let mut trie: LpmTrie<_, [u8; 16], u32> =
-                    LpmTrie::try_from(map_mut(&mut self.ebpf, names::V6_VICTIMS)?)?;
+                let mut trie: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(map_mut(&mut self.ebpf, names::V6_VICTIMS)?)?;
                 trie.remove(&Key::new(n.prefix_len() as u32, n.network().octets()))?;
                 self.v6.remove(victim);
                 Ok(())

@@ -79,8 +79,5 @@ pub fn xdp_program(ifindex: u32) -> std::io::Result<Option<XdpOnInterface>> {
 
 /// The name of a loaded program, by id.
 pub fn program_name(id: u32) -> Option<String> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == id)
-        .and_then(|p| p.name_as_str().map(str::to_string))
+    aya::programs::loaded_programs().filter_map(Result::ok).find(|p| p.id() == id).and_then(|p| p.name_as_str().map(str::to_string))
 }

@@ -55,10 +55,7 @@ impl Limit {
     }
 
     pub fn to_cfg(&self) -> LimitCfg {
-        LimitCfg {
-            packets: Rate::new(self.pps, self.burst_packets),
-            bytes: Rate::new(self.bytes_per_sec, self.burst_bytes),
-        }
+        LimitCfg { packets: Rate::new(self.pps, self.burst_packets), bytes: Rate::new(self.bytes_per_sec, self.burst_bytes) }
     }
 }
 

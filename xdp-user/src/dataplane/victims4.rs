@@ -33,7 +33,11 @@ pub struct Victims4 {
 }
 
 fn mask(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - len as u32) }
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len as u32)
+    }
 }
 
 impl Victims4 {
@@ -65,16 +69,11 @@ impl Victims4 {
 
     /// Longest-prefix match by brute force (the reference for tests and the model).
     pub fn lookup(&self, addr: u32) -> u32 {
-        (0..=32u8)
-            .rev()
-            .find_map(|len| self.prefixes.get(&(addr & mask(len), len)).copied())
-            .unwrap_or(NO_SLOT)
+        (0..=32u8).rev().find_map(|len| self.prefixes.get(&(addr & mask(len), len)).copied()).unwrap_or(NO_SLOT)
     }
 
     fn best_in(&self, addr: u32, lens: std::ops::RangeInclusive<u8>) -> u32 {
-        lens.rev()
-            .find_map(|len| self.prefixes.get(&(addr & mask(len), len)).copied())
-            .unwrap_or(NO_SLOT)
+        lens.rev().find_map(|len| self.prefixes.get(&(addr & mask(len), len)).copied()).unwrap_or(NO_SLOT)
     }
 
     /// Add a prefix or change its slot. `addr` must have no host bits set.
@@ -282,8 +281,7 @@ mod tests {
                 }
             }
             if round % 100 == 0 {
-                let probes: Vec<u32> =
-                    (0..500).map(|_| bases[rnd() as usize % 2] | (rnd() as u32 & 0x1ffff)).collect();
+                let probes: Vec<u32> = (0..500).map(|_| bases[rnd() as usize % 2] | (rnd() as u32 & 0x1ffff)).collect();
                 check_all(&t, &k, &probes);
             }
         }

@@ -13,8 +13,8 @@ pub mod table;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Arc,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -217,20 +217,19 @@ impl Store {
         dp.set_dns_signature(cfg.dns_large_bytes, cfg.dns_many_answers)?;
         let file = StateFile::new(&cfg.state_dir);
         let (state, mut stale) = file.load_and_check()?;
-        let mut store =
-            Self {
-                cfg,
-                vectors,
-                profiles,
-                dp,
-                file,
-                state,
-                pending: Vec::new(),
-                alert_window: HashMap::new(),
-                rule_sets: Vec::new(),
-                snapshot_due: false,
-                usage: Default::default(),
-            };
+        let mut store = Self {
+            cfg,
+            vectors,
+            profiles,
+            dp,
+            file,
+            state,
+            pending: Vec::new(),
+            alert_window: HashMap::new(),
+            rule_sets: Vec::new(),
+            snapshot_due: false,
+            usage: Default::default(),
+        };
         for p in store.cfg.allowlist.clone() {
             store.dp.add_allow(p)?;
         }
@@ -318,7 +317,8 @@ impl Store {
     /// that cannot be written is refused with nothing changed, and the
     /// journal never skips a number.
     fn line(&self, change: Change) -> Result<Vec<u8>, StoreError> {
-        journal_line(self.state.seq + 1, change).map_err(|e| invalid(format!("this change cannot be written to the state files ({e}); nothing changed")))
+        journal_line(self.state.seq + 1, change)
+            .map_err(|e| invalid(format!("this change cannot be written to the state files ({e}); nothing changed")))
     }
 
     fn push(&mut self, line: Vec<u8>) {
@@ -361,11 +361,7 @@ impl Store {
             let id = self.vectors.id_of(name).ok_or_else(|| invalid(format!("unknown vector {name:?}")))?;
             rules.push((id, spec.resolve().map_err(|e| invalid(format!("rule for {name}: {e}")))?));
         }
-        Ok(DpPolicy {
-            mode: p.mode,
-            expires_ns: p.expires_at.map(clock::wall_to_monotonic).unwrap_or(0),
-            rules,
-        })
+        Ok(DpPolicy { mode: p.mode, expires_ns: p.expires_at.map(clock::wall_to_monotonic).unwrap_or(0), rules })
     }
 
     fn next_id(&mut self, prefix: &str) -> String {
@@ -482,10 +478,7 @@ impl Store {
     pub fn create_policy(&mut self, req: PolicyRequest, source: &str) -> Result<Arc<PolicyRecord>, StoreError> {
         let (victim, rules, expires_at) = self.resolve(&req)?;
         if let Some(p) = self.state.policies.by_victim(&victim) {
-            return Err(StoreError::Conflict(format!(
-                "{victim} already has policy {}; replace it with PUT /v1/policies/{}",
-                p.id, p.id
-            )));
+            return Err(StoreError::Conflict(format!("{victim} already has policy {}; replace it with PUT /v1/policies/{}", p.id, p.id)));
         }
         if self.state.policies.len() + 1 >= self.cfg.capacity.max_policies as usize {
             return Err(StoreError::Full(format!(
@@ -515,7 +508,10 @@ impl Store {
         let (victim, rules, expires_at) = self.resolve(&req)?;
         let old = self.policy(id)?;
         if victim != old.victim {
-            return Err(invalid(format!("policy {id} is for {}; a policy's victim cannot change (delete it and create another)", old.victim)));
+            return Err(invalid(format!(
+                "policy {id} is for {}; a policy's victim cannot change (delete it and create another)",
+                old.victim
+            )));
         }
         let (created_at, source) = (old.created_at, old.source.clone());
         let rules = self.intern(rules);
@@ -584,7 +580,8 @@ impl Store {
     }
 
     pub fn delete_allow(&mut self, id: &str) -> Result<AllowRecord, StoreError> {
-        let i = self.state.allowlist.iter().position(|a| a.id == id).ok_or_else(|| StoreError::NotFound(format!("no allowlist entry {id}")))?;
+        let i =
+            self.state.allowlist.iter().position(|a| a.id == id).ok_or_else(|| StoreError::NotFound(format!("no allowlist entry {id}")))?;
         // Entries from the config file stay in force.
         let prefix = self.state.allowlist[i].prefix;
         let line = self.line(Change::DelAllow(id.to_string()))?;
@@ -681,7 +678,11 @@ impl Store {
                     rec.updated_at = SystemTime::now();
                     let id = rec.id.clone();
                     let rec = self.commit(rec)?;
-                    return Ok(AlertOutcome { result: "extended", policy: Some(rec), message: format!("extended policy {id} for {victim}") });
+                    return Ok(AlertOutcome {
+                        result: "extended",
+                        policy: Some(rec),
+                        message: format!("extended policy {id} for {victim}"),
+                    });
                 }
                 let default = self.profiles["default"].clone();
                 let mut rules = default.clone();

@@ -526,8 +526,7 @@ pub fn replay(state: &mut State, bytes: &[u8]) -> Result<(), String> {
         if !line.ends_with(b"\n") {
             break; // cut short by a crash before its fdatasync: never acknowledged
         }
-        let JournalLine { seq, change } =
-            serde_json::from_slice(line).map_err(|e| format!("journal line {lineno}: {e}"))?;
+        let JournalLine { seq, change } = serde_json::from_slice(line).map_err(|e| format!("journal line {lineno}: {e}"))?;
         if seq <= state.seq {
             continue;
         }
@@ -683,7 +682,12 @@ mod tests {
         let mut s = State { seq: 4, next_id: 4, ..Default::default() };
         s.policies.put(policy("p-1", "203.0.113.10/32", &rules)).unwrap();
         s.policies.put(policy("p-3", "2001:db8::10/128", &rules)).unwrap();
-        s.allowlist.push(AllowRecord { id: "a-2".into(), prefix: "192.0.2.53/32".parse().unwrap(), comment: None, created_at: at("2026-11-25T17:00:00Z") });
+        s.allowlist.push(AllowRecord {
+            id: "a-2".into(),
+            prefix: "192.0.2.53/32".parse().unwrap(),
+            comment: None,
+            created_at: at("2026-11-25T17:00:00Z"),
+        });
         s
     }
 
@@ -722,7 +726,18 @@ mod tests {
         lines.extend(journal_line(5, Change::PutPolicy(policy("p-7", "198.51.100.0/24", &rules))).unwrap());
         lines.extend(journal_line(6, Change::DelPolicy("p-1".into())).unwrap());
         lines.extend(journal_line(7, Change::DelAllow("a-2".into())).unwrap());
-        lines.extend(journal_line(8, Change::PutAllow(AllowRecord { id: "a-8".into(), prefix: "192.0.2.0/28".parse().unwrap(), comment: None, created_at: at("2026-11-25T17:00:00Z") })).unwrap());
+        lines.extend(
+            journal_line(
+                8,
+                Change::PutAllow(AllowRecord {
+                    id: "a-8".into(),
+                    prefix: "192.0.2.0/28".parse().unwrap(),
+                    comment: None,
+                    created_at: at("2026-11-25T17:00:00Z"),
+                }),
+            )
+            .unwrap(),
+        );
         f.append(&lines).unwrap();
         let back = f.load().unwrap();
         assert_eq!(back.seq, 8);
