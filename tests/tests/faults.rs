@@ -405,8 +405,8 @@ fn error_of(v: &Value) -> (&str, &str) {
 
 #[test]
 fn full_policy_table_answers_507_and_existing_policies_keep_working() {
-    // max_policies counts slot 0 (reserved): 3 policies fit.
-    let (lab, d) = start("fullpol", "[capacity]\nmax_policies = 4\n");
+    // max_policies counts policies (the data plane adds its reserved slot 0): 3 fit.
+    let (lab, d) = start("fullpol", "[capacity]\nmax_policies = 3\n");
     for v in ["203.0.113.10", "203.0.113.20", "2001:db8:2::10"] {
         let (st, p) = d.call("POST", "/v1/policies", Some(&json!({"victim": v}).to_string())).unwrap();
         assert_eq!(st, 201, "{v}: {p}");

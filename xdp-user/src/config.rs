@@ -126,7 +126,9 @@ impl Default for CapacityConfig {
 impl From<&CapacityConfig> for Capacity {
     fn from(c: &CapacityConfig) -> Self {
         Capacity {
-            max_policies: c.max_policies,
+            // The config counts policies; the data plane's table has one
+            // more slot, since slot 0 means "no policy" (it is never handed out).
+            max_policies: c.max_policies + 1,
             max_limiters: c.max_limiters,
             v4_chunks: c.v4_chunks,
             max_v6_victims: c.max_v6_victims,

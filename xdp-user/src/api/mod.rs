@@ -163,7 +163,7 @@ pub fn router(app: Shared, max_body: usize, body_timeout: std::time::Duration) -
         .route("/v1/status", get(status::status))
         .route("/v1/vectors", get(status::vectors))
         .route("/v1/policies", get(policies::list).post(policies::create))
-        .route("/v1/policies/{id}", get(policies::show).put(policies::replace).delete(policies::delete))
+        .route("/v1/policies/{id}", get(policies::show).put(policies::replace).patch(policies::patch).delete(policies::delete))
         .route("/v1/allowlist", get(allowlist::list).post(allowlist::create))
         .route("/v1/allowlist/{id}", axum::routing::delete(allowlist::delete))
         .route("/v1/counters", get(policies::counters))

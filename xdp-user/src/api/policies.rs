@@ -1,4 +1,4 @@
-//! /v1/policies: list, create, show, replace, delete.
+//! /v1/policies: list (or look up by victim), create, show, replace, change (merge), delete.
 
 use axum::{
     body::Bytes,
@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use xdp_common::counters::verdict;
 
 use super::{parse_json, ApiError, Shared};
-use crate::store::{state::PolicyRecord, PolicyRequest};
+use crate::store::{parse_prefix, state::PolicyRecord, PolicyPatch, PolicyRequest};
 
 fn view(p: &PolicyRecord) -> Value {
     serde_json::to_value(p).expect("record serializes")
@@ -21,6 +21,9 @@ fn view(p: &PolicyRecord) -> Value {
 /// creation order with `next_cursor` when more follow. Serialized straight
 /// from the records: at 100,000 policies a `Value` tree per record would take
 /// hundreds of MB for one response.
+/// `?victim=PREFIX` lists the policy for exactly that prefix (an address means
+/// its /32 or /128), `?covering=ADDRESS` the one the data plane applies to that
+/// address (the longest victim prefix holding it): zero or one policy.
 pub async fn list(
     State(app): State<Shared>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
@@ -37,6 +40,27 @@ pub async fn list(
     let (limit, cursor) = (number("limit")?, number("cursor")?);
     if limit == Some(0) {
         return Err(ApiError::bad_request("limit must be at least 1"));
+    }
+    let lookup = match (q.get("victim"), q.get("covering")) {
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give victim or covering, not both")),
+        (Some(v), None) => Some((false, v)),
+        (None, Some(a)) => Some((true, a)),
+        (None, None) => None,
+    };
+    if let Some((covering, arg)) = lookup {
+        if limit.is_some() || cursor.is_some() {
+            return Err(ApiError::bad_request("victim and covering find at most one policy; they take no limit or cursor"));
+        }
+        let store = app.store.lock().await;
+        let found = if covering {
+            let addr: std::net::IpAddr =
+                arg.trim().parse().map_err(|_| ApiError::bad_request(format!("covering takes an address, not {arg:?}")))?;
+            store.policy_covering(addr.to_canonical())
+        } else {
+            store.policy_by_victim(&parse_prefix(arg)?)
+        };
+        let list = List { policies: found.map(|p| &**p).into_iter().collect(), next_cursor: None };
+        return Ok(Json(serde_json::to_value(&list).expect("records serialize")).into_response());
     }
     let store = app.store.lock().await;
     let (page, next) = store.policy_page(cursor.unwrap_or(0), limit.map_or(usize::MAX, |l| l as usize));
@@ -98,6 +122,18 @@ pub async fn show(State(app): State<Shared>, Path(id): Path<String>) -> Result<J
         v["counters"] = Value::Object(counters_of(&store, slot)?);
     }
     Ok(Json(v))
+}
+
+/// PATCH: merge a change into a policy (see `PolicyPatch`), validated like a create.
+pub async fn patch(
+    State(app): State<Shared>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let req: PolicyPatch = parse_json(body)?;
+    let rec = super::change(&app, |s| s.patch_policy(&id, req)).await?;
+    tracing::info!(id = rec.id, victim = %rec.victim, "policy changed");
+    Ok(Json(view(&rec)))
 }
 
 pub async fn replace(

@@ -9,22 +9,33 @@ use std::io::Read;
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::{client::Client, ApiArgs};
+use super::{
+    client::{clean, print_json, Client},
+    ApiArgs,
+};
 use crate::{alerts, vectors::VectorTable};
 
 #[derive(Subcommand)]
 pub enum AlertCmd {
     /// FastNetMon notify script: IP DIRECTION PPS ACTION, details on stdin.
+    /// Options may come anywhere; after `--` everything is one of the four.
     Fastnetmon {
-        /// IP DIRECTION PPS ACTION, as FastNetMon passes them.
-        #[arg(num_args = 4, allow_hyphen_values = true)]
-        args: Vec<String>,
+        /// The attacked address, as FastNetMon passes it.
+        ip: String,
+        /// "incoming" or "outgoing".
+        direction: String,
+        /// The attack's packets per second.
+        #[arg(allow_negative_numbers = true)]
+        pps: String,
+        /// "ban", "attack_details" or "unban".
+        action: String,
     },
 }
 
 pub fn run(cmd: AlertCmd, api: &ApiArgs) -> anyhow::Result<()> {
     match cmd {
-        AlertCmd::Fastnetmon { args } => {
+        AlertCmd::Fastnetmon { ip, direction, pps, action } => {
+            let args = vec![ip, direction, pps, action];
             let action = args.get(3).map(String::as_str).unwrap_or("");
             let mut stdin = String::new();
             if matches!(action, "ban" | "attack_details") {
@@ -39,13 +50,21 @@ pub fn run(cmd: AlertCmd, api: &ApiArgs) -> anyhow::Result<()> {
             let alert = match alerts::fastnetmon::parse_script(&args, &stdin, &|p| table.name_of_port(p)) {
                 Ok(Some(a)) => a,
                 Ok(None) => {
+                    if api.json {
+                        return print_json(
+                            &serde_json::json!({"result": "ignored", "message": format!("FastNetMon call {args:?}: nothing to do")}),
+                        );
+                    }
                     eprintln!("ampguard: ignoring FastNetMon call {args:?} (nothing to do)");
                     return Ok(());
                 }
                 Err(e) => anyhow::bail!("FastNetMon call {args:?}: {e}"),
             };
             let r = Client::new(api)?.request("POST", "/v1/alerts", Some(&alerts::to_generic_json(&alert)))?;
-            println!("{}", r["message"].as_str().unwrap_or("done"));
+            if api.json {
+                return print_json(&r);
+            }
+            println!("{}", clean(r["message"].as_str().unwrap_or("done")));
             Ok(())
         }
     }

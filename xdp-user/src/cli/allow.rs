@@ -5,7 +5,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::{
-    client::{print_table, s, Client},
+    client::{clean, print_json, print_table, s, Client},
     ApiArgs,
 };
 
@@ -29,24 +29,29 @@ pub fn run(cmd: AllowCmd, api: &ApiArgs) -> anyhow::Result<()> {
     match cmd {
         AllowCmd::Add { prefix, comment } => {
             let r = c.request("POST", "/v1/allowlist", Some(&json!({"prefix": prefix, "comment": comment})))?;
+            if api.json {
+                return print_json(&r);
+            }
             println!("allowlisted {} as {}", s(&r["prefix"]), s(&r["id"]));
         }
         AllowCmd::Del { id_or_prefix } => {
             let list = c.request("GET", "/v1/allowlist", None)?;
             let entries = list["allowlist"].as_array().cloned().unwrap_or_default();
-            let id = entries
-                .iter()
-                .find(|e| e["id"] == id_or_prefix.as_str() || e["prefix"] == id_or_prefix.as_str())
-                .map(|e| s(&e["id"]))
-                .with_context(|| format!("no allowlist entry {id_or_prefix} (entries from the config file are changed there)"))?;
+            let entry =
+                entries.iter().find(|e| e["id"] == id_or_prefix.as_str() || e["prefix"] == id_or_prefix.as_str()).cloned().with_context(
+                    || format!("no allowlist entry {} (entries from the config file are changed there)", clean(&id_or_prefix)),
+                )?;
+            let id = s(&entry["id"]);
             c.request("DELETE", &format!("/v1/allowlist/{id}"), None)?;
-            println!("removed {id}");
+            if api.json {
+                return print_json(&json!({"removed": entry}));
+            }
+            println!("removed {id} ({})", s(&entry["prefix"]));
         }
         AllowCmd::List => {
             let r = c.request("GET", "/v1/allowlist", None)?;
             if api.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-                return Ok(());
+                return print_json(&r);
             }
             let mut rows: Vec<Vec<String>> = r["allowlist"]
                 .as_array()

@@ -32,6 +32,13 @@ pub fn run(args: CaptureArgs, api: &ApiArgs) -> anyhow::Result<()> {
     eprintln!("capturing up to {} dropped/limited/monitored packets for at most {} s ...", args.count, args.seconds);
     let (pcap, samples) = Client::new(api)?.get_bytes(&path)?;
     std::fs::write(&args.out, &pcap).with_context(|| format!("writing {}", args.out.display()))?;
+    if api.json {
+        let packets = samples.as_deref().and_then(|n| n.parse::<u64>().ok());
+        return super::client::print_json(&serde_json::json!({
+            "file": args.out, "packets": packets, "bytes": pcap.len(),
+            "max_count": args.count, "max_seconds": args.seconds, "victim": args.victim,
+        }));
+    }
     println!(
         "wrote {} packets to {} (first 128 bytes of each; open with tcpdump -r or Wireshark)",
         samples.unwrap_or_else(|| "?".into()),

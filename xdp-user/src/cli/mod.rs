@@ -32,7 +32,7 @@ pub struct ApiArgs {
     /// File holding the bearer token (the daemon's token_file).
     #[arg(long, env = "AMPGUARD_TOKEN_FILE", default_value = "/etc/ampguard/token", global = true)]
     pub token_file: PathBuf,
-    /// Print JSON instead of a table.
+    /// Print JSON instead of text (every client subcommand; `top`: one document a line per refresh).
     #[arg(long, global = true)]
     pub json: bool,
 }
@@ -55,7 +55,7 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Add, list, show or delete victim policies.
+    /// Add, change, list, show or delete victim policies.
     Policy {
         #[command(subcommand)]
         cmd: policy::PolicyCmd,
@@ -102,8 +102,28 @@ pub enum Command {
     },
 }
 
+/// Run the command line. An error is printed as one line (its causes joined,
+/// never a backtrace, whatever RUST_BACKTRACE says) and exits 1.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // Client commands die quietly of SIGPIPE when their reader goes away
+        // (`ampguard policy list | head -1`), as `ls` or `cat` do, instead of
+        // panicking on EPIPE. Not the daemon: it keeps Rust's SIG_IGN, and its
+        // sockets see EPIPE as an error. (std's TCP writes use MSG_NOSIGNAL,
+        // so the client's API connection is not affected either.)
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    if let Err(e) = dispatch(cli) {
+        // "Error: " as Rust's own report of main's error says it (scripts and
+        // tests match it), but one line: the causes joined, no backtrace.
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => daemon::run(args),
         Command::Detach { args, api } => detach::detach(args, &api),

@@ -1,15 +1,37 @@
-//! `ampguard policy add|list|show|del`.
+//! `ampguard policy add|set|list|show|del`.
+//!
+//! `show`, `set` and `del` take a policy id (`p-1`) or a victim. A victim
+//! prefix, or an address (its /32 or /128), names the policy for exactly that
+//! victim. When there is none, `show` shows the policy that covers the address
+//! (the longest victim prefix holding it: what XDP applies to its traffic),
+//! and says so; `set` and `del` refuse and name that policy instead, so that a
+//! change meant for one host never lands on its customer's whole /24.
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
-use clap::Subcommand;
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use ipnet::IpNet;
 use serde_json::{json, Value};
 
 use super::{
-    client::{print_table, s, Client},
+    client::{clean, print_json, print_table, query_value, s, ApiFailure, Client},
     ApiArgs,
 };
+
+/// Rules given on the command line (add and set).
+#[derive(Args, Debug, Default)]
+pub struct RuleArgs {
+    /// Vectors to drop, comma separated (e.g. memcached,ssdp).
+    #[arg(long, value_delimiter = ',')]
+    drop: Vec<String>,
+    /// Vectors to pass, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pass: Vec<String>,
+    /// Rate-limit a vector: VECTOR=PPS[/BITRATE], e.g. ntp=1000 or dns=2000/20mbit.
+    #[arg(long)]
+    limit: Vec<String>,
+}
 
 #[derive(Subcommand)]
 pub enum PolicyCmd {
@@ -20,15 +42,8 @@ pub enum PolicyCmd {
         /// Start from this profile (default: "default" when no rules are given).
         #[arg(long)]
         profile: Option<String>,
-        /// Vectors to drop, comma separated (e.g. memcached,ssdp).
-        #[arg(long, value_delimiter = ',')]
-        drop: Vec<String>,
-        /// Vectors to pass, comma separated.
-        #[arg(long, value_delimiter = ',')]
-        pass: Vec<String>,
-        /// Rate-limit a vector: VECTOR=PPS[/BITRATE], e.g. ntp=1000 or dns=2000/20mbit.
-        #[arg(long)]
-        limit: Vec<String>,
+        #[command(flatten)]
+        rules: RuleArgs,
         /// Count what would be dropped, drop nothing.
         #[arg(long)]
         monitor: bool,
@@ -41,13 +56,48 @@ pub enum PolicyCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Change a policy (by id or victim): only what is given changes.
+    #[command(alias = "change")]
+    Set {
+        /// Policy id (p-1), or victim prefix or address.
+        target: String,
+        #[command(flatten)]
+        rules: RuleArgs,
+        /// Vectors whose rule to remove, comma separated (they then pass).
+        #[arg(long, value_delimiter = ',')]
+        remove: Vec<String>,
+        /// Only count what would be dropped.
+        #[arg(long, conflicts_with = "enforce")]
+        monitor: bool,
+        /// Drop and limit (leave monitor mode).
+        #[arg(long)]
+        enforce: bool,
+        /// A new lifetime from now, e.g. 30m, 2h, 7d; 0 = no expiry.
+        #[arg(long, conflicts_with = "extend")]
+        ttl: Option<String>,
+        /// Add to the current expiry, e.g. 1h.
+        #[arg(long)]
+        extend: Option<String>,
+        /// A new comment ("" removes it).
+        #[arg(long)]
+        comment: Option<String>,
+        /// Accept a prefix broader than the configured limit.
+        #[arg(long)]
+        force: bool,
+    },
     /// List policies.
     List,
-    /// Show one policy with its counters.
-    Show { id: String },
-    /// Delete a policy.
+    /// Show one policy (by id or victim) with its counters.
+    Show {
+        /// Policy id (p-1), or victim prefix or address.
+        target: String,
+    },
+    /// Delete a policy (by id or victim).
     #[command(alias = "rm", alias = "delete")]
-    Del { id: String },
+    Del {
+        /// Policy id (p-1), or victim prefix or address.
+        target: String,
+    },
 }
 
 /// "1000" -> pps; "2000/20mbit" -> pps and bits/s.
@@ -83,21 +133,89 @@ fn parse_ttl(s: &str) -> anyhow::Result<u64> {
     Ok(humantime::parse_duration(s).with_context(|| format!("{s:?} is not a duration (30m, 2h, 7d)"))?.as_secs())
 }
 
+/// The rules the flags give, by vector (`None`: remove the rule). A vector
+/// given two different actions is refused rather than the last one winning.
+fn rules_of(r: RuleArgs, remove: Vec<String>) -> anyhow::Result<BTreeMap<String, Option<Value>>> {
+    let mut given: Vec<(&str, String, Option<Value>)> = Vec::new();
+    given.extend(r.drop.into_iter().map(|v| ("--drop", v, Some(json!({"action": "drop"})))));
+    given.extend(r.pass.into_iter().map(|v| ("--pass", v, Some(json!({"action": "pass"})))));
+    for l in r.limit {
+        let (v, rule) = parse_limit(&l)?;
+        given.push(("--limit", v, Some(rule)));
+    }
+    given.extend(remove.into_iter().map(|v| ("--remove", v, None)));
+    let mut out: BTreeMap<String, (&str, Option<Value>)> = BTreeMap::new();
+    for (flag, vector, rule) in given {
+        let vector = vector.trim().to_string();
+        if vector.is_empty() {
+            bail!("{flag} takes vector names (see `ampguard vectors`), not an empty one");
+        }
+        match out.get(&vector) {
+            Some((f, r)) if *f == flag && *r == rule => {}
+            Some((f, _)) if *f == flag => bail!("{vector} is given to {flag} twice, with different rates; give it once"),
+            Some((f, _)) => bail!("{vector} is given to both {f} and {flag}; give each vector one action"),
+            None => {
+                out.insert(vector, (flag, rule));
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(v, (_, r))| (v, r)).collect())
+}
+
+/// Which policy a target names; see the module comment.
+enum Found {
+    /// By id, or exactly this victim.
+    Exact(Value),
+    /// No policy of its own; this one covers it.
+    Covered(Value),
+}
+
+fn find(c: &Client, target: &str) -> anyhow::Result<Found> {
+    let t = target.trim();
+    // An IPv4-mapped IPv6 address is the IPv4 address it maps (as the daemon reads it).
+    let as_net: Option<IpNet> = t.parse::<std::net::IpAddr>().map(|a| IpNet::from(a.to_canonical())).ok().or_else(|| t.parse().ok());
+    let Some(net) = as_net else {
+        return Ok(Found::Exact(c.request("GET", &format!("/v1/policies/{}", query_value(t)), None)?));
+    };
+    let first = |v: Value| v["policies"].as_array().and_then(|a| a.first().cloned());
+    // The daemon parses the victim (and says "did you mean ..." for host bits set).
+    if let Some(p) = first(c.request("GET", &format!("/v1/policies?victim={}", query_value(t)), None)?) {
+        return Ok(Found::Exact(p));
+    }
+    let covering = first(c.request("GET", &format!("/v1/policies?covering={}", query_value(&net.network().to_string())), None)?);
+    match covering {
+        Some(p) if p["victim"].as_str().and_then(|v| v.parse::<IpNet>().ok()).is_some_and(|v| v.contains(&net)) => Ok(Found::Covered(p)),
+        _ => bail!("no policy for {t} (none covers it either; `ampguard policy list` shows them all)"),
+    }
+}
+
+/// The policy a change or a delete names: exactly, never one that merely covers it.
+fn find_exact(c: &Client, target: &str, verb: &str) -> anyhow::Result<Value> {
+    match find(c, target)? {
+        Found::Exact(p) => Ok(p),
+        Found::Covered(p) => bail!(
+            "no policy for {} itself; it is covered by {} for {}: to {verb} that one, name it (`ampguard policy {verb} {}`)",
+            target.trim(),
+            s(&p["id"]),
+            s(&p["victim"]),
+            s(&p["id"])
+        ),
+    }
+}
+
+/// Words for an API error that only this subcommand knows.
+fn not_found_by_id(e: anyhow::Error, target: &str) -> anyhow::Error {
+    match e.downcast_ref::<ApiFailure>() {
+        Some(f) if f.status == 404 => anyhow::anyhow!("no policy {} (`ampguard policy list` shows them all)", clean(target)),
+        _ => e,
+    }
+}
+
 pub fn run(cmd: PolicyCmd, api: &ApiArgs) -> anyhow::Result<()> {
     let c = Client::new(api)?;
     match cmd {
-        PolicyCmd::Add { prefix, profile, drop, pass, limit, monitor, ttl, comment, force } => {
-            let mut rules: BTreeMap<String, Value> = BTreeMap::new();
-            for v in drop {
-                rules.insert(v, json!({"action": "drop"}));
-            }
-            for v in pass {
-                rules.insert(v, json!({"action": "pass"}));
-            }
-            for l in limit {
-                let (v, r) = parse_limit(&l)?;
-                rules.insert(v, r);
-            }
+        PolicyCmd::Add { prefix, profile, rules, monitor, ttl, comment, force } => {
+            let rules = rules_of(rules, Vec::new())?;
             let mut body = json!({"victim": prefix, "mode": if monitor { "monitor" } else { "enforce" }, "force": force});
             if let Some(p) = profile {
                 body["profile"] = json!(p);
@@ -113,16 +231,42 @@ pub fn run(cmd: PolicyCmd, api: &ApiArgs) -> anyhow::Result<()> {
             }
             let p = c.request("POST", "/v1/policies", Some(&body))?;
             if api.json {
-                println!("{}", serde_json::to_string_pretty(&p)?);
-            } else {
-                println!("created {} for {} ({}, expires {})", s(&p["id"]), s(&p["victim"]), s(&p["mode"]), s(&p["expires_at"]));
+                return print_json(&p);
             }
+            println!("created {} for {} ({}, expires {})", s(&p["id"]), s(&p["victim"]), s(&p["mode"]), s(&p["expires_at"]));
+        }
+        PolicyCmd::Set { target, rules, remove, monitor, enforce, ttl, extend, comment, force } => {
+            let rules = rules_of(rules, remove)?;
+            let mut body = json!({"force": force});
+            if !rules.is_empty() {
+                body["rules"] = json!(rules);
+            }
+            if monitor || enforce {
+                body["mode"] = json!(if monitor { "monitor" } else { "enforce" });
+            }
+            if let Some(t) = ttl {
+                body["ttl_secs"] = json!(parse_ttl(&t)?);
+            }
+            if let Some(t) = extend {
+                body["extend_secs"] = json!(parse_ttl(&t)?);
+            }
+            if let Some(cm) = comment {
+                body["comment"] = json!(cm);
+            }
+            if body.as_object().is_some_and(|o| o.len() == 1) {
+                bail!("nothing to change: give --drop, --pass, --limit, --remove, --monitor or --enforce, --ttl or --extend, or --comment");
+            }
+            let id = s(&find_exact(&c, &target, "set").map_err(|e| not_found_by_id(e, &target))?["id"]);
+            let p = c.request("PATCH", &format!("/v1/policies/{id}"), Some(&body))?;
+            if api.json {
+                return print_json(&p);
+            }
+            println!("changed {} for {} ({}, expires {})", s(&p["id"]), s(&p["victim"]), s(&p["mode"]), s(&p["expires_at"]));
         }
         PolicyCmd::List => {
             let r = c.request("GET", "/v1/policies", None)?;
             if api.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-                return Ok(());
+                return print_json(&r);
             }
             let rows: Vec<Vec<String>> = r["policies"]
                 .as_array()
@@ -146,13 +290,26 @@ pub fn run(cmd: PolicyCmd, api: &ApiArgs) -> anyhow::Result<()> {
                 .collect();
             print_table(&["ID", "VICTIM", "MODE", "RULES", "EXPIRES", "SOURCE", "COMMENT"], &rows);
         }
-        PolicyCmd::Show { id } => {
-            let p = c.request("GET", &format!("/v1/policies/{id}"), None)?;
+        PolicyCmd::Show { target } => {
+            let (found, covered) = match find(&c, &target).map_err(|e| not_found_by_id(e, &target))? {
+                Found::Exact(p) => (p, false),
+                Found::Covered(p) => (p, true),
+            };
+            // The counters come with the policy's own route.
+            let p = c.request("GET", &format!("/v1/policies/{}", s(&found["id"])), None)?;
+            if covered {
+                eprintln!(
+                    "{} has no policy of its own; showing {} for {}, which covers it",
+                    clean(target.trim()),
+                    s(&p["id"]),
+                    s(&p["victim"])
+                );
+            }
             if api.json {
-                println!("{}", serde_json::to_string_pretty(&p)?);
-                return Ok(());
+                return print_json(&p);
             }
             println!("{} {} ({}, expires {}, from {})", s(&p["id"]), s(&p["victim"]), s(&p["mode"]), s(&p["expires_at"]), s(&p["source"]));
+            println!("profile: {}, comment: {}", s(&p["profile"]), s(&p["comment"]));
             let mut rows = Vec::new();
             for (v, r) in p["rules"].as_object().cloned().unwrap_or_default() {
                 let c = &p["counters"][&v];
@@ -176,9 +333,14 @@ pub fn run(cmd: PolicyCmd, api: &ApiArgs) -> anyhow::Result<()> {
             print_table(&["VECTOR", "ACTION", "PPS", "BPS", "DROPPED", "LIMITED", "MONITORED", "PASSED"], &rows);
             println!("(\"drop on signature, else limit\": the vector's reflection signature decides; see `ampguard vectors`)");
         }
-        PolicyCmd::Del { id } => {
+        PolicyCmd::Del { target } => {
+            let p = find_exact(&c, &target, "del").map_err(|e| not_found_by_id(e, &target))?;
+            let id = s(&p["id"]);
             c.request("DELETE", &format!("/v1/policies/{id}"), None)?;
-            println!("deleted {id}");
+            if api.json {
+                return print_json(&json!({"deleted": p}));
+            }
+            println!("deleted {id} for {}", s(&p["victim"]));
         }
     }
     Ok(())
@@ -196,5 +358,26 @@ mod tests {
         assert!(parse_limit("dns=fast").is_err());
         assert_eq!(parse_ttl("2h").unwrap(), 7200);
         assert!(parse_ttl("soon").is_err());
+    }
+
+    fn args(drop: &[&str], pass: &[&str], limit: &[&str]) -> RuleArgs {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect();
+        RuleArgs { drop: v(drop), pass: v(pass), limit: v(limit) }
+    }
+
+    #[test]
+    fn a_vector_with_two_actions_is_refused() {
+        let e = rules_of(args(&["ntp"], &[], &["ntp=1000"]), vec![]).unwrap_err().to_string();
+        assert_eq!(e, "ntp is given to both --drop and --limit; give each vector one action");
+        let e = rules_of(args(&["memcached"], &["memcached"], &[]), vec![]).unwrap_err().to_string();
+        assert!(e.contains("--drop and --pass"), "{e}");
+        let e = rules_of(args(&[], &[], &["ntp=10", "ntp=20"]), vec![]).unwrap_err().to_string();
+        assert!(e.contains("twice"), "{e}");
+        let e = rules_of(args(&["dns"], &[], &[]), vec!["dns".into()]).unwrap_err().to_string();
+        assert!(e.contains("--drop and --remove"), "{e}");
+        let ok = rules_of(args(&["memcached", "memcached"], &["dns"], &["ntp=1000"]), vec!["ssdp".into()]).unwrap();
+        assert_eq!(ok.len(), 4);
+        assert_eq!(ok["ssdp"], None);
+        assert_eq!(ok["ntp"], Some(json!({"action": "limit", "pps": 1000})));
     }
 }

@@ -1,15 +1,16 @@
 //! `ampguard vectors` and `ampguard status`.
 
+use serde_json::json;
+
 use super::{
-    client::{print_table, s, Client},
+    client::{print_json, print_table, s, Client},
     ApiArgs,
 };
 
 pub fn vectors(api: &ApiArgs) -> anyhow::Result<()> {
     let r = Client::new(api)?.request("GET", "/v1/vectors", None)?;
     if api.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(());
+        return print_json(&r);
     }
     let rows: Vec<Vec<String>> = r["vectors"]
         .as_array()
@@ -40,33 +41,61 @@ pub fn vectors(api: &ApiArgs) -> anyhow::Result<()> {
 pub fn status(api: &ApiArgs) -> anyhow::Result<()> {
     let r = Client::new(api)?.request("GET", "/v1/status", None)?;
     if api.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(());
+        return print_json(&r);
     }
-    println!(
-        "ampguard {} up {}s, {}",
-        s(&r["version"]),
-        s(&r["uptime_secs"]),
-        if r["healthy"] == true { "healthy" } else { "NOT HEALTHY" }
-    );
+    let health = if r["healthy"] == true { "healthy" } else { "NOT HEALTHY" };
+    println!("ampguard {} up {}s, {health}", s(&r["version"]), s(&r["uptime_secs"]));
+    match r["enforcement"].as_str() {
+        Some("detached_by_operator") => {
+            let d = &r["detached_by_operator"];
+            println!(
+                "enforcement: DETACHED BY OPERATOR since {} ({}): nothing is dropped until `ampguard attach`",
+                s(&d["since"]),
+                s(&d["by"])
+            );
+        }
+        Some("degraded") => println!("enforcement: DEGRADED: an interface does not enforce (see below)"),
+        Some(e) => println!("enforcement: {}", super::client::clean(e)),
+        None => {}
+    }
+    if let Some(e) = r["state_writer"]["error"].as_str() {
+        println!("state files: NOT SAVED: {} (changes are in force, retried every second)", super::client::clean(e));
+    } else if r["state_writer"]["snapshot_due"] == true {
+        println!("state files: a snapshot is due (retried every second)");
+    }
     let rows: Vec<Vec<String>> = r["interfaces"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
         .map(|i| {
-            vec![
-                s(&i["name"]),
-                s(&i["ifindex"]),
-                s(&i["mode"]),
-                if i["attached"] == true { "yes".into() } else { format!("NO: {}", s(&i["problem"])) },
-            ]
+            let state = match i["state"].as_str() {
+                Some(st) => s(&json!(st)),
+                None if i["attached"] == true => "enforcing".into(),
+                None => "not_enforcing".into(),
+            };
+            vec![s(&i["name"]), s(&i["ifindex"]), s(&i["mode"]), state, s(&i["problem"])]
         })
         .collect();
-    print_table(&["INTERFACE", "IFINDEX", "XDP MODE", "ATTACHED"], &rows);
+    print_table(&["INTERFACE", "IFINDEX", "XDP MODE", "STATE", "PROBLEM"], &rows);
     let p = &r["policies"];
-    println!("policies: {} ({} enforce, {} monitor) of {}", s(&p["total"]), s(&p["enforce"]), s(&p["monitor"]), s(&p["capacity"]));
-    println!("allowlist: {} entries", s(&r["allowlist"]["entries"]));
+    println!(
+        "policies: {} ({} enforce, {} monitor) of {} (capacity.max_policies)",
+        s(&p["total"]),
+        s(&p["enforce"]),
+        s(&p["monitor"]),
+        s(&p["capacity"])
+    );
+    println!("allowlist: {} entries of {}", s(&r["allowlist"]["entries"]), s(&r["allowlist"]["capacity"]));
     println!("state file: {}, pins: {}", s(&r["state_file"]), s(&r["pin_dir"]));
+    println!("traffic that met no policy, by reason (packets since the daemon started):");
+    let rows: Vec<Vec<String>> = r["unmatched_packets"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|(reason, c)| vec![reason.clone(), s(&c["packets"]), s(&c["bytes"])])
+        .collect();
+    print_table(&["REASON", "PACKETS", "BYTES"], &rows);
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, io::IsTerminal, time::Duration};
 
 use clap::Args;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{
     client::{print_table, Client},
@@ -53,37 +53,32 @@ pub fn run(args: TopArgs, api: &ApiArgs) -> anyhow::Result<()> {
         let cur = c.request("GET", "/v1/counters", None)?;
         let dt = (cur["uptime_ms"].as_u64().unwrap_or(0).saturating_sub(prev["uptime_ms"].as_u64().unwrap_or(0))) as f64 / 1000.0;
         let (a, b) = (snapshot(&prev), snapshot(&cur));
-        let mut rows: Vec<(f64, Vec<String>)> = b
+        // Per (policy, victim, vector): dropped, limited, passed, monitored pps, dropped bit/s.
+        let mut rows: Vec<(&Key, [f64; 5])> = b
             .iter()
             .map(|(k, now)| {
                 let before = a.get(k).copied().unwrap_or_default();
                 let rate = |i: usize| now[i].saturating_sub(before[i]) as f64 / dt.max(0.001);
-                (
-                    rate(0) + rate(1),
-                    vec![
-                        k.1.clone(),
-                        k.2.clone(),
-                        format!("{:.0}", rate(0)),
-                        format!("{:.1}", rate(4) * 8.0 / 1e6),
-                        format!("{:.0}", rate(1)),
-                        format!("{:.0}", rate(3)),
-                        format!("{:.0}", rate(2)),
-                        k.0.clone(),
-                    ],
-                )
+                (k, [rate(0), rate(1), rate(2), rate(3), rate(4) * 8.0])
             })
-            .filter(|(_, r)| r[2..7].iter().any(|x| x != "0" && x != "0.0"))
+            .filter(|(_, r)| r.iter().any(|x| *x > 0.0))
             .collect();
-        rows.sort_by(|x, y| y.0.total_cmp(&x.0));
-        if tty {
-            print!("\x1b[2J\x1b[H");
-        }
-        println!("ampguard top: victims under attack, rates over the last {dt:.1} s (Ctrl-C to quit)");
-        let rows: Vec<Vec<String>> = rows.into_iter().take(args.rows).map(|r| r.1).collect();
-        if rows.is_empty() {
-            println!("(no policy is dropping, limiting or passing anything right now)");
+        rows.sort_by(|x, y| (y.1[0] + y.1[1]).total_cmp(&(x.1[0] + x.1[1])));
+        rows.truncate(args.rows);
+        if api.json {
+            // One JSON document a line per refresh, for `jq` or a collector.
+            let victims: Vec<Value> = rows
+                .iter()
+                .map(|(k, r)| {
+                    json!({
+                        "victim": k.1, "vector": k.2, "policy": k.0, "dropped_pps": r[0], "dropped_bps": r[4],
+                        "rate_limited_pps": r[1], "passed_pps": r[2], "monitored_pps": r[3],
+                    })
+                })
+                .collect();
+            println!("{}", json!({"interval_secs": dt, "victims": victims}));
         } else {
-            print_table(&["VICTIM", "VECTOR", "DROP PPS", "DROP MBIT/S", "LIMITED PPS", "MONITORED PPS", "PASSED PPS", "POLICY"], &rows);
+            table(&rows, dt, tty);
         }
         prev = cur;
         n += 1;
@@ -91,4 +86,23 @@ pub fn run(args: TopArgs, api: &ApiArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+fn table(rows: &[(&Key, [f64; 5])], dt: f64, tty: bool) {
+    if tty {
+        print!("\x1b[2J\x1b[H");
+    }
+    println!("ampguard top: victims under attack, rates over the last {dt:.1} s (Ctrl-C to quit)");
+    if rows.is_empty() {
+        println!("(no policy is dropping, limiting or passing anything right now)");
+        return;
+    }
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(k, r)| {
+            let pps = |x: f64| format!("{x:.0}");
+            vec![k.1.clone(), k.2.clone(), pps(r[0]), format!("{:.1}", r[4] / 1e6), pps(r[1]), pps(r[3]), pps(r[2]), k.0.clone()]
+        })
+        .collect();
+    print_table(&["VICTIM", "VECTOR", "DROP PPS", "DROP MBIT/S", "LIMITED PPS", "MONITORED PPS", "PASSED PPS", "POLICY"], &rows);
 }

@@ -55,6 +55,30 @@ pub struct PolicyRequest {
     pub force: bool,
 }
 
+/// A change to one policy (PATCH /v1/policies/{id}): what is given changes,
+/// the rest stays; the merged policy is then validated like a create.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPatch {
+    /// A new lifetime, counted from now (0 = no expiry).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// Added to the current expiry (from now if it has passed).
+    #[serde(default)]
+    pub extend_secs: Option<u64>,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// A new comment; "" removes it.
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// Rules to set, by vector; `null` removes the vector's rule (it then passes).
+    #[serde(default)]
+    pub rules: BTreeMap<String, Option<RuleSpec>>,
+    /// As for a create: the merged policy may drop or limit on a prefix broader than the limit.
+    #[serde(default)]
+    pub force: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
@@ -355,6 +379,21 @@ impl Store {
         self.state.policies.get(id).ok_or_else(|| StoreError::NotFound(format!("no policy {id}")))
     }
 
+    /// The policy whose victim is exactly this prefix.
+    pub fn policy_by_victim(&self, victim: &IpNet) -> Option<&Arc<PolicyRecord>> {
+        self.state.policies.by_victim(victim)
+    }
+
+    /// The policy that applies to an address: the longest victim prefix
+    /// holding it, as the data plane chooses. One index lookup per prefix length.
+    pub fn policy_covering(&self, addr: IpAddr) -> Option<&Arc<PolicyRecord>> {
+        let host = IpNet::from(addr);
+        (0..=host.max_prefix_len()).rev().find_map(|len| {
+            let net = IpNet::new(addr, len).expect("length within the family").trunc();
+            self.state.policies.by_victim(&net)
+        })
+    }
+
     fn to_dp(&self, p: &PolicyRecord) -> Result<DpPolicy, StoreError> {
         let mut rules = Vec::new();
         for (name, spec) in p.rules.iter() {
@@ -386,12 +425,7 @@ impl Store {
             rules.extend(p.clone());
         }
         for (name, spec) in req.rules.iter().flatten() {
-            if self.vectors.id_of(name).is_none() {
-                return Err(invalid(format!(
-                    "unknown vector {name:?}; known: {}",
-                    self.vectors.all().iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
-                )));
-            }
+            self.known_vector(name)?;
             let rule = spec.resolve().map_err(|e| invalid(format!("rule for {name}: {e}")))?;
             let id = self.vectors.id_of(name).expect("checked above");
             if spec.signature == Some(true) && !xdp_common::signature::has_signature(id) {
@@ -417,6 +451,16 @@ impl Store {
         self.check_breadth(&victim, &rules, req.force)?;
         self.check_allowlist_overlap(&victim)?;
         Ok((victim, rules, expires))
+    }
+
+    fn known_vector(&self, name: &str) -> Result<(), StoreError> {
+        match self.vectors.id_of(name) {
+            Some(_) => Ok(()),
+            None => Err(invalid(format!(
+                "unknown vector {name:?}; known: {}",
+                self.vectors.all().iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
     }
 
     fn check_breadth(&self, victim: &IpNet, rules: &BTreeMap<String, RuleSpec>, force: bool) -> Result<(), StoreError> {
@@ -480,7 +524,7 @@ impl Store {
         if let Some(p) = self.state.policies.by_victim(&victim) {
             return Err(StoreError::Conflict(format!("{victim} already has policy {}; replace it with PUT /v1/policies/{}", p.id, p.id)));
         }
-        if self.state.policies.len() + 1 >= self.cfg.capacity.max_policies as usize {
+        if self.state.policies.len() >= self.cfg.capacity.max_policies as usize {
             return Err(StoreError::Full(format!(
                 "the policy table is full ({} policies); raise capacity.max_policies or remove policies",
                 self.state.policies.len()
@@ -526,6 +570,70 @@ impl Store {
             updated_at: SystemTime::now(),
             comment: req.comment,
             source,
+        };
+        self.commit(rec)
+    }
+
+    /// Merge a patch into a policy. The merged policy passes the same checks
+    /// as a create (rules, breadth and `force`, allowlist overlap, comment,
+    /// TTL), and is journaled as a replacement; on error nothing changes.
+    pub fn patch_policy(&mut self, id: &str, patch: PolicyPatch) -> Result<Arc<PolicyRecord>, StoreError> {
+        let old = self.policy(id)?.clone();
+        if patch.ttl_secs.is_some() && patch.extend_secs.is_some() {
+            return Err(invalid("give ttl_secs (a new lifetime from now) or extend_secs (added to the current expiry), not both"));
+        }
+        let mut rules = (*old.rules).clone();
+        for (name, spec) in patch.rules {
+            self.known_vector(&name)?;
+            match spec {
+                Some(spec) => rules.insert(name, spec),
+                None => rules.remove(&name),
+            };
+        }
+        let comment = match patch.comment {
+            None => old.comment.clone(),
+            Some(c) if c.is_empty() => None,
+            Some(c) => Some(c),
+        };
+        let now = SystemTime::now();
+        // The lifetime: resolve() checks a new ttl_secs against max_ttl_secs;
+        // a kept or extended expiry is checked here, with the same words.
+        let expires_at = match patch.extend_secs {
+            Some(ext) => {
+                let Some(e) = old.expires_at else {
+                    return Err(invalid(format!("policy {id} never expires, so it cannot be extended; set ttl_secs instead")));
+                };
+                let until = e.max(now) + Duration::from_secs(ext);
+                let ttl = until.duration_since(now).unwrap_or_default().as_secs();
+                if ttl > self.cfg.max_ttl_secs {
+                    return Err(invalid(format!(
+                        "ttl_secs {ttl} (the lifetime left after extending by {ext}) is above the maximum of {}",
+                        self.cfg.max_ttl_secs
+                    )));
+                }
+                Some(until)
+            }
+            None => old.expires_at,
+        };
+        let req = PolicyRequest {
+            victim: old.victim.to_string(),
+            profile: None,
+            rules: Some(rules),
+            mode: Some(patch.mode.unwrap_or(old.mode)),
+            ttl_secs: Some(patch.ttl_secs.unwrap_or(0)),
+            comment,
+            force: patch.force,
+        };
+        let (victim, rules, new_expiry) = self.resolve(&req)?;
+        let rules = self.intern(rules);
+        let rec = PolicyRecord {
+            victim,
+            rules,
+            mode: req.mode.unwrap_or_default(),
+            expires_at: if patch.ttl_secs.is_some() { new_expiry } else { expires_at },
+            updated_at: now,
+            comment: req.comment,
+            ..(*old).clone()
         };
         self.commit(rec)
     }
