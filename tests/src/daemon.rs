@@ -4,7 +4,7 @@
 //! The daemon is started with `nsenter --net` (network namespace only), not
 //! `ip netns exec`: the latter also gives the process a private mount
 //! namespace with a fresh /sys, so its bpffs pins would vanish with it (see
-//! shared/docs/TOOLCHAIN.md). Pins go to /sys/fs/bpf/ag-test-<pid>-<n>, state
+//! shared/docs/TOOLCHAIN.md). Pins go to `/sys/fs/bpf/ag-test-<pid>-<n>`, state
 //! and config to a temporary directory; Drop kills the daemon, detaches, and
 //! removes both.
 

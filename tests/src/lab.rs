@@ -241,9 +241,9 @@ pub fn cleanup_stale() -> Vec<String> {
 // The lab
 
 impl Lab {
-    /// Creates the namespaces "ag-<tag>-wan-<pid>" and "ag-<tag>-edge-<pid>"
+    /// Creates the namespaces "`ag-<tag>-wan-<pid>`" and "`ag-<tag>-edge-<pid>`"
     /// and configures them as in the module docs. `tag` is letters, digits,
-    /// '_', '.' or '-'. Two labs of the same tag in one process get "<tag>2", ...
+    /// '_', '.' or '-'. Two labs of the same tag in one process get "`<tag>2`", ...
     pub fn new(tag: &str) -> Result<Lab> {
         if tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
             bail!("lab tag {tag:?} must be non-empty ASCII letters, digits, '_', '.' or '-'");

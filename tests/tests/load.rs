@@ -37,7 +37,7 @@ fn victim(i: usize) -> IpAddr {
 
 /// Odd clients delete what they created; every fourth client also replaces it.
 fn kept(i: usize) -> bool {
-    i % 2 == 0
+    i.is_multiple_of(2)
 }
 
 fn prefix(a: IpAddr) -> String {
@@ -85,7 +85,7 @@ fn client(d: &Daemon, i: usize) -> Vec<(String, u16, u16, String)> {
     let (st, p) = call("POST", "/v1/policies", Some(body.to_string()));
     out.push((format!("client {i}: POST {v}"), 201, st, p.to_string()));
     let Some(id) = p["id"].as_str().map(str::to_string) else { return out };
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         let body = json!({"victim": v.to_string(), "rules": {"memcached": {"action": "drop"}, "ssdp": {"action": "drop"}}, "ttl_secs": 0, "comment": format!("load {i} replaced")});
         let (st, p) = call("PUT", &format!("/v1/policies/{id}"), Some(body.to_string()));
         out.push((format!("client {i}: PUT {id}"), 200, st, p.to_string()));

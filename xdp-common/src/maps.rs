@@ -13,6 +13,7 @@
 //! - `AG_V4_L2`, chunks × 65,536 × u32, indexed by chunk * 65,536 + low 16 bits:
 //!   slot of the longest victim prefix longer than /16 covering the address, or
 //!   0 to fall back to the level-1 slot.
+//!
 //! The controller paints the entries on every change (longest prefix wins).
 //!
 //! ## IPv6 victims: an LPM trie (`AG_V6_VICTIMS`).

@@ -234,7 +234,7 @@ fn program_agrees_with_model() {
     let (mut cond_matched, mut cond_unmatched) = (0u64, 0u64);
     while sent < total {
         // Every 2,000 packets: policy churn and the clock moves on.
-        if sent % 2_000 == 0 {
+        if sent.is_multiple_of(2_000) {
             for _ in 0..rng.random_range(1..4) {
                 let victim = *VICTIM_PREFIXES.choose(&mut rng).unwrap();
                 if rng.random_bool(0.25) {
@@ -245,7 +245,7 @@ fn program_agrees_with_model() {
                 }
             }
         }
-        if sent % 50 == 0 {
+        if sent.is_multiple_of(50) {
             now += rng.random_range(0..SEC / 2);
             f.set_now(now);
         }
@@ -309,9 +309,9 @@ fn program_agrees_with_model() {
 
     // The counters in the maps equal the model's tally by reason.
     let counted = f.dp.reason_counters().unwrap();
-    for r in 0..reason::COUNT {
+    for (r, c) in counted.iter().enumerate() {
         let want: u64 = tally.iter().filter(|(o, _)| **o == Outcome::Reason(r)).map(|(_, n)| n).sum();
-        assert_eq!(counted[r].packets, want, "seed {seed}: reason {}", reason::NAMES[r]);
+        assert_eq!(c.packets, want, "seed {seed}: reason {}", reason::NAMES[r]);
     }
     let per_vec = f.dp.vector_counters().unwrap();
     for vd in 0..verdict::COUNT {

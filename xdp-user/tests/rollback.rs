@@ -8,7 +8,7 @@ use common::*;
 
 fn memcached_to(dst: &str) -> Vec<u8> {
     if dst.contains(':') {
-        P::udp6(&format!("[2001:db8:99::7]:11211"), &format!("[{dst}]:40001")).build()
+        P::udp6("[2001:db8:99::7]:11211", &format!("[{dst}]:40001")).build()
     } else {
         P::udp4("198.51.100.7:11211", &format!("{dst}:40001")).build()
     }

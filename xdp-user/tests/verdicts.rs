@@ -161,7 +161,7 @@ fn verdict_table() {
     bad_ihl[14] = 0x44;
     let mut bad_version = P::udp4("198.51.100.7:11211", "203.0.113.5:1").build();
     bad_version[14] = 0x65;
-    let extra = vec![
+    let extra = [
         Case { what: "UDP header cut off: parse error, passed", pkt: truncated, expect: Expect::Reason(reason::PARSE_ERROR) },
         Case { what: "IHL 4: parse error, passed", pkt: bad_ihl, expect: Expect::Reason(reason::PARSE_ERROR) },
         Case { what: "IPv4 ethertype with version 6: parse error", pkt: bad_version, expect: Expect::Reason(reason::PARSE_ERROR) },

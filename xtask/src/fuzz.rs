@@ -7,11 +7,11 @@
 //! would only slow the build and the runs), with AYA_BUILD_SKIP=1 (nothing
 //! here loads an XDP program), into target/fuzz. Then it runs the targets, as
 //! many at a time as there are CPUs, each for `--seconds`, starting from its
-//! committed seeds (copied into target/fuzz/corpus/<target>, which keeps what
+//! committed seeds (copied into `target/fuzz/corpus/<target>`, which keeps what
 //! earlier runs found, so the repository is never written) plus the committed
-//! crash inputs of fuzz/regressions/<target> (read, never written). Logs go
-//! to target/fuzz/logs/<target>.log, crash inputs to
-//! target/fuzz/artifacts/<target>/. Any crash, leak or timeout fails the task.
+//! crash inputs of `fuzz/regressions/<target>` (read, never written). Logs go
+//! to `target/fuzz/logs/<target>.log`, crash inputs to
+//! `target/fuzz/artifacts/<target>/.` Any crash, leak or timeout fails the task.
 
 use crate::cmd;
 use anyhow::{bail, Context, Result};

@@ -44,10 +44,11 @@ pub fn run() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    cmd::run(
-        cargo(None)
-            .current_dir(root)
-            .env("RUSTDOCFLAGS", "-D warnings")
-            .args(["doc", "--workspace", "--exclude", "xdp-ebpf", "--no-deps"]),
-    )
+    cmd::run(cargo(None).current_dir(root).env("RUSTDOCFLAGS", "-D warnings").args([
+        "doc",
+        "--workspace",
+        "--exclude",
+        "xdp-ebpf",
+        "--no-deps",
+    ]))
 }

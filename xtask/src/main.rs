@@ -2,8 +2,10 @@
 //!
 //! - `setup`: installs what a fresh Debian 12 machine of this kind lacks (root only).
 //! - `build`: setup (fast when nothing is missing), then builds the workspace.
-//! - `test`:  setup, then runs the whole test suite (root only: it attaches XDP
-//!   programs and creates network namespaces).
+//! - `lint`:  the quality gate (`lint.rs`): rustfmt, clippy -D warnings (host
+//!   and eBPF crates), rustdoc -D warnings.
+//! - `test`:  setup, the quality gate, then the whole test suite (root only: it
+//!   attaches XDP programs and creates network namespaces).
 //! - `demo`:  setup, then runs the demo binary of `ampguard-tests`.
 //! - `bench`: setup, then runs the benchmarks (`ampguard-tests`' `bench` binary,
 //!   release build) and writes BENCHMARKS.md at the workspace root (root only).
@@ -23,6 +25,7 @@ mod cargo;
 mod cmd;
 mod fuzz;
 mod install;
+mod lint;
 mod preflight;
 mod setup;
 
@@ -46,7 +49,10 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Setup, then `cargo test` over the workspace. Needs root.
+    /// The quality gate: `cargo fmt --check`, clippy with warnings as errors
+    /// (host crates and the eBPF crate), `cargo doc` without warnings.
+    Lint,
+    /// Setup, then the quality gate (`lint`), then `cargo test` over the workspace. Needs root.
     Test {
         /// Extra arguments passed to `cargo test` (e.g. `-- --nocapture`, or a test name filter).
         #[arg(last = true)]
@@ -124,6 +130,7 @@ fn main() {
     let result = match cli.command {
         Command::Setup => setup::run(setup::Mode::Install),
         Command::Build { args } => build(&args),
+        Command::Lint => setup_if_root().and_then(|()| lint::run()),
         Command::Test { args } => test(&args),
         Command::Demo { args } => demo(&args),
         Command::Bench { args } => bench(&args),
@@ -159,6 +166,7 @@ fn build(args: &[String]) -> anyhow::Result<()> {
 
 fn test(args: &[String]) -> anyhow::Result<()> {
     as_root("the test suite attaches XDP programs and creates network namespaces", "test")?;
+    lint::run()?;
     cargo::test(args)
 }
 

@@ -129,16 +129,26 @@ fn rust_src(mode: Mode, missing: &mut Vec<String>) -> Result<()> {
         cmd::run(Command::new(&rustup).args(["toolchain", "install", "nightly", "--profile", "minimal"]))
             .context("could not install the nightly toolchain")?;
     }
-    let installed = probe(&rustup, &["component", "list", "--toolchain", "nightly", "--installed"])
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        println!("ok: rust-src (nightly) already present");
-    } else if mode == Mode::CheckOnly {
-        missing.push("rust-src for nightly (the bpfel-unknown-none target builds core from source)".into());
-    } else {
-        println!("installing rust-src for nightly: the bpfel-unknown-none target builds core from source");
-        cmd::run(Command::new(&rustup).args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    // rust-src: the bpfel-unknown-none target builds core from source; clippy
+    // and rustfmt: the quality gate (xtask/src/lint.rs) on both toolchains.
+    let components: [(&str, &str, &str); 4] = [
+        ("nightly", "rust-src", "the bpfel-unknown-none target builds core from source"),
+        ("nightly", "clippy", "the quality gate lints the eBPF crate"),
+        ("stable", "clippy", "the quality gate lints the host crates"),
+        ("stable", "rustfmt", "the quality gate checks formatting"),
+    ];
+    for (toolchain, component, why) in components {
+        let installed = probe(&rustup, &["component", "list", "--toolchain", toolchain, "--installed"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if installed.lines().any(|l| l.starts_with(component)) {
+            println!("ok: {component} ({toolchain}) already present");
+        } else if mode == Mode::CheckOnly {
+            missing.push(format!("{component} for {toolchain} ({why})"));
+        } else {
+            println!("installing {component} for {toolchain}: {why}");
+            cmd::run(Command::new(&rustup).args(["component", "add", component, "--toolchain", toolchain]))?;
+        }
     }
     Ok(())
 }

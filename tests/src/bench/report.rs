@@ -444,7 +444,7 @@ fn control_targets(w: &mut String, c: &Control) {
             met(r >= 2_000.0)
         );
     }
-    if let Some(b) = adds.iter().filter(|b| b.clients > 1).last() {
+    if let Some(b) = adds.iter().rfind(|b| b.clients > 1) {
         let r = b.calls as f64 / b.secs;
         let _ = writeln!(
             w,

@@ -142,6 +142,6 @@ pub fn map_facts(prog: &Xdp) -> Result<Vec<MapFacts>> {
             memlock: fdinfo_memlock(fd.as_fd().as_raw_fd()),
         });
     }
-    out.sort_by(|a, b| b.memlock.cmp(&a.memlock));
+    out.sort_by_key(|b| std::cmp::Reverse(b.memlock));
     Ok(out)
 }

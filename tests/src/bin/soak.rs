@@ -182,7 +182,7 @@ fn main() -> Result<()> {
                 if let Some(p) = call(d, c, "POST", "/v1/policies", Some(&body.to_string()), &[201]) {
                     c.policies_created.fetch_add(1, Ordering::Relaxed);
                     let id = p["id"].as_str().unwrap_or_default().to_string();
-                    if n % 3 == 0 {
+                    if n.is_multiple_of(3) {
                         let body = json!({"victim": v, "rules": {"memcached": {"action": "drop"}, "ntp": {"action": "limit", "pps": 100}}, "ttl_secs": 0});
                         if call(d, c, "PUT", &format!("/v1/policies/{id}"), Some(&body.to_string()), &[200]).is_some() {
                             c.policies_replaced.fetch_add(1, Ordering::Relaxed);
@@ -205,7 +205,7 @@ fn main() -> Result<()> {
             let mut n: u64 = 0;
             while running() {
                 let victim = format!("203.0.113.{}", 100 + n % 50);
-                let action = if n % 100 < 50 || n % 2 == 0 { "ban" } else { "unban" };
+                let action = if n % 100 < 50 || n.is_multiple_of(2) { "ban" } else { "unban" };
                 let body = json!({"victim": victim, "action": action, "vectors": ["ssdp"], "ttl_secs": 20, "comment": "soak"});
                 if call(d, c, "POST", "/v1/alerts", Some(&body.to_string()), &[200]).is_some() {
                     c.alerts.fetch_add(1, Ordering::Relaxed);

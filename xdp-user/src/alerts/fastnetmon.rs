@@ -18,7 +18,7 @@
 //!   (`call_blackhole_actions_per_host`, `call_attack_details_handlers`):
 //!   `ban` passes the summary (some releases add `Attack traffic dump` and
 //!   `Flow dump` sections), `attack_details` passes the summary and packets.
-//! - FastNetMon Advanced JSON: https://fastnetmon.com/docs-fnm-advanced/fastnetmon-json-formats/
+//! - FastNetMon Advanced JSON: <https://fastnetmon.com/docs-fnm-advanced/fastnetmon-json-formats/>
 //!   and the official Go client's `CallbackDetails` (github.com/fastnetmon/fastnetmon-go
 //!   `main.go`, vendored in FastNetMon/fastnetmon_flow_spec_fragmentation),
 //!   plus that repository's `partial_block_udp_fragment.json` sample:

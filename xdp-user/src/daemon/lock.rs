@@ -48,7 +48,7 @@ fn try_flock(f: &File) -> std::io::Result<bool> {
 }
 
 /// The pid holding a flock on `path`, from /proc/locks ("1: FLOCK ADVISORY
-/// WRITE <pid> <major>:<minor>:<inode> 0 EOF", major and minor in hex).
+/// WRITE `<pid>` `<major>:<minor>:<inode>` 0 EOF", major and minor in hex).
 pub fn holder_of(path: &Path) -> Option<u32> {
     let md = std::fs::metadata(path).ok()?;
     let (major, minor) = (libc::major(md.dev()), libc::minor(md.dev()));

@@ -572,7 +572,7 @@ impl DataPlane {
     fn reset_counters(&mut self, slot: u32) -> Result<(), DpError> {
         let ncpu = nr_cpus().map_err(|(_, e)| e)?;
         // Per-CPU values are rounded up to 8 bytes each; VerdictCounters already is.
-        const _: () = assert!(std::mem::size_of::<VerdictCounters>() % 8 == 0);
+        const _: () = assert!(std::mem::size_of::<VerdictCounters>().is_multiple_of(8));
         let value_size = std::mem::size_of::<VerdictCounters>() * ncpu;
         let keys: Vec<u32> = (0..MAX_VECTORS as u32).map(|v| slot * MAX_VECTORS as u32 + v).collect();
         let zeros = vec![0u8; keys.len() * value_size];

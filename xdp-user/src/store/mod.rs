@@ -130,6 +130,9 @@ pub struct AlertOutcome {
     pub message: String,
 }
 
+/// A validated request: the victim, its rules, its expiry.
+type Resolved = (IpNet, BTreeMap<String, RuleSpec>, Option<SystemTime>);
+
 pub struct Store {
     cfg: Config,
     vectors: VectorTable,
@@ -410,7 +413,7 @@ impl Store {
     }
 
     /// Validate a request and resolve its rules (profile first, then overrides).
-    fn resolve(&self, req: &PolicyRequest) -> Result<(IpNet, BTreeMap<String, RuleSpec>, Option<SystemTime>), StoreError> {
+    fn resolve(&self, req: &PolicyRequest) -> Result<Resolved, StoreError> {
         let victim = parse_prefix(&req.victim)?;
         let mut rules = BTreeMap::new();
         let profile_name = match (&req.profile, &req.rules) {
