@@ -16,4 +16,5 @@ pub mod packet;
 pub mod payloads;
 pub mod profiles;
 pub mod store;
+pub mod text;
 pub mod vectors;

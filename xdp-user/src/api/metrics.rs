@@ -74,13 +74,31 @@ impl Default for ProcessMetrics {
     }
 }
 
-/// Middleware: count every request by its route template and status.
+/// Middleware: count every request by its route template, method and status.
+/// Every label is from a fixed set whatever the request (unauthenticated
+/// clients reach this): the route is the matched template or `unmatched`,
+/// the method one the API serves or `other`, the status a 3-digit code.
 pub async fn count_requests(State(app): State<Shared>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let res = next.run(req).await;
-    app.metrics.api_requests.with_label_values(&[&route, &method, res.status().as_str()]).inc();
+    app.metrics.api_requests.with_label_values(&[&route, method, res.status().as_str()]).inc();
     res
+}
+
+/// The `method` label: the methods the API serves (axum answers HEAD for
+/// GET routes), anything else `other` (a client may send any token as a
+/// method, 300 KB long).
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {

@@ -85,6 +85,7 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 fn read_token(path: &Path) -> anyhow::Result<String> {
+    crate::config::warn_about_token_file(path);
     let t = std::fs::read_to_string(path).with_context(|| {
         format!(
             "cannot read the API token file {}; create one, e.g. `head -c 32 /dev/urandom | base64 > {} && chmod 600 {}`",
