@@ -893,10 +893,17 @@ fn config_values_are_bounded_at_load_and_a_state_file_reusing_ids_is_refused() {
 /// filler lines. Returns (exit success, output, bytes written to it, the
 /// largest RSS in KiB of the wrapper and everything it ran).
 fn run_wrapper(d: &Daemon, args: &[&str], stdin_bytes: usize) -> (bool, String, usize, i64) {
-    use std::io::Write;
     let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/fastnetmon-notify.sh")).unwrap();
+    run_notify_script(d, &shipped.replace("/usr/local/bin/ampguard", ampguard_bin().to_str().unwrap()), args, stdin_bytes)
+}
+
+/// Runs `script` as FastNetMon runs its notify script, feeding it the real
+/// attack details and then filler up to `stdin_bytes`: (ok, stdout+stderr,
+/// bytes written to its stdin, peak RSS in KiB of it and its children).
+fn run_notify_script(d: &Daemon, script: &str, args: &[&str], stdin_bytes: usize) -> (bool, String, usize, i64) {
+    use std::io::Write;
     let wrapper = d.dir.join("ampguard-fastnetmon-notify");
-    std::fs::write(&wrapper, shipped.replace("/usr/local/bin/ampguard", ampguard_bin().to_str().unwrap())).unwrap();
+    std::fs::write(&wrapper, script).unwrap();
     let out_file = d.dir.join("wrapper.out");
     let mut child = Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{}", d.ns.name))
@@ -981,4 +988,18 @@ fn the_notify_wrapper_drains_a_huge_stdin_in_bounded_memory_and_takes_no_options
     let (ok, out, _, _) = run_wrapper(&d, &["203.0.113.10", "incoming", "3209", "unban"], 0);
     assert!(ok, "{out}");
     assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1["policies"], json!([]));
+}
+
+/// `ampguard alert fastnetmon` called directly (a notify script of one's own)
+/// reads all of stdin too, but keeps only its first 4 MiB.
+#[test]
+fn alert_fastnetmon_itself_drains_a_huge_stdin_in_bounded_memory() {
+    let (lab, d) = start("fnmdirect", "");
+    let script = format!("#!/bin/sh\nexec {} alert fastnetmon -- \"$@\"\n", ampguard_bin().display());
+    let total = 100 << 20;
+    let (ok, out, sent, rss_kib) = run_notify_script(&d, &script, &["203.0.113.10", "incoming", "3209", "ban"], total);
+    assert!(ok, "{out}");
+    assert_eq!(sent, total, "FastNetMon could write all of its stdin");
+    assert!(rss_kib < 64 * 1024, "ampguard alert fastnetmon peaked at {rss_kib} KiB");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0, "the ban was made");
 }
