@@ -11,8 +11,8 @@
 use std::sync::OnceLock;
 
 use ampguard::{
-    alerts::{self, fastnetmon, generic::parse_generic, Alert},
-    config::Config,
+    alerts::{self, fastnetmon, generic::parse_generic, Alert, MAX_ATTACK_TYPE_BYTES},
+    config::{self, Config},
     profiles::RuleSpec,
     store::{self, state, PolicyRequest},
     vectors::VectorTable,
@@ -38,8 +38,16 @@ fn port_vector(port: u16) -> Option<String> {
 }
 
 /// What `ampguard alert fastnetmon` and every other sender rely on: an alert
-/// sent as `to_generic_json` to `POST /v1/alerts` is accepted and means the same.
+/// sent as `to_generic_json` to `POST /v1/alerts` is accepted and means the
+/// same; and its text fits what the store keeps, so it never blocks the ban.
 fn assert_generic_round_trip(alert: &Alert) {
+    for (what, text, max) in
+        [("comment", &alert.comment, ampguard::text::MAX_COMMENT_BYTES), ("attack_type", &alert.attack_type, MAX_ATTACK_TYPE_BYTES)]
+    {
+        if let Some(t) = text {
+            assert!(t.len() <= max && !t.chars().any(char::is_control), "{what} {t:?} is over {max} bytes or has control characters");
+        }
+    }
     let body = serde_json::to_vec(&alerts::to_generic_json(alert)).expect("a JSON value serializes");
     match parse_generic(&body) {
         Ok(back) => assert_eq!(&back, alert, "alert changed through to_generic_json -> parse_generic"),
@@ -88,6 +96,10 @@ pub fn policy_json(data: &[u8]) {
     if let Ok(net) = store::parse_prefix(&req.victim) {
         let again = store::parse_prefix(&net.to_string()).ok();
         assert_eq!(again, Some(net), "victim {:?} -> {net} does not parse back", req.victim);
+        // IPv4-mapped IPv6 is the IPv4 prefix: the data plane sees that traffic as IPv4.
+        if let std::net::IpAddr::V6(a) = net.addr() {
+            assert!(net.prefix_len() < 96 || a.to_ipv4_mapped().is_none(), "victim {:?} -> {net} is IPv4-mapped", req.victim);
+        }
     }
     for (vector, spec) in req.rules.iter().flatten() {
         let Ok(rule) = spec.resolve() else { continue };
@@ -101,8 +113,17 @@ pub fn policy_json(data: &[u8]) {
 }
 
 /// The daemon's TOML configuration (lossy UTF-8: a config file is text).
+/// An accepted config's TTLs give expiries a timestamp can hold, and its
+/// allowlist is canonical (no IPv4-mapped IPv6).
 pub fn config_toml(data: &[u8]) {
-    let _ = Config::parse(&String::from_utf8_lossy(data));
+    let Ok(c) = Config::parse(&String::from_utf8_lossy(data)) else { return };
+    for (name, v) in [("max_ttl_secs", c.max_ttl_secs), ("max_alert_ttl_secs", c.max_alert_ttl_secs), ("alert_ttl_secs", c.alert_ttl_secs)]
+    {
+        assert!((1..=config::MAX_TTL_SECS).contains(&v), "{name} {v} accepted");
+    }
+    for p in &c.allowlist {
+        assert_eq!(store::canonical(*p), *p, "allowlist entry {p} is IPv4-mapped");
+    }
 }
 
 /// The state snapshot, read at every start: an accepted state is written the
@@ -114,6 +135,13 @@ pub fn state_file(data: &[u8]) {
     let mut empty = state::State::empty();
     let _ = state::replay(&mut empty, data);
     let Ok(st) = state::parse(data) else { return };
+    // Every id in use is below next_id: a new one never reuses it.
+    let ids = st.policies.iter().map(|p| p.id.as_str()).chain(st.allowlist.iter().map(|a| a.id.as_str()));
+    for id in ids {
+        if let Some(n) = id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()) {
+            assert!(n < st.next_id, "id {id} in use with next_id {}", st.next_id);
+        }
+    }
     let bytes = state::encode(&st);
     match state::parse(&bytes) {
         Ok(back) => {

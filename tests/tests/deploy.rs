@@ -326,7 +326,7 @@ fn xtask_install_stages_every_file_with_its_mode_and_never_overwrites_config_or_
     }
     assert_eq!(std::fs::read(dest.join("usr/local/bin/ampguard")).unwrap(), std::fs::read(ampguard_bin()).unwrap());
     let notify = std::fs::read_to_string(dest.join("usr/local/bin/ampguard-fastnetmon-notify")).unwrap();
-    assert!(notify.contains("exec /usr/local/bin/ampguard alert fastnetmon \"$@\""), "{notify}");
+    assert!(notify.contains("/usr/local/bin/ampguard alert fastnetmon -- \"$@\""), "{notify}");
     assert_eq!(mode(&dest.join("etc/systemd/system/ampguard.service")), 0o644);
     assert_eq!(
         std::fs::read_to_string(dest.join("etc/systemd/system/ampguard.service")).unwrap(),

@@ -616,3 +616,390 @@ fn a_state_file_that_cannot_be_written_fails_the_request_loudly_and_recovers() {
     let victims: Vec<&str> = list["policies"].as_array().unwrap().iter().map(|p| p["victim"].as_str().unwrap()).collect();
     assert_eq!(victims, ["203.0.113.10/32", "203.0.113.20/32", "203.0.113.30/32"], "nothing was lost across the failure");
 }
+
+// ---------------------------------------------------------------------------
+// Validation and resource bounds: what a request can cover, what it can exhaust
+
+/// POST a body, returning (status, error code or "", the JSON answer).
+fn post(d: &Daemon, path: &str, body: &Value) -> (u16, String, Value) {
+    let (st, v) = d.call("POST", path, Some(&body.to_string())).unwrap();
+    (st, error_of(&v).0.to_string(), v)
+}
+
+#[test]
+fn breadth_is_judged_on_both_branches_and_totals_are_bounded_even_with_force() {
+    let (lab, d) = start("breadth", "");
+    // A pass whose `otherwise` drops is a drop: refused on every address even
+    // with force, and on a broad prefix without it.
+    let sneaky = json!({"memcached": {"action": "pass", "max_bytes": 0, "otherwise": "drop"}});
+    for (victim, force, code, needle) in
+        [("0.0.0.0/0", true, 422, "every address"), ("::/0", true, 422, "every address"), ("10.0.0.0/8", false, 422, "force")]
+    {
+        let (st, c, v) = post(&d, "/v1/policies", &json!({"victim": victim, "rules": sneaky, "force": force}));
+        assert_eq!((st, c.as_str()), (code, "too_broad"), "{victim}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{victim}: {v}");
+    }
+    // Each prefix within its bound with force, but together at most one /8
+    // (policy_coverage_v4): 0.0.0.0/1 + 128.0.0.0/1 can no longer cover everything.
+    for half in ["0.0.0.0/1", "128.0.0.0/1"] {
+        let (st, c, v) = post(&d, "/v1/policies", &json!({"victim": half, "rules": {"memcached": {"action": "drop"}}, "force": true}));
+        assert_eq!((st, c.as_str()), (422, "too_broad"), "{half}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("policy_coverage_v4"), "{v}");
+    }
+    let drop = json!({"memcached": {"action": "drop"}});
+    for v in ["10.0.0.0/9", "100.0.0.0/9"] {
+        let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": v, "rules": drop, "force": true}));
+        assert_eq!(st, 201, "{v}: two halves of one /8 fit: {r}");
+    }
+    let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "198.18.0.0/16", "rules": drop}));
+    assert_eq!((st, r["error"]["message"].as_str().is_some_and(|m| m.contains("policy_coverage_v4"))), (422, true), "{r}");
+    // The `otherwise` branch counts here too; rules that only pass do not.
+    let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "198.18.0.0/16", "rules": sneaky}));
+    assert_eq!(st, 422, "{r}");
+    let (st, _, r) =
+        post(&d, "/v1/policies", &json!({"victim": "172.16.0.0/12", "rules": {"memcached": {"action": "pass"}}, "force": true}));
+    assert_eq!(st, 201, "a policy that only passes covers nothing: {r}");
+    // IPv6: one /32 in all.
+    let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "2001:db8::/33", "rules": drop, "force": true}));
+    assert_eq!(st, 201, "{r}");
+    let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "2001:db8:8000::/33", "rules": drop, "force": true}));
+    assert_eq!(st, 201, "{r}");
+    let (st, _, r) = post(&d, "/v1/policies", &json!({"victim": "2001:db9::/48", "rules": drop}));
+    assert_eq!((st, r["error"]["message"].as_str().is_some_and(|m| m.contains("policy_coverage_v6"))), (422, true), "{r}");
+    // Room again once a broad policy goes; a delete is never refused.
+    let (_, list) = d.call("GET", "/v1/policies", None).unwrap();
+    let id =
+        list["policies"].as_array().unwrap().iter().find(|p| p["victim"] == "100.0.0.0/9").unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(d.call("DELETE", &format!("/v1/policies/{id}"), None).unwrap().0, 204);
+    assert_eq!(post(&d, "/v1/policies", &json!({"victim": "198.18.0.0/16", "rules": drop})).0, 201);
+
+    // IPv4-mapped IPv6 is the IPv4 host or prefix: protected as IPv4, and
+    // the allowlist sees it.
+    let (st, _, p) = post(&d, "/v1/policies", &json!({"victim": "::ffff:203.0.113.10"}));
+    assert_eq!((st, p["victim"].as_str()), (201, Some("203.0.113.10/32")), "{p}");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0, "IPv4 traffic to the host is protected");
+    let (st, c, v) = post(&d, "/v1/policies", &json!({"victim": "::ffff:0:0/96"}));
+    assert_eq!((st, c.as_str()), (422, "too_broad"), "::ffff:0:0/96 is 0.0.0.0/0: {v}");
+    let (st, _, p) = post(&d, "/v1/policies", &json!({"victim": "::ffff:203.0.113.0/120"}));
+    assert_eq!((st, p["victim"].as_str()), (201, Some("203.0.113.0/24")), "{p}");
+    let (st, c, v) = post(&d, "/v1/allowlist", &json!({"prefix": "::ffff:203.0.113.10/128"}));
+    assert_eq!((st, c.as_str()), (409, "conflict"), "overlaps the victim: {v}");
+    let (st, _, a) = post(&d, "/v1/allowlist", &json!({"prefix": "::ffff:198.51.100.53"}));
+    assert_eq!((st, a["prefix"].as_str()), (201, Some("198.51.100.53/32")), "{a}");
+    assert_eq!(deliver(&lab, "198.51.100.53:11211", "203.0.113.10:40001", 50), 50, "the allowlisted IPv4 source passes");
+
+    // The allowlist: IPv6 entries no broader than /32, and in all at most
+    // one /8 and one /32 (allow_coverage_v4 / _v6).
+    let (st, c, v) = post(&d, "/v1/allowlist", &json!({"prefix": "2000::/8"}));
+    assert_eq!((st, c.as_str()), (422, "too_broad"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("/32"), "{v}");
+    assert_eq!(post(&d, "/v1/allowlist", &json!({"prefix": "2001:db9::/32"})).0, 201);
+    let (st, _, v) = post(&d, "/v1/allowlist", &json!({"prefix": "2001:dba::/48"}));
+    assert_eq!((st, v["error"]["message"].as_str().is_some_and(|m| m.contains("allow_coverage_v6"))), (422, true), "{v}");
+    // 255 separate /8s were accepted: now half a /8 and a host, then not another half.
+    assert_eq!(post(&d, "/v1/allowlist", &json!({"prefix": "11.0.0.0/9"})).0, 201);
+    let (st, _, v) = post(&d, "/v1/allowlist", &json!({"prefix": "12.0.0.0/9"}));
+    assert_eq!((st, v["error"]["message"].as_str().is_some_and(|m| m.contains("allow_coverage_v4"))), (422, true), "{v}");
+    let (st, _, v) = post(&d, "/v1/allowlist", &json!({"prefix": "13.0.0.0/8"}));
+    assert_eq!(st, 422, "{v}");
+    let allow = d.call("GET", "/v1/allowlist", None).unwrap().1;
+    let prefixes: Vec<&str> = allow["allowlist"].as_array().unwrap().iter().map(|a| a["prefix"].as_str().unwrap()).collect();
+    assert_eq!(prefixes, ["198.51.100.53/32", "2001:db9::/32", "11.0.0.0/9"], "the refusals added nothing");
+    let list = d.call("GET", "/v1/policies", None).unwrap().1;
+    let victims: Vec<&str> = list["policies"].as_array().unwrap().iter().map(|p| p["victim"].as_str().unwrap()).collect();
+    assert_eq!(
+        victims,
+        ["10.0.0.0/9", "172.16.0.0/12", "2001:db8::/33", "2001:db8:8000::/33", "198.18.0.0/16", "203.0.113.10/32", "203.0.113.0/24"],
+        "the refusals created nothing"
+    );
+}
+
+#[test]
+fn alerts_keep_to_their_share_of_chunks_limiters_and_v6_entries_and_operators_keep_the_rest() {
+    require_root();
+    let lab = Lab::new("alertshare").expect("lab");
+    let ban = |d: &Daemon, v: &str| post(d, "/v1/alerts", &json!({"victim": v, "action": "ban"}));
+    let operator = |d: &Daemon, v: &str| post(d, "/v1/policies", &json!({"victim": v})).0;
+    // (table size, alert bans that fit, the ban refused, the operators' policies
+    // that still fit, the alert bans lifted, and a ban that then fits again)
+    type Case<'a> = (&'a str, &'a [&'a str], &'a str, &'a str, &'a [&'a str], &'a [&'a str], &'a str);
+    let cases: [Case; 3] = [
+        // 4 chunks, alerts may hold 2 (half, like the policy table): one per /16.
+        (
+            "[capacity]\nv4_chunks = 4\n",
+            &["198.18.0.10", "198.19.0.10", "198.18.0.11"],
+            "198.20.0.10",
+            "v4_chunks",
+            &["198.20.0.10", "198.21.0.10"],
+            &["198.18.0.10", "198.18.0.11"],
+            "198.22.0.10",
+        ),
+        (
+            "[capacity]\nmax_v6_victims = 4\n",
+            &["2001:db8:2::10", "2001:db8:2::11"],
+            "2001:db8:2::12",
+            "max_v6_victims",
+            &["2001:db8:2::12", "2001:db8:2::13"],
+            &["2001:db8:2::10"],
+            "2001:db8:2::99",
+        ),
+        // The default profile limits 5 vectors: 21 limiters (20 usable), alerts may hold 10.
+        (
+            "[capacity]\nmax_limiters = 21\n",
+            &["203.0.113.10", "203.0.113.11"],
+            "203.0.113.12",
+            "max_limiters",
+            &["203.0.113.12", "203.0.113.13"],
+            &["203.0.113.10"],
+            "203.0.113.99",
+        ),
+    ];
+    for (config, fit, refused, knob, theirs, lifted, again) in cases {
+        let d = Daemon::start(&lab, config).expect("daemon");
+        for v in fit {
+            let (st, _, r) = ban(&d, v);
+            assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{knob}: ban {v}: {r}");
+        }
+        let before = d.call("GET", "/v1/policies", None).unwrap().1;
+        let (st, code, e) = ban(&d, refused);
+        assert_eq!((st, code.as_str()), (507, "table_full"), "{knob}: ban {refused}: {e}");
+        let msg = e["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(knob) && msg.contains("operators"), "{knob}: the message names the table: {msg}");
+        assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1, before, "{knob}: the refusal changed nothing");
+        for v in theirs {
+            assert_eq!(operator(&d, v), 201, "{knob}: operators still have room for {v}");
+        }
+        // An unban gives the room back.
+        for v in lifted {
+            let (st, _, r) = post(&d, "/v1/alerts", &json!({"victim": v, "action": "unban"}));
+            assert_eq!((st, r["result"].as_str()), (200, Some("removed")), "{knob}: unban {v}: {r}");
+        }
+        let (st, _, r) = ban(&d, again);
+        assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{knob}: ban {again} after the unbans: {r}");
+        drop(d);
+    }
+}
+
+#[test]
+fn detector_text_is_cut_to_fit_and_never_blocks_a_ban() {
+    let (lab, d) = start("alerttext", "");
+    // 200 "é" are 400 bytes: the comment keeps 128 of them (256 bytes).
+    let (st, _, r) = post(&d, "/v1/alerts", &json!({"victim": "203.0.113.10", "action": "ban", "comment": "é".repeat(200)}));
+    assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{r}");
+    assert_eq!(r["policy"]["comment"].as_str(), Some("é".repeat(128).as_str()));
+    // Control characters are dropped, not refused.
+    let (st, _, r) = post(
+        &d,
+        "/v1/alerts",
+        &json!({"victim": "203.0.113.11", "action": "ban", "comment": "line\nforged\u{1b}[2J", "attack_type": "😀".repeat(64)}),
+    );
+    assert_eq!((st, r["policy"]["comment"].as_str()), (200, Some("lineforged[2J")), "{r}");
+    // FastNetMon's JSON callback and its notify script with 64 emoji as the attack type.
+    let fnm = json!({"ip": "203.0.113.12", "action": "ban", "alert_scope": "host",
+        "attack_details": {"attack_type": "😀".repeat(64), "attack_direction": "incoming", "attack_protocol": "😀".repeat(64), "initial_attack_power": u64::MAX}});
+    let (st, _, r) = post(&d, "/v1/alerts/fastnetmon", &fnm);
+    assert_eq!((st, r["result"].as_str()), (200, Some("created")), "{r}");
+    assert!(r["policy"]["comment"].as_str().unwrap().starts_with("fastnetmon: 😀"), "{r}");
+    let stdin = format!("Attack type: {}\nAttack protocol: udp\n", "😀".repeat(64));
+    let out = d.cli(&["alert", "fastnetmon", "203.0.113.13", "incoming", "18446744073709551615", "ban"], Some(&stdin)).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = d.call("GET", "/v1/policies", None).unwrap().1;
+    let policies = list["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 4, "{list}");
+    assert!(policies.iter().all(|p| p["comment"].as_str().is_some_and(|c| c.len() <= 256)), "{list}");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.13:40001", 50), 0, "the script's ban is in force");
+}
+
+/// A raw HTTP/1.1 request from the edge namespace (any method, even one no
+/// client library would send); returns the status code.
+fn raw_request(d: &Daemon, method: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let port = d.port;
+    d.ns.enter(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    })
+    .unwrap()
+}
+
+#[test]
+fn metric_labels_stay_a_fixed_set_whatever_unauthenticated_clients_send() {
+    let (_lab, d) = start("labels", "");
+    for i in 0..40 {
+        let method = format!("X{i:03}{}", "M".repeat(20_000));
+        for path in ["/healthz", "/metrics", "/v1/policies", "/no/such/route"] {
+            let st = raw_request(&d, &method, path);
+            assert!((400..500).contains(&st), "{path}: status {st}");
+        }
+    }
+    assert_eq!(raw_request(&d, "GET", "/healthz"), 200);
+    let (_, m) = d.call_with("GET", "/metrics", None, None).unwrap();
+    let m = m.as_str().unwrap();
+    assert!(m.len() < 200_000, "/metrics is {} bytes", m.len());
+    let series: Vec<&str> = m.lines().filter(|l| l.starts_with("ampguard_api_requests_total{")).collect();
+    assert!(!m.contains("X000") && series.iter().any(|l| l.contains(r#"method="other""#)), "{series:#?}");
+    assert!(series.len() <= 8, "a handful of series, not one per method: {series:#?}");
+    for l in &series {
+        let method = l.split(r#"method=""#).nth(1).and_then(|r| r.split('"').next()).unwrap();
+        assert!(["GET", "HEAD", "POST", "PUT", "DELETE", "other"].contains(&method), "{l}");
+    }
+}
+
+#[test]
+fn config_values_are_bounded_at_load_and_a_state_file_reusing_ids_is_refused() {
+    require_root();
+    let lab = Lab::new("loadchk").expect("lab");
+    // A TTL bound whose expiries cannot be written (past year 9999): refused at load.
+    let e = Daemon::start(&lab, "max_ttl_secs = 18446744073709551615").err().expect("refused").to_string();
+    assert!(e.contains("max_ttl_secs") && e.contains("ttl_secs 0"), "{e}");
+    // At the largest accepted bound a long TTL is served, listed, and survives a restart.
+    let mut d = Daemon::start(&lab, "max_ttl_secs = 315360000").expect("daemon");
+    let (st, _, e) = post(&d, "/v1/policies", &json!({"victim": "203.0.113.10", "ttl_secs": 300_000_000_000u64}));
+    assert_eq!(st, 400, "{e}");
+    let (st, _, p) = post(&d, "/v1/policies", &json!({"victim": "203.0.113.10", "ttl_secs": 315_360_000}));
+    assert_eq!(st, 201, "{p}");
+    assert_eq!(d.call("GET", "/v1/policies", None).unwrap().0, 200);
+    d.kill9();
+    d.spawn().expect("restarts: the journal has no gap");
+    assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1["policies"][0]["id"], p["id"]);
+    // The state files are the daemon's alone; the harness's token file is 0644.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["state.json", "state.journal"] {
+        let mode = std::fs::metadata(d.dir.join("state").join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    assert!(d.log().contains("has mode 0644") && d.log().contains("chmod 600"), "the token file's mode is warned about:\n{}", d.log());
+
+    // next_id at or below an id in use: a new policy would reuse p-1 and hide it.
+    d.kill9();
+    let state = d.dir.join("state/state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(text.contains(r#""next_id":2"#), "{text}");
+    let bad = text.replace(r#""next_id":2"#, r#""next_id":1"#);
+    std::fs::write(&state, &bad).unwrap();
+    let (ok, out, _) = run_once(&d);
+    assert!(!ok && out.contains("next_id") && out.contains("p-1") && out.contains("state.json.bak"), "{out}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), bad, "kept as it was");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0, "the old program still enforces");
+}
+
+/// Runs the shipped FastNetMon wrapper (pointed at the built binary) in the
+/// edge namespace with `stdin_bytes` on stdin: the fixture's ban details, then
+/// filler lines. Returns (exit success, output, bytes written to it, the
+/// largest RSS in KiB of the wrapper and everything it ran).
+fn run_wrapper(d: &Daemon, args: &[&str], stdin_bytes: usize) -> (bool, String, usize, i64) {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/fastnetmon-notify.sh")).unwrap();
+    run_notify_script(d, &shipped.replace("/usr/local/bin/ampguard", ampguard_bin().to_str().unwrap()), args, stdin_bytes)
+}
+
+/// Runs `script` as FastNetMon runs its notify script, feeding it the real
+/// attack details and then filler up to `stdin_bytes`: (ok, stdout+stderr,
+/// bytes written to its stdin, peak RSS in KiB of it and its children).
+fn run_notify_script(d: &Daemon, script: &str, args: &[&str], stdin_bytes: usize) -> (bool, String, usize, i64) {
+    use std::io::Write;
+    let wrapper = d.dir.join("ampguard-fastnetmon-notify");
+    std::fs::write(&wrapper, script).unwrap();
+    let out_file = d.dir.join("wrapper.out");
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", d.ns.name))
+        .arg("/bin/sh")
+        .arg(&wrapper)
+        .args(args)
+        .env("AMPGUARD_API", format!("http://127.0.0.1:{}", d.port))
+        .env("AMPGUARD_TOKEN_FILE", &d.token_file)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(d.dir.join("wrapper.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let details = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../xdp-user/tests/fixtures/fastnetmon/ban-stdin.txt")).unwrap();
+        let mut sent = 0;
+        if stdin.write_all(&details).is_ok() {
+            sent += details.len();
+            let filler = "filler: the rest of a very long attack report\n".repeat(20_000);
+            while sent < stdin_bytes {
+                let n = filler.len().min(stdin_bytes - sent);
+                if stdin.write_all(&filler.as_bytes()[..n]).is_err() {
+                    break;
+                }
+                sent += n;
+            }
+        }
+        sent
+    });
+    // A watchdog: the wrapper gets 60 s.
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                if t.elapsed() > Duration::from_secs(60) {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    // wait4: the child's rusage covers the processes it waited for (the pipeline).
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    done.store(true, Ordering::SeqCst);
+    watchdog.join().unwrap();
+    std::mem::forget(child); // reaped above
+    assert_eq!(r, pid, "wait4");
+    let sent = writer.join().unwrap();
+    let out = format!(
+        "{}{}",
+        std::fs::read_to_string(&out_file).unwrap_or_default(),
+        std::fs::read_to_string(d.dir.join("wrapper.err")).unwrap_or_default()
+    );
+    (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, out, sent, usage.ru_maxrss)
+}
+
+#[test]
+fn the_notify_wrapper_drains_a_huge_stdin_in_bounded_memory_and_takes_no_options() {
+    let (lab, d) = start("fnmwrap", "");
+    // 100 MB on stdin: all of it read (FastNetMon waits for that), the ban made,
+    // and the whole pipeline stays small (reading it whole took 200 MB).
+    let total = 100 << 20;
+    let (ok, out, sent, rss_kib) = run_wrapper(&d, &["203.0.113.10", "incoming", "3209", "ban"], total);
+    assert!(ok, "{out}");
+    assert_eq!(sent, total, "FastNetMon could write all of its stdin");
+    assert!(rss_kib < 64 * 1024, "the wrapper and ampguard peaked at {rss_kib} KiB");
+    let list = d.call("GET", "/v1/policies", None).unwrap().1;
+    assert_eq!(list["policies"][0]["source"], "fastnetmon_script", "{list}");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0);
+    // `--`: an "IP" that looks like an option is refused as an address, not obeyed.
+    let (ok, out, _, _) = run_wrapper(&d, &["--api=http://127.0.0.1:1", "incoming", "1", "ban"], 0);
+    assert!(!ok && out.contains("not an IPv4 or IPv6 address"), "{out}");
+    // unban reads nothing and removes the ban.
+    let (ok, out, _, _) = run_wrapper(&d, &["203.0.113.10", "incoming", "3209", "unban"], 0);
+    assert!(ok, "{out}");
+    assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1["policies"], json!([]));
+}
+
+/// `ampguard alert fastnetmon` called directly (a notify script of one's own)
+/// reads all of stdin too, but keeps only its first 4 MiB.
+#[test]
+fn alert_fastnetmon_itself_drains_a_huge_stdin_in_bounded_memory() {
+    let (lab, d) = start("fnmdirect", "");
+    let script = format!("#!/bin/sh\nexec {} alert fastnetmon -- \"$@\"\n", ampguard_bin().display());
+    let total = 100 << 20;
+    let (ok, out, sent, rss_kib) = run_notify_script(&d, &script, &["203.0.113.10", "incoming", "3209", "ban"], total);
+    assert!(ok, "{out}");
+    assert_eq!(sent, total, "FastNetMon could write all of its stdin");
+    assert!(rss_kib < 64 * 1024, "ampguard alert fastnetmon peaked at {rss_kib} KiB");
+    assert_eq!(deliver(&lab, "198.51.100.7:11211", "203.0.113.10:40001", 50), 0, "the ban was made");
+}

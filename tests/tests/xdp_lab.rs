@@ -5,7 +5,7 @@
 use ampguard::{
     dataplane::{
         rules::{DpPolicy, Mode, Rule},
-        DataPlane, LoadOptions,
+        Capacity, DataPlane,
     },
     vectors,
 };
@@ -18,7 +18,7 @@ use aya::programs::XdpMode;
 fn attack_dropped_ordinary_passes(mode: XdpMode, tag: &str) {
     require_root();
     let lab = Lab::new(tag).expect("lab");
-    let mut dp = DataPlane::load(&LoadOptions::default()).expect("load");
+    let mut dp = DataPlane::load(&Capacity::default()).expect("load");
     dp.set_vectors(&vectors::default_port_table()).unwrap();
     let prog = dp.program_mut();
     lab.edge.enter(|| prog.attach(&lab.edge_if, mode)).expect("enter edge ns").expect("attach XDP to edge0");

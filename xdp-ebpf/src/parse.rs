@@ -201,7 +201,9 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
     }
     let l3 = L3 { hdr: h, v6: true };
     let mut off = off + 40;
-    for _ in 0..MAX_EXT_HEADERS {
+    // One step per extension header, and one more for the header after the
+    // last of them: MAX_EXT_HEADERS headers pass, one more is a parse error.
+    for _ in 0..=MAX_EXT_HEADERS {
         if off >= MAX_L4_OFFSET {
             return Parsed::ParseError;
         }

@@ -48,6 +48,20 @@ pub struct Config {
     pub min_prefix_len_v4: u8,
     /// Same for IPv6.
     pub min_prefix_len_v6: u8,
+    /// Acting policies (drop or limit, `force` or not) together cover at most
+    /// as many IPv4 addresses as one prefix of this length (8: 16,777,216).
+    pub policy_coverage_v4: u8,
+    /// Same for IPv6 (32: as many addresses as one /32).
+    pub policy_coverage_v6: u8,
+    /// No allowlist entry may be broader than this (IPv4).
+    pub allow_min_prefix_len_v4: u8,
+    /// Same for IPv6.
+    pub allow_min_prefix_len_v6: u8,
+    /// The allowlist (config and API entries) covers at most as many IPv4
+    /// addresses as one prefix of this length.
+    pub allow_coverage_v4: u8,
+    /// Same for IPv6.
+    pub allow_coverage_v6: u8,
     /// Largest request body accepted by the API, in bytes.
     pub max_body_bytes: usize,
     /// Most API connections open at once; more wait in the kernel's backlog
@@ -79,50 +93,14 @@ pub struct Config {
     pub capture_samples_per_sec: u32,
     /// The daemon's log lines: "text" or "json" (`--log-format` overrides).
     pub log_format: crate::logging::LogFormat,
-    pub capacity: CapacityConfig,
+    /// Sizes of the data plane's tables.
+    pub capacity: Capacity,
     /// Extra vectors, or different ports for built-in ones.
     pub vectors: Vec<VectorConfig>,
     /// Named rule sets; `default` here replaces the built-in default profile.
     pub profiles: BTreeMap<String, BTreeMap<String, LenientRuleSpec>>,
     /// Source prefixes no policy ever touches.
     pub allowlist: Vec<IpNet>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CapacityConfig {
-    pub max_policies: u32,
-    pub max_limiters: u32,
-    pub v4_chunks: u32,
-    pub max_v6_victims: u32,
-    pub max_allow: u32,
-}
-
-impl Default for CapacityConfig {
-    fn default() -> Self {
-        let c = Capacity::default();
-        Self {
-            max_policies: c.max_policies,
-            max_limiters: c.max_limiters,
-            v4_chunks: c.v4_chunks,
-            max_v6_victims: c.max_v6_victims,
-            max_allow: c.max_allow,
-        }
-    }
-}
-
-impl From<&CapacityConfig> for Capacity {
-    fn from(c: &CapacityConfig) -> Self {
-        Capacity {
-            // The config counts policies; the data plane's table has one
-            // more slot, since slot 0 means "no policy" (it is never handed out).
-            max_policies: c.max_policies + 1,
-            max_limiters: c.max_limiters,
-            v4_chunks: c.v4_chunks,
-            max_v6_victims: c.max_v6_victims,
-            max_allow: c.max_allow,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -150,6 +128,12 @@ impl Default for Config {
             alert_ttl_secs: 900,
             min_prefix_len_v4: 16,
             min_prefix_len_v6: 48,
+            policy_coverage_v4: 8,
+            policy_coverage_v6: 32,
+            allow_min_prefix_len_v4: 8,
+            allow_min_prefix_len_v6: 32,
+            allow_coverage_v4: 8,
+            allow_coverage_v6: 32,
             max_body_bytes: 64 * 1024,
             max_connections: 256,
             header_timeout_secs: 10,
@@ -163,11 +147,39 @@ impl Default for Config {
             dns_many_answers: 10,
             capture_samples_per_sec: 1000,
             log_format: Default::default(),
-            capacity: CapacityConfig::default(),
+            capacity: Capacity::default(),
             vectors: Vec::new(),
             profiles: BTreeMap::new(),
             allowlist: Vec::new(),
         }
+    }
+}
+
+/// Longest TTL that may be configured (10 years). A policy meant to last
+/// uses `ttl_secs` 0 (no expiry); the bound keeps every expiry a timestamp
+/// that the state files and the API can write (RFC 3339 ends at year 9999).
+pub const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+/// Largest `max_body_bytes` (16 MiB): a policy or an alert is a few KiB.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+
+/// A warning if a token file can be read by anyone but its owner (the
+/// token grants the whole API): None when its mode is 0600 or tighter.
+pub fn token_file_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "the token file {} has mode {mode:04o}: other users can read it and use the API; `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
+/// Log [`token_file_warning`]'s warning, if any (the daemon calls this as it reads a token).
+pub fn warn_about_token_file(path: &Path) {
+    if let Some(w) = token_file_warning(path) {
+        tracing::warn!("{w}");
     }
 }
 
@@ -187,6 +199,15 @@ impl Config {
         self.max_alert_policies.unwrap_or(self.capacity.max_policies as usize / 2)
     }
 
+    /// The part of a table of `total` entries alerts may hold: the same
+    /// fraction of it as `alert_policy_limit()` is of the policy table,
+    /// rounded up (a small `max_alert_policies` still leaves alerts a chunk).
+    pub fn alert_share(&self, total: usize) -> usize {
+        let max = (self.capacity.max_policies as u128).max(1);
+        let limit = (self.alert_policy_limit() as u128).min(max);
+        (total as u128 * limit).div_ceil(max) as usize
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(&text).map_err(|e| match e {
@@ -196,7 +217,12 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // An IPv4-mapped IPv6 entry (::ffff:192.0.2.0/120) means the IPv4
+        // prefix: the data plane sees those sources as IPv4.
+        for p in &mut c.allowlist {
+            *p = crate::store::canonical(*p);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -214,8 +240,34 @@ impl Config {
         if self.min_prefix_len_v4 > 32 || self.min_prefix_len_v6 > 128 {
             return bad("min_prefix_len_v4 must be <= 32 and min_prefix_len_v6 <= 128".into());
         }
-        if self.max_ttl_secs == 0 || self.default_ttl_secs > self.max_ttl_secs || self.alert_ttl_secs > self.max_ttl_secs {
-            return bad("default_ttl_secs and alert_ttl_secs must not exceed max_ttl_secs (> 0)".into());
+        for (name, v, max) in [
+            ("policy_coverage_v4", self.policy_coverage_v4, 32),
+            ("policy_coverage_v6", self.policy_coverage_v6, 128),
+            ("allow_min_prefix_len_v4", self.allow_min_prefix_len_v4, 32),
+            ("allow_min_prefix_len_v6", self.allow_min_prefix_len_v6, 128),
+            ("allow_coverage_v4", self.allow_coverage_v4, 32),
+            ("allow_coverage_v6", self.allow_coverage_v6, 128),
+        ] {
+            if v > max {
+                return bad(format!("{name} {v} is a prefix length and must be <= {max}"));
+            }
+        }
+        for (name, v) in [("max_ttl_secs", self.max_ttl_secs), ("max_alert_ttl_secs", self.max_alert_ttl_secs)] {
+            if v == 0 || v > MAX_TTL_SECS {
+                return bad(format!(
+                    "{name} {v} must be in 1..={MAX_TTL_SECS} (10 years; a policy that should not expire uses ttl_secs 0)"
+                ));
+            }
+        }
+        if self.default_ttl_secs > self.max_ttl_secs {
+            return bad("default_ttl_secs must not exceed max_ttl_secs".into());
+        }
+        let alert_max = self.max_alert_ttl_secs.min(self.max_ttl_secs);
+        if self.alert_ttl_secs == 0 || self.alert_ttl_secs > alert_max {
+            return bad(format!(
+                "alert_ttl_secs {} must be in 1..={alert_max} (at most max_alert_ttl_secs and max_ttl_secs): every alert policy expires",
+                self.alert_ttl_secs
+            ));
         }
         let c = &self.capacity;
         if c.max_policies < 2 || c.max_policies > 1 << 20 {
@@ -227,17 +279,16 @@ impl Config {
         if c.max_limiters < 2 || c.max_v6_victims == 0 || c.max_allow == 0 {
             return bad("capacity.max_limiters, max_v6_victims and max_allow must be positive".into());
         }
-        if self.alert_ttl_secs > self.max_alert_ttl_secs {
-            return bad("alert_ttl_secs must not exceed max_alert_ttl_secs".into());
-        }
-        if self.max_body_bytes < 1024 {
-            return bad("max_body_bytes must be at least 1024".into());
+        if self.max_body_bytes < 1024 || self.max_body_bytes > MAX_BODY_BYTES {
+            return bad(format!("max_body_bytes {} must be in 1024..={MAX_BODY_BYTES}", self.max_body_bytes));
         }
         for p in &self.allowlist {
             if *p != p.trunc() {
                 return bad(format!("allowlist entry {p} has host bits set; did you mean {}?", p.trunc()));
             }
+            crate::store::check_allow_breadth(self, p).or_else(|m| bad(format!("allowlist entry {p}: {m}")))?;
         }
+        crate::store::check_allow_coverage(self, self.allowlist.iter()).or_else(|m| bad(format!("allowlist: {m}")))?;
         Ok(())
     }
 }
@@ -251,6 +302,14 @@ mod tests {
         let c = Config::parse("").unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9470");
         assert_eq!(c.capacity.max_policies, 8192);
+    }
+
+    #[test]
+    fn capacity_keeps_the_defaults_it_does_not_name() {
+        let c = Config::parse("[capacity]\nmax_policies = 3").unwrap();
+        assert_eq!(c.capacity, Capacity { max_policies: 3, ..Capacity::default() });
+        let e = Config::parse("[capacity]\nmax_polices = 3").unwrap_err().to_string();
+        assert!(e.contains("max_polices"), "{e}");
     }
 
     #[test]
@@ -269,5 +328,60 @@ mod tests {
         let e = Config::parse("[capacity]\nv4_chunks = 0").unwrap_err().to_string();
         assert!(e.contains("v4_chunks"), "{e}");
         assert!(Config::parse("default_ttl_secs = 10\nmax_ttl_secs = 5").is_err());
+    }
+
+    #[test]
+    fn alerts_get_the_policy_tables_share_of_every_table_rounded_up() {
+        let c = Config::parse("").unwrap();
+        assert_eq!((c.alert_share(64), c.alert_share(49152), c.alert_share(16384)), (32, 24576, 8192));
+        let c = Config::parse("max_alert_policies = 2").unwrap();
+        assert_eq!((c.alert_share(64), c.alert_share(49152)), (1, 12));
+        let c = Config::parse("max_alert_policies = 100000").unwrap();
+        assert_eq!(c.alert_share(64), 64, "never more than the table");
+        let c = Config::parse("max_alert_policies = 0").unwrap();
+        assert_eq!(c.alert_share(64), 0);
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("ag-token-mode-{}", std::process::id()));
+        std::fs::write(&path, "0123456789abcdef0123").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = token_file_warning(&path).expect("0644 is warned about");
+        assert!(w.contains("0644") && w.contains("chmod 600"), "{w}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(token_file_warning(&path), None);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(token_file_warning(&path).is_some(), "group-readable too");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn values_are_bounded_at_load() {
+        // A TTL whose expiry cannot be written as a timestamp (past year 9999).
+        let e = Config::parse("max_ttl_secs = 18446744073709551615").unwrap_err().to_string();
+        assert!(e.contains("max_ttl_secs") && e.contains("ttl_secs 0"), "{e}");
+        assert!(Config::parse(&format!("max_ttl_secs = {MAX_TTL_SECS}")).is_ok());
+        assert!(Config::parse(&format!("max_ttl_secs = {}", MAX_TTL_SECS + 1)).is_err());
+        assert!(Config::parse("max_alert_ttl_secs = 18446744073709551615").is_err());
+        // Every alert policy expires.
+        let e = Config::parse("alert_ttl_secs = 0").unwrap_err().to_string();
+        assert!(e.contains("alert_ttl_secs"), "{e}");
+        assert!(Config::parse("max_body_bytes = 18446744073709551615").is_err());
+        assert!(Config::parse("policy_coverage_v4 = 33").is_err());
+        assert!(Config::parse("allow_coverage_v6 = 129").is_err());
+    }
+
+    #[test]
+    fn the_config_allowlist_is_held_to_the_api_bounds() {
+        let e = Config::parse("allowlist = [\"2001::/16\"]").unwrap_err().to_string();
+        assert!(e.contains("2001::/16") && e.contains("/32"), "{e}");
+        let e = Config::parse("allowlist = [\"10.0.0.0/8\", \"172.16.0.0/12\"]").unwrap_err().to_string();
+        assert!(e.contains("allow_coverage_v4"), "{e}");
+        // Mapped IPv6 is the IPv4 prefix.
+        let c = Config::parse("allowlist = [\"::ffff:192.0.2.0/120\"]").unwrap();
+        assert_eq!(c.allowlist, vec!["192.0.2.0/24".parse::<IpNet>().unwrap()]);
+        assert!(Config::parse("allow_coverage_v4 = 4\nallowlist = [\"10.0.0.0/8\", \"172.16.0.0/12\"]").is_ok());
     }
 }

@@ -17,6 +17,7 @@ pub mod packet;
 pub mod payloads;
 pub mod profiles;
 pub mod store;
+pub mod text;
 pub mod vectors;
 
 /// The git commit the binary was built from (`-dirty`: with changes not in

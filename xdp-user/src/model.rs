@@ -117,7 +117,9 @@ fn parse_v6(p: &[u8], off: usize) -> Parsed {
     let (src, dst) = (addr(&h[8..24]), addr(&h[24..40]));
     let mut next = h[6];
     let mut off = off + 40;
-    for _ in 0..MAX_EXT_HEADERS {
+    // One step per extension header, and one more for the header after the
+    // last of them: MAX_EXT_HEADERS headers pass, one more is a parse error.
+    for _ in 0..=MAX_EXT_HEADERS {
         if off >= MAX_L4_OFFSET {
             return Parsed::ParseError;
         }

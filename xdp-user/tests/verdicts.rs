@@ -125,7 +125,17 @@ fn verdict_table() {
         case("IPv6 allowlisted source", P::udp6("[2001:db8:1::53]:11211", "[2001:db8:2::10]:1"), Reason(reason::ALLOWLISTED)),
         case("IPv6 outside the victim prefix", P::udp6("[2001:db8:1::7]:11211", "[2001:db8:3::10]:1"), Reason(reason::NO_POLICY)),
         case(
-            "IPv6 ext chain too long: parse error",
+            "IPv6 through 8 extension headers (the most promised)",
+            P::udp6("[2001:db8:1::7]:1900", "[2001:db8:2::10]:1").ext_headers(&[0, 43, 60, 60, 60, 60, 60, 60]),
+            Verdict(4, "ssdp", verdict::DROPPED),
+        ),
+        case(
+            "IPv6 8 extension headers ending in a fragment header",
+            P::udp6("[2001:db8:1::7]:1900", "[2001:db8:2::10]:1").ext_headers(&[0, 43, 60, 60, 60, 60, 60, 44]),
+            Verdict(4, "ssdp", verdict::DROPPED),
+        ),
+        case(
+            "IPv6 9 extension headers: parse error, passed",
             P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:1").ext_headers(&[60; 9]),
             Reason(reason::PARSE_ERROR),
         ),

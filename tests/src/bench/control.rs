@@ -26,7 +26,7 @@ use std::{
 use ampguard::store::state::{State, StateFile};
 use ampguard::{
     clock,
-    dataplane::{rules::DpPolicy, rules::Mode, Capacity, DataPlane, LoadOptions},
+    dataplane::{rules::DpPolicy, rules::Mode, Capacity, DataPlane},
     profiles, vectors,
 };
 use ampguard_tests::{
@@ -83,7 +83,7 @@ pub struct HandleResult {
 
 pub fn handle(n: usize) -> Result<HandleResult> {
     let capacity = Capacity { max_policies: MAX_POLICIES, max_limiters: MAX_LIMITERS, ..Capacity::default() };
-    let mut dp = DataPlane::load(&LoadOptions { capacity: capacity.clone(), pin_dir: None }).context("loading ampguard")?;
+    let mut dp = DataPlane::load(&capacity).context("loading ampguard")?;
     dp.set_vectors(&vectors::default_port_table())?;
     let p = default_policy(3600 * 1_000_000_000)?;
     let limiters_per_policy = p.rules.iter().filter(|(_, r)| r.limit().is_some()).count();

@@ -20,7 +20,7 @@ mod bench;
 
 use std::time::Instant;
 
-use ampguard::dataplane::{Capacity, DataPlane, LoadOptions, BASELINE_OBJECT};
+use ampguard::dataplane::{Capacity, DataPlane, BASELINE_OBJECT};
 use ampguard_tests::lab::Lab;
 use anyhow::{bail, Context, Result};
 use aya::{programs::Xdp, Ebpf};
@@ -160,7 +160,7 @@ fn run() -> Result<()> {
         ..Capacity::default()
     };
     eprintln!("bench: loading ampguard with {capacity:?}");
-    let mut dp = DataPlane::load(&LoadOptions { capacity: capacity.clone(), pin_dir: None }).context("loading ampguard")?;
+    let mut dp = DataPlane::load(&capacity).context("loading ampguard")?;
     dp.set_vectors(&tables::port_table())?;
     let started = Instant::now();
     for (i, (net, p)) in t.v4.iter().chain(t.v6.iter()).enumerate() {
@@ -196,7 +196,7 @@ fn run() -> Result<()> {
 
     // Where the time goes: test clock, and tables holding only the bench's victims.
     eprintln!("bench: diagnostics (test clock; small tables), {} rounds", args.rounds);
-    let mut small = DataPlane::load(&LoadOptions::default()).context("loading a second ampguard")?;
+    let mut small = DataPlane::load(&Capacity::default()).context("loading a second ampguard")?;
     small.set_vectors(&tables::port_table())?;
     cost::install(&mut small)?;
     let diag = {

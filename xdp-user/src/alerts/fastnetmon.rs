@@ -43,12 +43,13 @@
 //! vectors: the default profile.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
-use super::generic::{is_vector_name, MAX_VECTORS};
-use super::{clean_text, json_kind, parse_victim, snippet, Alert, AlertAction, AlertError, AlertSource, MAX_ATTACK_TYPE_CHARS};
+use super::generic::{is_vector_name, MAX_COMMENT_BYTES, MAX_VECTORS};
+use super::{clean_text, json_kind, parse_victim, snippet, Alert, AlertAction, AlertError, AlertSource, MAX_ATTACK_TYPE_BYTES};
 
 /// Most packet lines (or JSON packet entries) looked at.
 pub const MAX_DUMP_LINES: usize = 10_000;
@@ -56,6 +57,28 @@ pub const MAX_DUMP_LINES: usize = 10_000;
 pub const MAX_LINE_BYTES: usize = 4096;
 /// Most stdin lines looked at in all.
 pub const MAX_STDIN_LINES: usize = 100_000;
+/// Most bytes of the notify script's stdin kept (4 MiB: tens of thousands of
+/// packet lines); the rest is read and discarded, since FastNetMon waits for
+/// the script to read all it writes. deploy/fastnetmon-notify.sh uses the same bound.
+pub const MAX_STDIN_BYTES: usize = 4 << 20;
+
+/// Read a notify script's stdin: at most `max` bytes kept (lossy UTF-8, a
+/// character cut at the bound is replaced), the rest read to the end and
+/// dropped in small pieces, so that memory stays bounded whatever is sent.
+pub fn read_details(r: &mut impl Read, max: usize) -> std::io::Result<String> {
+    let mut kept = Vec::new();
+    r.by_ref().take(max as u64).read_to_end(&mut kept)?;
+    let mut sink = [0u8; 64 * 1024];
+    loop {
+        match r.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&kept).into_owned())
+}
 /// The vector the data plane gives non-first fragments
 /// (`xdp_common::vector::FRAGMENT`).
 pub const FRAGMENT_VECTOR: &str = "fragment";
@@ -131,7 +154,7 @@ pub fn parse_script(argv: &[String], stdin: &str, port_vector: &dyn Fn(u16) -> O
         ttl_secs: None,
         pps: Some(pps),
         attack_type: summary.attack_type,
-        comment: Some(comment),
+        comment: clean_text(&comment, MAX_COMMENT_BYTES),
     }))
 }
 
@@ -199,7 +222,7 @@ pub fn parse_json(body: &[u8], port_vector: &dyn Fn(u16) -> Option<String>) -> R
     if let Some(d @ ("outgoing" | "internal")) = direction {
         return Err(AlertError::NotIncoming { direction: d.to_string() });
     }
-    let attack_type = opt_str(details, "attack_details.attack_type", "attack_type")?.and_then(|s| clean_text(s, MAX_ATTACK_TYPE_CHARS));
+    let attack_type = opt_str(details, "attack_details.attack_type", "attack_type")?.and_then(|s| clean_text(s, MAX_ATTACK_TYPE_BYTES));
     let protocol = opt_str(details, "attack_details.attack_protocol", "attack_protocol")?.and_then(|s| clean_text(s, 16));
     let pps = opt_u64(details, "attack_details.initial_attack_power", "initial_attack_power")?
         .or(opt_u64(details, "attack_details.peak_attack_power", "peak_attack_power")?)
@@ -240,7 +263,7 @@ pub fn parse_json(body: &[u8], port_vector: &dyn Fn(u16) -> Option<String>) -> R
         ttl_secs: None,
         pps,
         attack_type,
-        comment: Some(comment),
+        comment: clean_text(&comment, MAX_COMMENT_BYTES),
     })
 }
 
@@ -396,7 +419,7 @@ impl Summary {
         let line = line.trim_start();
         if self.attack_type.is_none() {
             if let Some(v) = line.strip_prefix("Attack type:") {
-                self.attack_type = clean_text(v, MAX_ATTACK_TYPE_CHARS);
+                self.attack_type = clean_text(v, MAX_ATTACK_TYPE_BYTES);
                 return;
             }
         }
@@ -718,10 +741,16 @@ mod tests {
         // A long attack type is cut; a line over 4 KiB is not read at all.
         let t = format!("Attack type: {}", "x".repeat(4000));
         let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &t, &builtin).unwrap().unwrap();
-        assert_eq!(a.attack_type.map(|t| t.len()), Some(MAX_ATTACK_TYPE_CHARS));
+        assert_eq!(a.attack_type.map(|t| t.len()), Some(MAX_ATTACK_TYPE_BYTES));
         let t = format!("Attack type: {}", "x".repeat(10_000));
         let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &t, &builtin).unwrap().unwrap();
         assert_eq!(a.attack_type, None);
+        // 64 emoji (256 bytes) are cut to whole emoji, and the comment fits
+        // the store's bound: detector text never blocks a ban.
+        let t = format!("Attack type: {}", "😀".repeat(64));
+        let a = parse_script(&args("203.0.113.10 incoming 18446744073709551615 ban"), &t, &builtin).unwrap().unwrap();
+        assert_eq!(a.attack_type.as_deref(), Some("😀".repeat(16).as_str()));
+        assert!(a.comment.as_ref().is_some_and(|c| c.len() <= MAX_COMMENT_BYTES && c.contains("😀")), "{:?}", a.comment);
         // Packet counts saturate.
         let big = line("198.51.100.1:123", "203.0.113.10:1", "udp", "frag: 1", u64::MAX, u64::MAX);
         let a = parse_script(&args("203.0.113.10 incoming 10 ban"), &format!("{big}\n{big}"), &builtin).unwrap().unwrap();
@@ -852,6 +881,44 @@ mod tests {
         let mut v = advanced_ban();
         v["action"] = json!("partial_block");
         assert_eq!(pj(&v).unwrap().comment.as_deref(), Some("fastnetmon: udp_flood 282473 pps, incoming (partial_block)"));
+    }
+
+    #[test]
+    fn stdin_is_read_to_the_end_and_kept_to_the_bound() {
+        struct Endless {
+            left: u64,
+            read: u64,
+        }
+        impl Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = (buf.len() as u64).min(self.left) as usize;
+                buf[..n].fill(b'x');
+                self.left -= n as u64;
+                self.read += n as u64;
+                Ok(n)
+            }
+        }
+        let mut r = Endless { left: 100 << 20, read: 0 };
+        let kept = read_details(&mut r, MAX_STDIN_BYTES).unwrap();
+        assert_eq!(kept.len(), MAX_STDIN_BYTES);
+        assert_eq!((r.left, r.read), (0, 100 << 20), "all of it read (FastNetMon waits for that)");
+        let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fastnetmon/attack_details-stdin.txt")).unwrap();
+        assert_eq!(read_details(&mut text.as_slice(), MAX_STDIN_BYTES).unwrap().as_bytes(), text.as_slice());
+        // A character cut at the bound is replaced, not an error.
+        assert_eq!(read_details(&mut "aé".as_bytes(), 2).unwrap(), "a\u{fffd}");
+    }
+
+    #[test]
+    fn json_long_attack_type_is_cut_and_the_comment_fits() {
+        let mut v = advanced_ban();
+        v["action"] = json!("partial_block");
+        v["attack_details"]["attack_type"] = json!("😀".repeat(64));
+        v["attack_details"]["attack_protocol"] = json!("😀".repeat(64));
+        v["attack_details"]["initial_attack_power"] = json!(u64::MAX);
+        let a = pj(&v).unwrap();
+        assert_eq!(a.attack_type.as_deref(), Some("😀".repeat(16).as_str()));
+        let c = a.comment.unwrap();
+        assert!(c.len() <= MAX_COMMENT_BYTES && c.starts_with("fastnetmon: 😀"), "{c}");
     }
 
     #[test]

@@ -17,14 +17,14 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{clean_text, json_kind, parse_victim, snippet, Alert, AlertAction, AlertError, AlertSource, MAX_ATTACK_TYPE_CHARS};
+use super::{clean_text, json_kind, parse_victim, snippet, Alert, AlertAction, AlertError, AlertSource, MAX_ATTACK_TYPE_BYTES};
 
 /// Most vector names in one alert.
 pub const MAX_VECTORS: usize = 32;
 /// Longest vector name, in bytes.
 pub const MAX_VECTOR_NAME: usize = 64;
-/// Longest comment, in characters.
-pub const MAX_COMMENT_CHARS: usize = 1024;
+/// Longest comment kept (bytes; longer ones are cut on a character boundary).
+pub use crate::text::MAX_COMMENT_BYTES;
 
 /// The body as sent: every field kept as raw JSON so that type errors can be
 /// reported per field; `deny_unknown_fields` refuses typos such as `"victm"`.
@@ -82,37 +82,16 @@ pub fn parse_generic(body: &[u8]) -> Result<Alert, AlertError> {
         t => t,
     };
     let pps = opt_u64("pps", raw.pps)?;
+    // Free text is cut to size and cleaned, never refused: a detector's text
+    // must not block its ban.
     let attack_type = match raw.attack_type {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => {
-            if s.chars().count() > MAX_ATTACK_TYPE_CHARS {
-                return Err(AlertError::BadValue {
-                    field: "attack_type",
-                    reason: format!("longer than {MAX_ATTACK_TYPE_CHARS} characters"),
-                });
-            }
-            clean_text(&s, MAX_ATTACK_TYPE_CHARS)
-        }
+        Some(Value::String(s)) => clean_text(&s, MAX_ATTACK_TYPE_BYTES),
         Some(other) => return Err(wrong("attack_type", "a string", &other)),
     };
     let comment = match raw.comment {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => {
-            if s.chars().count() > MAX_COMMENT_CHARS {
-                return Err(AlertError::BadValue { field: "comment", reason: format!("longer than {MAX_COMMENT_CHARS} characters") });
-            }
-            if s.chars().any(char::is_control) {
-                return Err(AlertError::BadValue {
-                    field: "comment",
-                    reason: "contains control characters (newlines, tabs, escapes)".into(),
-                });
-            }
-            if s.is_empty() {
-                None
-            } else {
-                Some(s)
-            }
-        }
+        Some(Value::String(s)) => clean_text(&s, MAX_COMMENT_BYTES),
         Some(other) => return Err(wrong("comment", "a string", &other)),
     };
     let source = match raw.source {
@@ -355,12 +334,14 @@ mod tests {
             b[k] = v;
             parse(b)
         };
-        assert!(matches!(base("comment", json!("line\nforged")), Err(AlertError::BadValue { field: "comment", .. })));
-        assert!(matches!(base("comment", json!("x".repeat(1025))), Err(AlertError::BadValue { field: "comment", .. })));
-        assert_eq!(base("comment", json!("x".repeat(1024))).unwrap().comment.map(|c| c.len()), Some(1024));
+        // Detector text is cleaned and cut, never a reason to refuse the alert.
+        assert_eq!(base("comment", json!("line\nforged\u{1b}[2J")).unwrap().comment.as_deref(), Some("lineforged[2J"));
+        assert_eq!(base("comment", json!("x".repeat(100_000))).unwrap().comment.map(|c| c.len()), Some(MAX_COMMENT_BYTES));
+        assert_eq!(base("comment", json!("é".repeat(200))).unwrap().comment, Some("é".repeat(128)));
+        assert_eq!(base("attack_type", json!("😀".repeat(64))).unwrap().attack_type, Some("😀".repeat(16)));
         assert_eq!(base("comment", json!("")).unwrap().comment, None);
         assert!(matches!(base("comment", json!(["a"])), Err(AlertError::WrongType { field: "comment", .. })));
-        assert!(matches!(base("attack_type", json!("x".repeat(65))), Err(AlertError::BadValue { field: "attack_type", .. })));
+        assert_eq!(base("attack_type", json!("x".repeat(65))).unwrap().attack_type.map(|t| t.len()), Some(MAX_ATTACK_TYPE_BYTES));
         assert!(matches!(base("source", json!("snmp")), Err(AlertError::BadValue { field: "source", .. })));
         assert!(matches!(base("source", json!(1)), Err(AlertError::WrongType { field: "source", .. })));
     }

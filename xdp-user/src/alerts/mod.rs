@@ -194,15 +194,16 @@ pub fn parse_victim(field: &'static str, value: &str) -> Result<IpAddr, AlertErr
     }
 }
 
-/// Most characters kept of a detector-supplied attack type.
-pub const MAX_ATTACK_TYPE_CHARS: usize = 64;
+/// Most bytes kept of a detector-supplied attack type.
+pub const MAX_ATTACK_TYPE_BYTES: usize = 64;
 
-/// A detector-supplied free text (attack type, protocol) made safe for logs
-/// and comments: trimmed, control characters dropped, at most `max` chars.
-/// `None` when nothing is left.
-pub(crate) fn clean_text(s: &str, max: usize) -> Option<String> {
-    let out: String = s.trim().chars().filter(|c| !c.is_control()).take(max).collect();
-    let out = out.trim().to_string();
+/// A detector-supplied free text (attack type, protocol, comment) made safe
+/// for logs and comments: trimmed, control characters dropped, cut to at most
+/// `max_bytes` on a character boundary ([`crate::text::fit`]). Never an
+/// error: a detector's text must not block its ban. `None` when nothing is left.
+pub(crate) fn clean_text(s: &str, max_bytes: usize) -> Option<String> {
+    let out: String = s.trim().chars().filter(|c| !c.is_control()).collect();
+    let out = crate::text::fit(&out, max_bytes).trim().to_string();
     if out.is_empty() {
         None
     } else {
@@ -342,5 +343,8 @@ mod tests {
         assert_eq!(clean_text("a\u{1b}[31mb", 64).as_deref(), Some("a[31mb"));
         assert_eq!(clean_text(" \t ", 64), None);
         assert_eq!(clean_text(&"x".repeat(500), 64).unwrap().len(), 64);
+        // Bytes, not characters, and never inside one: 64 emoji are 256 bytes.
+        assert_eq!(clean_text(&"😀".repeat(64), 64).as_deref(), Some("😀".repeat(16).as_str()));
+        assert_eq!(clean_text(&"é".repeat(200), 255).unwrap(), "é".repeat(127));
     }
 }

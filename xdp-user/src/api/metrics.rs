@@ -87,13 +87,31 @@ impl Default for ProcessMetrics {
     }
 }
 
-/// Middleware: count every request by its route template and status.
+/// Middleware: count every request by its route template, method and status.
+/// Every label is from a fixed set whatever the request (unauthenticated
+/// clients reach this): the route is the matched template or `unmatched`,
+/// the method one the API serves or `other`, the status a 3-digit code.
 pub async fn count_requests(State(app): State<Shared>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let res = next.run(req).await;
-    app.metrics.api_requests.with_label_values(&[&route, &method, res.status().as_str()]).inc();
+    app.metrics.api_requests.with_label_values(&[&route, method, res.status().as_str()]).inc();
     res
+}
+
+/// The `method` label: the methods the API serves (axum answers HEAD for
+/// GET routes), anything else `other` (a client may send any token as a
+/// method, 300 KB long).
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -203,7 +221,7 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
         modes.with_label_values(&["enforce"]).set(store.policies().len() as i64 - monitor);
         modes.with_label_values(&["monitor"]).set(monitor);
         let cap = IntGauge::new("ampguard_policy_capacity", "Policies the tables can hold").expect("metric");
-        cap.set(dp.capacity().max_policies as i64 - 1);
+        cap.set(dp.capacity().max_policies as i64);
         scrape.register(Box::new(cap)).expect("unique");
         let allow = IntGauge::new("ampguard_allowlist_entries", "Allowlisted source prefixes").expect("metric");
         allow.set((store.allowlist().len() + store.config().allowlist.len()) as i64);

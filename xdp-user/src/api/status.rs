@@ -34,7 +34,7 @@ pub async fn status(State(app): State<Shared>) -> Result<Json<Value>, ApiError> 
         "detached_by_operator": detached,
         "interfaces": interfaces,
         "state_writer": state,
-        "policies": {"total": total, "enforce": total - monitor, "monitor": monitor, "capacity": cap.max_policies - 1},
+        "policies": {"total": total, "enforce": total - monitor, "monitor": monitor, "capacity": cap.max_policies},
         "allowlist": {"entries": store.allowlist().len() + store.config().allowlist.len(), "capacity": cap.max_allow},
         "state_file": store.state_path(),
         "pin_dir": app.enforcement.lock().expect("not poisoned").pin_dir(),

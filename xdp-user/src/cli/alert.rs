@@ -4,8 +4,6 @@
 //! (FastNetMon writes the attack details there and expects them read), infers
 //! the vectors from the packet dump, and posts the alert to the daemon.
 
-use std::io::Read;
-
 use anyhow::Context;
 use clap::Subcommand;
 
@@ -39,10 +37,10 @@ pub fn run(cmd: AlertCmd, api: &ApiArgs) -> anyhow::Result<()> {
             let action = args.get(3).map(String::as_str).unwrap_or("");
             let mut stdin = String::new();
             if matches!(action, "ban" | "attack_details") {
-                // Read it all, even past what we parse: FastNetMon waits for the pipe to drain.
-                let mut raw = Vec::new();
-                std::io::stdin().read_to_end(&mut raw).context("reading the attack details from stdin")?;
-                stdin = String::from_utf8_lossy(&raw).into_owned();
+                // Read it all, even past what we parse (FastNetMon waits for the
+                // pipe to drain), but keep only the first MAX_STDIN_BYTES.
+                stdin = alerts::fastnetmon::read_details(&mut std::io::stdin().lock(), alerts::fastnetmon::MAX_STDIN_BYTES)
+                    .context("reading the attack details from stdin")?;
             }
             // The daemon's vector table may have custom ports; the built-in
             // table is what the script can know without a round trip.

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{config::XdpModeSetting, daemon};
+use crate::daemon;
 
 #[derive(Parser)]
 #[command(name = "ampguard", version = crate::LONG_VERSION, about = "Stops reflection/amplification DDoS floods at the edge with XDP")]
@@ -176,6 +176,3 @@ fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
         r => Ok(r?),
     }
 }
-
-/// `--xdp-mode` values.
-pub type XdpModeArg = XdpModeSetting;

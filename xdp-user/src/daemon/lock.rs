@@ -13,7 +13,7 @@ use std::{
     io::Write,
     os::{
         fd::AsRawFd,
-        unix::fs::{MetadataExt, OpenOptionsExt},
+        unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
     },
     path::{Path, PathBuf},
 };
@@ -74,7 +74,14 @@ pub fn lock_pin_dir(pin_dir: &Path) -> Result<Option<File>, LockError> {
 
 /// Take both locks, or say who has them.
 pub fn acquire(state_dir: &Path, pin_dir: &Path) -> anyhow::Result<Locks> {
-    std::fs::create_dir_all(state_dir).with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    if !state_dir.exists() {
+        // Policies and victims are not for other users to read.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    }
     let lock_path = state_dir.join("lock");
     let io = |source| LockError::Io { path: lock_path.clone(), source };
     let mut state =

@@ -30,7 +30,7 @@ pub use self::pins::ensure_bpffs;
 use crate::{
     api::{self, AppState},
     config::{Config, XdpModeSetting},
-    dataplane::{attach, DataPlane, LoadOptions},
+    dataplane::{attach, DataPlane},
     logging::LogFormat,
     store::Store,
 };
@@ -87,6 +87,7 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 fn read_token(path: &Path) -> anyhow::Result<String> {
+    crate::config::warn_about_token_file(path);
     let t = std::fs::read_to_string(path).with_context(|| {
         format!(
             "cannot read the API token file {}; create one, e.g. `head -c 32 /dev/urandom | base64 > {} && chmod 600 {}`",
@@ -152,7 +153,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // Fresh maps, filled from the state file while the previous program (if
     // any) keeps enforcing through its pinned link.
-    let dp = DataPlane::load(&LoadOptions { capacity: (&cfg.capacity).into(), pin_dir: None }).map_err(|e| {
+    let dp = DataPlane::load(&cfg.capacity).map_err(|e| {
         anyhow::anyhow!("{e}; loading XDP needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON (+ CAP_SYS_ADMIN to mount bpffs)")
     })?;
     let started = Instant::now();

@@ -7,7 +7,7 @@
 
 use std::os::fd::{AsFd, AsRawFd};
 
-use aya::maps::Map;
+use aya::maps::MapData;
 
 use super::DpError;
 
@@ -29,12 +29,10 @@ struct BatchAttr {
 
 /// Write `values` (each `value_size` bytes; for a per-CPU map, one value
 /// per possible CPU, each rounded up to 8 bytes, back to back) at `keys`.
-pub fn update(map: &Map, keys: &[u32], values: &[u8], value_size: usize) -> Result<(), DpError> {
+/// The caller passes an array map (its typed handle says so).
+pub fn update(map: &MapData, keys: &[u32], values: &[u8], value_size: usize) -> Result<(), DpError> {
     assert_eq!(values.len(), keys.len() * value_size, "one value per key");
-    let fd = match map {
-        Map::Array(m) | Map::PerCpuArray(m) => m.fd().as_fd().as_raw_fd(),
-        _ => return Err(DpError::Io(std::io::Error::other("batch update supports array maps only"))),
-    };
+    let fd = map.fd().as_fd().as_raw_fd();
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,

@@ -133,6 +133,17 @@ impl Rule {
         }
     }
 
+    /// Whether any packet can be dropped or limited by this rule: either
+    /// branch of a conditional rule counts (`{"action": "pass", "otherwise":
+    /// "drop"}` drops). Breadth limits judge rules by this.
+    pub fn acts(&self) -> bool {
+        match self {
+            Rule::Pass => false,
+            Rule::Drop | Rule::Limit(_) => true,
+            Rule::Cond(c) => c.on_match != Verb::Pass || c.otherwise != Verb::Pass,
+        }
+    }
+
     /// The token bucket this rule needs, if any.
     pub fn limit(&self) -> Option<Limit> {
         match self {

@@ -59,15 +59,12 @@ impl Victims4 {
         self.prefixes.is_empty()
     }
 
-    pub fn get(&self, addr: u32, len: u8) -> Option<u32> {
-        self.prefixes.get(&(addr & mask(len), len)).copied()
-    }
-
     pub fn chunks_in_use(&self) -> u32 {
         self.total_chunks - self.free_chunks.len() as u32
     }
 
-    /// Longest-prefix match by brute force (the reference for tests and the model).
+    /// Longest-prefix match by brute force (the reference for the tests).
+    #[cfg(test)]
     pub fn lookup(&self, addr: u32) -> u32 {
         (0..=32u8).rev().find_map(|len| self.prefixes.get(&(addr & mask(len), len)).copied()).unwrap_or(NO_SLOT)
     }

@@ -6,6 +6,7 @@
 //! API answers a change only once its journal line is on disk, and one
 //! `fdatasync` covers every change made while the previous one was written.
 
+pub mod bounds;
 pub mod persist;
 pub mod state;
 pub mod table;
@@ -17,7 +18,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use self::state::{journal_line, AllowRecord, Change, PolicyRecord, RuleSet, State, StateError, StateFile};
@@ -30,6 +31,7 @@ use crate::{
         DataPlane, DpError,
     },
     profiles::{self, ActionName, Profile, RuleSpec},
+    text::{self, MAX_COMMENT_BYTES},
     vectors::VectorTable,
 };
 
@@ -146,6 +148,8 @@ pub struct Store {
     rule_sets: Vec<Arc<RuleSet>>,
     /// The files on disk need a new snapshot before the journal can go on.
     snapshot_due: bool,
+    /// Coverage of acting policies and what alert policies hold (`bounds`).
+    usage: bounds::Usage,
 }
 
 /// What a compaction writes: pointers to the records, taken under the lock.
@@ -156,17 +160,65 @@ pub struct Snapshot {
     pub allowlist: Vec<AllowRecord>,
 }
 
-/// Parse a victim: a prefix, or an address meaning its host prefix.
+/// Parse a victim or allowlist prefix: a prefix, or an address meaning its
+/// host prefix. IPv4-mapped IPv6 (`::ffff:203.0.113.10`, `::ffff:0:0/96`)
+/// is the IPv4 address or prefix it maps: the data plane sees that traffic as
+/// IPv4, so that is what a policy or an allowlist entry must name.
 pub fn parse_prefix(s: &str) -> Result<IpNet, StoreError> {
     let s = s.trim();
     if let Ok(a) = s.parse::<IpAddr>() {
-        return Ok(IpNet::from(a));
+        return Ok(IpNet::from(a.to_canonical()));
     }
     let n: IpNet = s.parse().map_err(|_| invalid(format!("{s:?} is not an IPv4/IPv6 address or prefix")))?;
+    let n = canonical(n);
     if n != n.trunc() {
         return Err(invalid(format!("{n} has host bits set; did you mean {}?", n.trunc())));
     }
     Ok(n)
+}
+
+/// An IPv6 prefix inside ::ffff:0:0/96 as the IPv4 prefix it maps (host
+/// bits kept); any other prefix as it is.
+pub fn canonical(n: IpNet) -> IpNet {
+    match n {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(a) => IpNet::V4(Ipv4Net::new(a, v6.prefix_len() - 96).expect("96..=128 minus 96 is a valid IPv4 length")),
+            None => n,
+        },
+        _ => n,
+    }
+}
+
+/// An allowlist entry's own breadth: no broader than
+/// `allow_min_prefix_len_v4` / `_v6` (/8, /32).
+pub fn check_allow_breadth(cfg: &Config, prefix: &IpNet) -> Result<(), String> {
+    let min = match prefix {
+        IpNet::V4(_) => cfg.allow_min_prefix_len_v4,
+        IpNet::V6(_) => cfg.allow_min_prefix_len_v6,
+    };
+    if prefix.prefix_len() < min {
+        return Err(format!(
+            "allowlisting {prefix} would exempt too much; the limit is /{min} (allow_min_prefix_len_v{})",
+            if matches!(prefix, IpNet::V4(_)) { 4 } else { 6 }
+        ));
+    }
+    Ok(())
+}
+
+/// The allowlist's total: at most as many addresses as one
+/// `allow_coverage_v4` / `_v6` prefix, per family.
+pub fn check_allow_coverage<'a>(cfg: &Config, entries: impl Iterator<Item = &'a IpNet>) -> Result<(), String> {
+    let (v4, v6) = bounds::coverage(entries);
+    for (family, total, bits, len) in [(4, v4, 32, cfg.allow_coverage_v4), (6, v6, 128, cfg.allow_coverage_v6)] {
+        if total > bounds::prefix_size(bits, len) {
+            return Err(format!(
+                "the allowlist would cover {total} IPv{family} addresses, more than `allow_coverage_v{family}` allows ({}); \
+                 remove or narrow entries, or raise the bound in the config",
+                bounds::describe(bits, len)
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Store {
@@ -203,6 +255,7 @@ impl Store {
             alert_window: HashMap::new(),
             rule_sets: Vec::new(),
             snapshot_due: false,
+            usage: Default::default(),
         };
         for p in store.cfg.allowlist.clone() {
             store.dp.add_allow(p)?;
@@ -225,6 +278,7 @@ impl Store {
         for p in &live {
             let dpp = store.to_dp(p)?;
             store.dp.upsert_policy(p.victim, &dpp)?;
+            store.usage.account(p, true);
         }
         // A fresh snapshot is due (the first one, a version upgrade, or the
         // journal's changes and the expiries folded in), but it is the state
@@ -285,9 +339,18 @@ impl Store {
         Snapshot { seq: s.seq, next_id: s.next_id, policies: s.policies.iter().cloned().collect(), allowlist: s.allowlist.clone() }
     }
 
-    fn record(&mut self, change: Change) {
+    /// The journal line of the next change. Made before the change is
+    /// applied, and its number taken (`push`) only once it is made: a change
+    /// that cannot be written is refused with nothing changed, and the
+    /// journal never skips a number.
+    fn line(&self, change: Change) -> Result<Vec<u8>, StoreError> {
+        journal_line(self.state.seq + 1, change)
+            .map_err(|e| invalid(format!("this change cannot be written to the state files ({e}); nothing changed")))
+    }
+
+    fn push(&mut self, line: Vec<u8>) {
         self.state.seq += 1;
-        self.pending.extend(journal_line(self.state.seq, change));
+        self.pending.extend(line);
     }
 
     /// The shared copy of a rule set: 100,000 policies from one profile hold
@@ -380,8 +443,8 @@ impl Store {
         for spec in rules.values_mut() {
             *spec = RuleSpec::from_rule(&spec.resolve().map_err(|e| invalid(e.to_string()))?);
         }
-        if req.comment.as_ref().is_some_and(|c| c.len() > 256) {
-            return Err(invalid("comment is longer than 256 bytes"));
+        if req.comment.as_ref().is_some_and(|c| c.len() > MAX_COMMENT_BYTES) {
+            return Err(invalid(format!("comment is longer than {MAX_COMMENT_BYTES} bytes")));
         }
         let ttl = req.ttl_secs.unwrap_or(self.cfg.default_ttl_secs);
         if ttl > self.cfg.max_ttl_secs {
@@ -404,8 +467,9 @@ impl Store {
     }
 
     fn check_breadth(&self, victim: &IpNet, rules: &BTreeMap<String, RuleSpec>, force: bool) -> Result<(), StoreError> {
-        let acts = rules.values().any(|r| r.action != ActionName::Pass);
-        if !acts {
+        // The resolved rule, both branches: `{"action": "pass", "max_bytes":
+        // 0, "otherwise": "drop"}` drops nearly everything.
+        if !bounds::footprint(rules).acting {
             return Ok(());
         }
         if victim.prefix_len() == 0 {
@@ -442,11 +506,19 @@ impl Store {
         if let Some(other) = self.state.policies.by_victim(&rec.victim).filter(|o| o.id != rec.id) {
             return Err(StoreError::Conflict(format!("{} already has policy {}", rec.victim, other.id)));
         }
+        let old = self.state.policies.get(&rec.id).cloned();
+        self.usage.check_coverage(&self.cfg, old.as_deref(), &rec).map_err(StoreError::TooBroad)?;
+        self.usage.check_alert_share(&self.cfg, old.as_deref(), &rec).map_err(StoreError::Full)?;
         let dpp = self.to_dp(&rec)?;
-        self.dp.upsert_policy(rec.victim, &dpp).map_err(full_or)?;
         let rec = Arc::new(rec);
+        let line = self.line(Change::PutPolicy(rec.clone()))?;
+        self.dp.upsert_policy(rec.victim, &dpp).map_err(full_or)?;
         self.state.policies.put(rec.clone()).expect("victim checked above");
-        self.record(Change::PutPolicy(rec.clone()));
+        if let Some(old) = &old {
+            self.usage.account(old, false);
+        }
+        self.usage.account(&rec, true);
+        self.push(line);
         Ok(rec)
     }
 
@@ -571,9 +643,11 @@ impl Store {
 
     pub fn delete_policy(&mut self, id: &str) -> Result<Arc<PolicyRecord>, StoreError> {
         let victim = self.policy(id)?.victim;
+        let line = self.line(Change::DelPolicy(id.to_string()))?;
         self.dp.remove_policy(&victim)?;
         let rec = self.state.policies.remove(id).expect("found above");
-        self.record(Change::DelPolicy(rec.id.clone()));
+        self.usage.account(&rec, false);
+        self.push(line);
         Ok(rec)
     }
 
@@ -591,13 +665,7 @@ impl Store {
 
     pub fn add_allow(&mut self, prefix: &str, comment: Option<String>) -> Result<AllowRecord, StoreError> {
         let prefix = parse_prefix(prefix)?;
-        let min = match prefix {
-            IpNet::V4(_) => 8,
-            IpNet::V6(_) => 8,
-        };
-        if prefix.prefix_len() < min {
-            return Err(StoreError::TooBroad(format!("allowlisting {prefix} would exempt too much; the limit is /{min}")));
-        }
+        check_allow_breadth(&self.cfg, &prefix).map_err(StoreError::TooBroad)?;
         if let Some(a) = self.state.allowlist.iter().find(|a| a.prefix == prefix) {
             return Err(StoreError::Conflict(format!("{prefix} is already allowlisted as {}", a.id)));
         }
@@ -607,13 +675,18 @@ impl Store {
                 p.victim, p.id
             )));
         }
-        if comment.as_ref().is_some_and(|c| c.len() > 256) {
-            return Err(invalid("comment is longer than 256 bytes"));
+        if comment.as_ref().is_some_and(|c| c.len() > MAX_COMMENT_BYTES) {
+            return Err(invalid(format!("comment is longer than {MAX_COMMENT_BYTES} bytes")));
         }
+        if !self.dp.allowlist().any(|a| *a == prefix) {
+            check_allow_coverage(&self.cfg, self.dp.allowlist().chain([&prefix])).map_err(StoreError::TooBroad)?;
+        }
+        let rec = AllowRecord { id: format!("a-{}", self.state.next_id), prefix, comment, created_at: SystemTime::now() };
+        let line = self.line(Change::PutAllow(rec.clone()))?;
         self.dp.add_allow(prefix).map_err(full_or)?;
-        let rec = AllowRecord { id: self.next_id("a"), prefix, comment, created_at: SystemTime::now() };
+        self.state.next_id += 1;
         self.state.allowlist.push(rec.clone());
-        self.record(Change::PutAllow(rec.clone()));
+        self.push(line);
         Ok(rec)
     }
 
@@ -622,11 +695,12 @@ impl Store {
             self.state.allowlist.iter().position(|a| a.id == id).ok_or_else(|| StoreError::NotFound(format!("no allowlist entry {id}")))?;
         // Entries from the config file stay in force.
         let prefix = self.state.allowlist[i].prefix;
+        let line = self.line(Change::DelAllow(id.to_string()))?;
         if !self.cfg.allowlist.contains(&prefix) {
             self.dp.remove_allow(&prefix)?;
         }
         let rec = self.state.allowlist.remove(i);
-        self.record(Change::DelAllow(rec.id.clone()));
+        self.push(line);
         Ok(rec)
     }
 
@@ -725,7 +799,8 @@ impl Store {
                 let mut rules = default.clone();
                 self.add_alert_vectors(&mut rules, &alert.vectors);
                 rules.retain(|v, r| default.get(v) != Some(r));
-                let comment = alert.comment.clone().map(|c| c.chars().take(256).collect());
+                // Detector text never blocks a ban: cut to the bound, on a character boundary.
+                let comment = alert.comment.as_deref().map(|c| text::fit(c, MAX_COMMENT_BYTES).to_string());
                 let req = PolicyRequest {
                     victim: victim.to_string(),
                     profile: Some("default".into()),

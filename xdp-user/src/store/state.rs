@@ -123,11 +123,12 @@ struct JournalHeader {
     base: u64,
 }
 
-/// One journal line, newline included (made under the store's lock, written by the persister).
-pub fn journal_line(seq: u64, change: Change) -> Vec<u8> {
-    let mut line = serde_json::to_vec(&JournalLine { seq, change }).expect("a change serializes");
+/// One journal line, newline included (made under the store's lock, written
+/// by the persister). An error (a value the format cannot hold) changes nothing.
+pub fn journal_line(seq: u64, change: Change) -> Result<Vec<u8>, serde_json::Error> {
+    let mut line = serde_json::to_vec(&JournalLine { seq, change })?;
     line.push(b'\n');
-    line
+    Ok(line)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,7 +227,7 @@ impl StateFile {
         fs::create_dir_all(dir).map_err(err)?;
         let tmp = self.path.with_extension("json.tmp");
         let size = {
-            let f = File::create(&tmp).map_err(err)?;
+            let f = create_private(&tmp).map_err(err)?;
             let mut w = BufWriter::with_capacity(1 << 16, f);
             // Streamed, compact: no copy of the whole state in memory.
             write_snapshot(&mut w, seq, next_id, policies, allowlist).map_err(err)?;
@@ -253,7 +254,7 @@ impl StateFile {
         let err = |source| StateError::Write { path: path.clone(), source };
         let tmp = path.with_extension("journal.tmp");
         {
-            let mut f = File::create(&tmp).map_err(err)?;
+            let mut f = create_private(&tmp).map_err(err)?;
             let mut header = serde_json::to_vec(&JournalHeader { journal: JOURNAL_VERSION, base }).expect("serializes");
             header.push(b'\n');
             f.write_all(&header).map_err(err)?;
@@ -272,6 +273,15 @@ impl StateFile {
         f.write_all(lines).map_err(err)?;
         f.sync_data().map_err(err)
     }
+}
+
+/// A new file only root can read (0600): the state names every victim and
+/// comment. Also set on a file a crash left behind, whose mode may differ.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(f)
 }
 
 fn write_snapshot<'a, W: Write>(
@@ -459,6 +469,18 @@ fn parse_versioned(bytes: &[u8]) -> Result<(State, u32), ParseError> {
             return Err(ParseError::Bad(format!("id {} appears twice", a.id)));
         }
     }
+    // New ids come from next_id: one at or below an id in use would be given
+    // out again, and the new policy would hide the old one from the API while
+    // its victim kept its rules in the data plane.
+    if let Some((id, n)) = ids.iter().filter_map(|id| id_number(id).map(|n| (id, n))).max_by_key(|(_, n)| *n) {
+        if n >= state.next_id {
+            return Err(ParseError::Bad(format!(
+                "next_id is {}, not above the id {id} in use, so a new policy would reuse an id; set \"next_id\" to {} or more",
+                state.next_id,
+                n.saturating_add(1)
+            )));
+        }
+    }
     Ok((state, version))
 }
 
@@ -552,9 +574,14 @@ pub fn replay(state: &mut State, bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The number of an id "<kind>-<n>".
+fn id_number(id: &str) -> Option<u64> {
+    id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok())
+}
+
 /// Ids are "<kind>-<n>" from one counter: the next one is above every id seen.
 fn bump_next_id(state: &mut State, id: &str) {
-    if let Some(n) = id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()) {
+    if let Some(n) = id_number(id) {
         state.next_id = state.next_id.max(n.saturating_add(1));
     }
 }
@@ -564,8 +591,17 @@ pub mod rfc3339 {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Last second RFC 3339 can write (9999-12-31T23:59:59Z).
+    const LAST: u64 = 253_402_300_799;
+
+    /// An error, not a panic, for a time RFC 3339 cannot write (before 1970
+    /// or after 9999; humantime's Display fails there): the caller refuses
+    /// the change rather than losing the process.
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string())
+        match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) if d.as_secs() <= LAST => s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string()),
+            _ => Err(serde::ser::Error::custom("a time outside 1970..=9999 cannot be written as an RFC 3339 timestamp")),
+        }
     }
 
     /// Whole seconds, the file's resolution: a fraction written by hand is
@@ -687,18 +723,21 @@ mod tests {
         save(&f, &s);
         let rules = drop_memcached();
         let mut lines = Vec::new();
-        lines.extend(journal_line(5, Change::PutPolicy(policy("p-7", "198.51.100.0/24", &rules))));
-        lines.extend(journal_line(6, Change::DelPolicy("p-1".into())));
-        lines.extend(journal_line(7, Change::DelAllow("a-2".into())));
-        lines.extend(journal_line(
-            8,
-            Change::PutAllow(AllowRecord {
-                id: "a-8".into(),
-                prefix: "192.0.2.0/28".parse().unwrap(),
-                comment: None,
-                created_at: at("2026-11-25T17:00:00Z"),
-            }),
-        ));
+        lines.extend(journal_line(5, Change::PutPolicy(policy("p-7", "198.51.100.0/24", &rules))).unwrap());
+        lines.extend(journal_line(6, Change::DelPolicy("p-1".into())).unwrap());
+        lines.extend(journal_line(7, Change::DelAllow("a-2".into())).unwrap());
+        lines.extend(
+            journal_line(
+                8,
+                Change::PutAllow(AllowRecord {
+                    id: "a-8".into(),
+                    prefix: "192.0.2.0/28".parse().unwrap(),
+                    comment: None,
+                    created_at: at("2026-11-25T17:00:00Z"),
+                }),
+            )
+            .unwrap(),
+        );
         f.append(&lines).unwrap();
         let back = f.load().unwrap();
         assert_eq!(back.seq, 8);
@@ -718,8 +757,8 @@ mod tests {
         let d = tmpdir("torn");
         let f = StateFile::new(&d);
         save(&f, &sample());
-        let good = journal_line(5, Change::DelPolicy("p-1".into()));
-        let torn = journal_line(6, Change::DelPolicy("p-3".into()));
+        let good = journal_line(5, Change::DelPolicy("p-1".into())).unwrap();
+        let torn = journal_line(6, Change::DelPolicy("p-3".into())).unwrap();
         f.append(&good).unwrap();
         f.append(&torn[..torn.len() - 3]).unwrap();
         let back = f.load().unwrap();
@@ -743,8 +782,8 @@ mod tests {
         // A crash after the snapshot's rename, before the journal was emptied:
         // the old journal still holds seq 3 and 4, which the snapshot has.
         let mut old = b"{\"journal\":1,\"base\":2}\n".to_vec();
-        old.extend(journal_line(3, Change::DelPolicy("p-9".into())));
-        old.extend(journal_line(4, Change::DelPolicy("p-9".into())));
+        old.extend(journal_line(3, Change::DelPolicy("p-9".into())).unwrap());
+        old.extend(journal_line(4, Change::DelPolicy("p-9".into())).unwrap());
         fs::write(f.journal_path(), &old).unwrap();
         assert_eq!(f.load().unwrap(), s);
         // A journal that continues a later snapshot than state.json (an old backup restored by hand).
@@ -812,5 +851,44 @@ mod tests {
         let bad_index = text.replace("\"rules\":0", "\"rules\":5");
         assert!(parse(bad_index.as_bytes()).unwrap_err().to_string().contains("rule set 5"));
         assert!(parse(b"{\"version\":2}").is_err());
+    }
+
+    #[test]
+    fn state_files_are_created_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmpdir("modes");
+        let f = StateFile::new(&dir);
+        // A leftover temporary file from a crash, world-readable.
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(f.path().with_extension("json.tmp"), b"x").unwrap();
+        fs::set_permissions(f.path().with_extension("json.tmp"), fs::Permissions::from_mode(0o644)).unwrap();
+        save(&f, &sample());
+        save(&f, &sample());
+        for p in [f.path().to_path_buf(), f.journal_path(), f.backup_path()] {
+            let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn a_next_id_not_above_the_ids_in_use_is_corrupt() {
+        let text = String::from_utf8(encode(&sample())).unwrap();
+        for n in [1, 3] {
+            let reuse = text.replace("\"next_id\":4", &format!("\"next_id\":{n}"));
+            let e = parse(reuse.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains("p-3") && e.contains("reuse") && e.contains("to 4 or more"), "next_id {n}: {e}");
+        }
+        // The allowlist's ids come from the same counter.
+        let allow = text.replace("\"next_id\":4", "\"next_id\":2").replace("\"id\":\"p-3\"", "\"id\":\"p-0\"");
+        assert!(parse(allow.as_bytes()).unwrap_err().to_string().contains("a-2"), "{allow}");
+        // A state file refusing to load is reported as corrupt and kept.
+        let dir = tmpdir("next-id");
+        let f = StateFile::new(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let reuse = text.replace("\"next_id\":4", "\"next_id\":1");
+        fs::write(f.path(), &reuse).unwrap();
+        let e = f.load().unwrap_err();
+        assert!(matches!(e, StateError::Corrupt { .. }) && e.to_string().contains("next_id"), "{e}");
+        assert_eq!(fs::read_to_string(f.path()).unwrap(), reuse, "kept as it was");
     }
 }

@@ -5,7 +5,7 @@
 use ampguard::{
     dataplane::{
         rules::{DpPolicy, Limit, Mode, Rule},
-        DataPlane, LoadOptions,
+        Capacity, DataPlane,
     },
     model::Model,
     vectors,
@@ -44,7 +44,7 @@ pub struct Fixture {
 impl Fixture {
     pub fn new() -> Self {
         require_root();
-        let mut dp = DataPlane::load(&LoadOptions::default()).expect("load the XDP program");
+        let mut dp = DataPlane::load(&Capacity::default()).expect("load the XDP program");
         let table = vectors::default_port_table();
         dp.set_vectors(&table).expect("vector table");
         let mut model = Model::default();

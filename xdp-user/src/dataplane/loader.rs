@@ -1,0 +1,145 @@
+//! Loading the program, taking a typed handle on each map once, and pinning.
+//!
+//! Every map the controller writes or reads is taken out of the `Ebpf` at
+//! load into the concern that owns it (settings, slots, victims, allowlist,
+//! counters); a map missing from the object, or of another type, is a
+//! start-up error. The program-private maps (clock, sampler) and the sample
+//! ring buffer (until `take_samples`) stay in the `Ebpf`.
+
+use std::path::Path;
+
+use aya::{
+    maps::{Map, MapData, MapError},
+    pin::PinError,
+    programs::Xdp,
+    EbpfLoader,
+};
+use xdp_common::{maps as names, policy::Config, vector::MAX_VECTORS};
+
+use super::{
+    allowlist::Allowlist, counters::Counters, settings::Settings, slots::Slots, victims::Victims, DataPlane, DpError, Faults, XDP_OBJECT,
+};
+
+/// Sizes of the tables (the maps are created with these): the config's
+/// `[capacity]` table, so an operator and the data plane count alike.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capacity {
+    /// Victim policies. The policy table has one more entry: slot 0 means
+    /// "no policy" and is never handed out.
+    pub max_policies: u32,
+    /// Token-bucket entries (one per limited vector per policy).
+    pub max_limiters: u32,
+    /// IPv4 level-2 chunks (one per /16 that holds victims longer than /16).
+    pub v4_chunks: u32,
+    pub max_v6_victims: u32,
+    pub max_allow: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            max_policies: names::DEFAULT_MAX_POLICIES,
+            max_limiters: names::DEFAULT_MAX_LIMITERS,
+            v4_chunks: names::DEFAULT_V4_CHUNKS,
+            max_v6_victims: names::DEFAULT_MAX_V6_VICTIMS,
+            max_allow: names::DEFAULT_MAX_ALLOW,
+        }
+    }
+}
+
+impl Capacity {
+    /// Entries of the policy table (slot 0 included).
+    pub(super) fn policy_slots(&self) -> u32 {
+        self.max_policies + 1
+    }
+}
+
+/// Pins at `path`, removing what a previous run pinned there.
+fn replace_pin(path: &Path, pin: impl FnOnce(&Path) -> Result<(), PinError>) -> Result<(), DpError> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    pin(path).map_err(|e| std::io::Error::other(format!("pin {}: {e}", path.display())))?;
+    Ok(())
+}
+
+/// Takes map `name` out of the loaded object as a typed handle.
+pub(super) fn take<M: TryFrom<Map, Error = MapError>>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<M, DpError> {
+    Ok(M::try_from(ebpf.take_map(name).ok_or(DpError::MissingMap(name))?)?)
+}
+
+impl DataPlane {
+    /// Load the program and create its maps. The program is loaded into the
+    /// kernel but not attached.
+    pub fn load(c: &Capacity) -> Result<Self, DpError> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::POLICIES, c.policy_slots())
+            .map_max_entries(names::POLICY_COUNTERS, c.policy_slots() * MAX_VECTORS as u32)
+            .map_max_entries(names::LIMITERS, c.max_limiters)
+            .map_max_entries(names::V4_L2, c.v4_chunks * names::CHUNK_ENTRIES)
+            .map_max_entries(names::V6_VICTIMS, c.max_v6_victims)
+            .map_max_entries(names::ALLOW_V4, c.max_allow)
+            .map_max_entries(names::ALLOW_V6, c.max_allow);
+        let mut ebpf = loader.load(XDP_OBJECT)?;
+        let program: &mut Xdp = ebpf.program_mut(names::PROGRAM).ok_or(DpError::MissingMap(names::PROGRAM))?.try_into()?;
+        program.load()?;
+        let mut settings = Settings::take(&mut ebpf)?;
+        settings.config.set(0, Config::DEFAULT, 0)?;
+        Ok(Self {
+            settings,
+            slots: Slots::take(&mut ebpf, c)?,
+            victims: Victims::take(&mut ebpf, c)?,
+            allow: Allowlist::take(&mut ebpf, c)?,
+            counters: Counters::take(&mut ebpf)?,
+            ebpf,
+            faults: Faults::default(),
+            capacity: c.clone(),
+        })
+    }
+
+    /// The handle of a map taken at load, by name.
+    fn taken_map(&self, name: &str) -> Option<&MapData> {
+        self.settings
+            .map_named(name)
+            .or_else(|| self.slots.map_named(name))
+            .or_else(|| self.victims.map_named(name))
+            .or_else(|| self.allow.map_named(name))
+            .or_else(|| self.counters.map_named(name))
+    }
+
+    /// Pin every map under `dir` (replacing pins of a previous run), so
+    /// bpftool and operators can inspect what is enforced. Maps handed out
+    /// with `take_samples` are no longer here to pin.
+    pub fn pin_maps(&self, dir: &Path) -> Result<(), DpError> {
+        std::fs::create_dir_all(dir)?;
+        for name in names::ALL {
+            let path = dir.join(name);
+            if let Some(m) = self.ebpf.map(name) {
+                replace_pin(&path, |p| m.pin(p))?;
+            } else if let Some(m) = self.taken_map(name) {
+                replace_pin(&path, |p| m.pin(p))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
+    /// The XDP program, to attach or to test-run.
+    pub fn program(&self) -> &Xdp {
+        self.ebpf.program(names::PROGRAM).expect("loaded").try_into().expect("xdp")
+    }
+
+    pub fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf.program_mut(names::PROGRAM).expect("loaded").try_into().expect("xdp")
+    }
+
+    /// The ring buffer of samples, for a reader task (can be taken once).
+    pub fn take_samples(&mut self) -> Result<aya::maps::RingBuf<MapData>, DpError> {
+        take(&mut self.ebpf, names::SAMPLES)
+    }
+}
