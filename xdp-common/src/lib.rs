@@ -14,6 +14,7 @@ pub mod maps;
 pub mod policy;
 pub mod signature;
 pub mod vector;
+pub mod wire;
 
 #[cfg(feature = "user")]
 mod user;
