@@ -20,7 +20,7 @@ mod parse;
 mod signature;
 mod verdict;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 /// Declared `frags` so that drivers which require a multi-buffer aware program
 /// for jumbo MTUs accept it in native mode; headers are parsed in the linear part.
@@ -28,9 +28,6 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 pub fn ampguard(ctx: XdpContext) -> u32 {
     verdict::decide(&ctx)
 }
-
-#[allow(dead_code)]
-const _PASS: u32 = xdp_action::XDP_PASS;
 
 #[cfg(not(test))]
 #[panic_handler]

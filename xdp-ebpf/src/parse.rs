@@ -7,9 +7,10 @@
 //! [`L3`]); a parse function either returns what the packet holds or
 //! [`Parsed::ParseError`]. Nothing here drops anything.
 //!
-//! Limits, mirrored by the reference model (xdp-user/src/model.rs):
-//! - Ethernet with up to two VLAN tags (802.1Q 0x8100, 802.1ad 0x88a8); a third
-//!   tag is a parse error (passed).
+//! Limits (`xdp_common::wire`, implemented again by the reference model in
+//! xdp-user/src/model.rs):
+//! - Ethernet with up to [`MAX_VLAN_TAGS`] VLAN tags (802.1Q 0x8100, 802.1ad
+//!   0x88a8); one more tag is a parse error (passed).
 //! - IPv4 with options (IHL 5..15); IHL < 5 or a version other than 4 is a parse
 //!   error. Length fields other than the IHL are not trusted or needed.
 //! - IPv6 with up to [`MAX_EXT_HEADERS`] extension headers (hop-by-hop, routing,
@@ -20,15 +21,10 @@
 //!   offset != 0) carries no UDP header: it is reported as a fragment.
 
 use aya_ebpf::programs::XdpContext;
+use xdp_common::wire::{is_vlan, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, MAX_EXT_HEADERS, MAX_L4_OFFSET, MAX_VLAN_TAGS};
 
-pub const ETH_P_IPV4: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-pub const ETH_P_8021Q: u16 = 0x8100;
-pub const ETH_P_8021AD: u16 = 0x88a8;
-pub const IPPROTO_UDP: u8 = 17;
-pub const MAX_EXT_HEADERS: usize = 8;
-/// The UDP header (or the fragment header) must start before this frame offset.
-pub const MAX_L4_OFFSET: usize = 512;
+// parse_general unrolls the VLAN tags by hand (for the verifier): two of them.
+const _: () = assert!(MAX_VLAN_TAGS == 2);
 
 /// The IP header and its family. `hdr` points at the IP header and was
 /// bounds-checked by the parser for the whole fixed header (20 bytes for IPv4,
@@ -145,16 +141,16 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
 fn parse_general(ctx: &XdpContext) -> Parsed {
     let Some(mut proto) = be16(ctx, 12) else { return Parsed::ParseError };
     let mut off = 14;
-    // Two VLAN tags at most, unrolled for the verifier.
-    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+    // MAX_VLAN_TAGS (two) tags at most, unrolled for the verifier.
+    if is_vlan(proto) {
         let Some(p) = be16(ctx, off + 2) else { return Parsed::ParseError };
         proto = p;
         off += 4;
-        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        if is_vlan(proto) {
             let Some(p) = be16(ctx, off + 2) else { return Parsed::ParseError };
             proto = p;
             off += 4;
-            if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            if is_vlan(proto) {
                 return Parsed::ParseError;
             }
         }
