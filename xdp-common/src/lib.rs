@@ -2,10 +2,15 @@
 //!
 //! Everything that crosses the kernel/user boundary lives here once: map names,
 //! map value layouts (`#[repr(C)]`, plain old data), vector ids, rule actions,
-//! and the pure logic both sides must agree on (the token bucket, the
-//! victim-table encoding). The reference model in `xdp-user` reuses the same
-//! functions, so a disagreement between model and program is a real bug in one
-//! of them, not a copy that drifted.
+//! the wire contract (`wire`: EtherTypes, parsing limits), and the pure logic
+//! the program and the controller must agree on (the token bucket, the
+//! victim-table encoding, the reflection signatures over fixed-size byte
+//! arrays). Each is unit-tested here, on the host.
+//!
+//! The reference model in `xdp-user` reuses the token bucket and the limits but
+//! has its own parser and signatures, written from the RFCs: the differential
+//! test compares two independent readings, so a disagreement is a real bug in
+//! one of them.
 #![no_std]
 
 pub mod bucket;

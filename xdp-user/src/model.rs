@@ -2,10 +2,13 @@
 //! byte slices, from the same tables. The differential test (tests/) runs
 //! generated packets through both and requires the same verdict every time.
 //!
-//! It is written from the contract in xdp-ebpf/src/parse.rs and verdict.rs,
-//! not by copying their code: slices and early returns here, bounds-checked
-//! pointer reads there. Shared on purpose: the token bucket maths
-//! (`xdp_common::bucket`) and the vector ids.
+//! The parser and the signatures are written from the RFCs and the
+//! protocols' specifications (cited in place), within the contract's limits
+//! (`xdp_common::wire`, the windows in `xdp_common::signature`), not by
+//! copying the program or calling `xdp_common::signature`'s predicates: two
+//! independent readings, so that the differential test finds a bug in either.
+//! Shared on purpose: the token bucket maths (`xdp_common::bucket`), the
+//! vector ids and the limits.
 
 use std::{
     collections::HashMap,
@@ -18,6 +21,7 @@ use xdp_common::{
     counters::{reason, verdict},
     policy::NO_SLOT,
     vector::{self, MAX_VECTORS},
+    wire,
 };
 
 use crate::dataplane::rules::{Conditions, DpPolicy, Mode, Rule, Verb};
@@ -61,20 +65,20 @@ pub enum Parsed {
     ParseError,
 }
 
-const MAX_EXT_HEADERS: usize = 8;
-const MAX_L4_OFFSET: usize = 512;
-
 fn be16(p: &[u8], off: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*p.get(off)?, *p.get(off + 1)?]))
 }
 
+/// Ethernet II (RFC 894, RFC 2464): destination, source, EtherType at octet
+/// 12. A VLAN tag (IEEE 802.1Q, TPID 0x8100; 802.1ad, 0x88a8) inserts 4 octets
+/// (TPID, TCI) before the EtherType; the contract allows `MAX_VLAN_TAGS`.
 pub fn parse(p: &[u8]) -> Parsed {
     let mut off = 14;
     let Some(mut ethertype) = be16(p, 12) else { return Parsed::ParseError };
     let mut tags = 0;
     while ethertype == 0x8100 || ethertype == 0x88a8 {
         tags += 1;
-        if tags > 2 {
+        if tags > wire::MAX_VLAN_TAGS {
             return Parsed::ParseError;
         }
         let Some(inner) = be16(p, off + 2) else { return Parsed::ParseError };
@@ -88,26 +92,36 @@ pub fn parse(p: &[u8]) -> Parsed {
     }
 }
 
+/// RFC 791 section 3.1: version and IHL (32-bit words, at least 5) in octet 0,
+/// flags and fragment offset in octets 6-7 (offset: the low 13 bits),
+/// protocol in octet 9, addresses at 12 and 16; the header is IHL * 4 octets.
 fn parse_v4(p: &[u8], off: usize) -> Parsed {
     let Some(h) = p.get(off..off + 20) else { return Parsed::ParseError };
-    let ihl = (h[0] & 15) as usize;
-    if h[0] >> 4 != 4 || ihl < 5 {
+    let (version, ihl) = (h[0] >> 4, usize::from(h[0] & 0x0f));
+    if version != 4 || ihl < 5 {
         return Parsed::ParseError;
     }
     let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
     let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
-    if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+    let fragment_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    if fragment_offset != 0 {
         return Parsed::Fragment { src, dst };
     }
     if h[9] != 17 {
         return Parsed::NotUdp;
     }
-    match be16(p, off + ihl * 4) {
-        Some(sport) => Parsed::Udp { src, dst, sport, l4: off + ihl * 4 },
+    let l4 = off + ihl * 4;
+    match be16(p, l4) {
+        Some(sport) => Parsed::Udp { src, dst, sport, l4 },
         None => Parsed::ParseError,
     }
 }
 
+/// RFC 8200 section 3: version 6 in the top 4 bits of octet 0, Next Header
+/// in octet 6, addresses at 8 and 24, 40 octets. Extension headers (section
+/// 4) chain by their first octet, Next Header. The contract walks at most
+/// `MAX_EXT_HEADERS` of them, each starting before `MAX_L4_OFFSET`; a longer
+/// chain is a parse error, a header it does not walk (AH, ESP, ...) "not UDP".
 fn parse_v6(p: &[u8], off: usize) -> Parsed {
     let Some(h) = p.get(off..off + 40) else { return Parsed::ParseError };
     if h[0] >> 4 != 6 {
@@ -116,37 +130,46 @@ fn parse_v6(p: &[u8], off: usize) -> Parsed {
     let addr = |b: &[u8]| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap()));
     let (src, dst) = (addr(&h[8..24]), addr(&h[24..40]));
     let mut next = h[6];
-    let mut off = off + 40;
-    // One step per extension header, and one more for the header after the
-    // last of them: MAX_EXT_HEADERS headers pass, one more is a parse error.
-    for _ in 0..=MAX_EXT_HEADERS {
-        if off >= MAX_L4_OFFSET {
+    let mut at = off + 40;
+    let mut walked = 0;
+    loop {
+        if at >= wire::MAX_L4_OFFSET {
+            return Parsed::ParseError;
+        }
+        let is_extension = matches!(next, 0 | 43 | 44 | 60);
+        if is_extension && walked == wire::MAX_EXT_HEADERS {
             return Parsed::ParseError;
         }
         match next {
             17 => {
-                return match be16(p, off) {
-                    Some(sport) => Parsed::Udp { src, dst, sport, l4: off },
+                return match be16(p, at) {
+                    Some(sport) => Parsed::Udp { src, dst, sport, l4: at },
                     None => Parsed::ParseError,
-                }
+                };
             }
+            // Hop-by-Hop Options (4.3), Routing (4.4), Destination Options
+            // (4.6): Next Header, then Hdr Ext Len "in 8-octet units, not
+            // including the first 8 octets".
             0 | 43 | 60 => {
-                let Some(e) = p.get(off..off + 2) else { return Parsed::ParseError };
-                next = e[0];
-                off += (e[1] as usize + 1) * 8;
+                let Some(&[nh, hdr_ext_len]) = p.get(at..at + 2) else { return Parsed::ParseError };
+                next = nh;
+                at += 8 + 8 * usize::from(hdr_ext_len);
             }
+            // Fragment (4.5): Next Header, Reserved, then Fragment Offset (13
+            // bits), Res (2), M (1); 8 octets. A non-first fragment carries
+            // no UDP header.
             44 => {
-                let Some(e) = p.get(off..off + 4) else { return Parsed::ParseError };
-                if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+                let Some(&[nh, _, hi, lo]) = p.get(at..at + 4) else { return Parsed::ParseError };
+                if u16::from_be_bytes([hi, lo]) >> 3 != 0 {
                     return Parsed::Fragment { src, dst };
                 }
-                next = e[0];
-                off += 8;
+                next = nh;
+                at += 8;
             }
             _ => return Parsed::NotUdp,
         }
+        walked += 1;
     }
-    Parsed::ParseError
 }
 
 /// The tables the model decides from: a plain copy of what the controller put
@@ -280,90 +303,177 @@ impl Model {
     }
 }
 
-/// Frame offsets past this are never read by a signature (as in the program).
-pub const MAX_SIG_OFFSET: usize = 1024;
-
 /// The reflection signatures over a byte slice (`payload` = everything after
 /// the UDP header, which starts at frame offset `at`; `plen` = the UDP
 /// header's payload length).
+///
+/// Written from the protocols' specifications (cited per vector), not from
+/// the XDP program or `xdp_common::signature`'s predicates, so that the
+/// differential test compares two independent readings. What is shared is
+/// the contract's numbers: the vector ids, the window sizes the program reads
+/// (a payload shorter than a vector's window does not match) and the limits.
 pub fn signature_matches(vector: u8, payload: &[u8], at: usize, plen: usize, dns_large: u16, dns_many: u16) -> bool {
-    if at > MAX_SIG_OFFSET {
+    use xdp_common::signature::{self as sig, CHARGEN, CLDAP, DNS, MEMCACHED, NTP, QOTD, SNMP, SSDP};
+    if at > sig::MAX_SIG_OFFSET {
         return false;
     }
-    use xdp_common::signature::*;
-    let ber_header = |b: u8| match b {
-        0..=0x7f => Some(2usize),
-        0x81..=0x84 => Some(2 + (b & 0x7f) as usize),
-        _ => None,
-    };
     match vector {
+        // RFC 864 / RFC 865: the reply is the whole service; any payload is one.
         CHARGEN | QOTD => plen > 0,
-        NTP => payload.len() >= NTP_WINDOW && matches!(payload[0] & 7, 6 | 7),
-        SSDP => payload.starts_with(SSDP_OK),
-        MEMCACHED => {
-            payload.len() >= 13
-                && payload[6] == 0
-                && payload[7] == 0
-                && (&payload[8..13] == b"STAT " || payload.get(8..14) == Some(b"VALUE "))
-        }
-        DNS => {
-            if payload.len() < 12 || payload[2] & 0x80 == 0 {
-                return false;
-            }
-            if plen > dns_large as usize {
-                return true;
-            }
-            let ancount = u16::from_be_bytes([payload[6], payload[7]]);
-            if dns_many != 0 && ancount >= dns_many {
-                return true;
-            }
-            if u16::from_be_bytes([payload[4], payload[5]]) == 0 {
-                return false;
-            }
-            let mut i = 12;
-            for _ in 0..=DNS_MAX_LABELS {
-                if at + i > MAX_SIG_OFFSET || payload.len() < i + 2 {
-                    return false;
-                }
-                let l = payload[i];
-                if l == 0 {
-                    return payload.get(i + 1..i + 3) == Some(&[0, 255]);
-                }
-                if l >= 64 {
-                    return false;
-                }
-                i += 1 + l as usize;
-            }
-            false
-        }
-        CLDAP => {
-            let Some(w) = payload.get(..CLDAP_WINDOW) else { return false };
-            if w[0] != 0x30 {
-                return false;
-            }
-            let Some(h) = ber_header(w[1]) else { return false };
-            w[h] == 0x02 && (1..=4).contains(&w[h + 1]) && w[h + 2 + w[h + 1] as usize] == 0x64
-        }
-        SNMP => {
-            let Some(w) = payload.get(..SNMP_WINDOW) else { return false };
-            if w[0] != 0x30 {
-                return false;
-            }
-            let Some(h) = ber_header(w[1]) else { return false };
-            w[h] == 0x02
-                && w[h + 1] == 0x01
-                && w[h + 3] == 0x04
-                && (w[h + 4] as usize) <= SNMP_MAX_COMMUNITY
-                && w[h + 5 + w[h + 4] as usize] == 0xa2
-        }
+        NTP => ntp_control_or_private(payload),
+        SSDP => ssdp_search_response(payload),
+        MEMCACHED => memcached_udp_reply(payload),
+        DNS => dns_amplified_response(payload, at, plen, dns_large, dns_many),
+        CLDAP => ldap_search_res_entry(payload),
+        SNMP => snmp_get_response(payload),
         _ => false,
     }
+}
+
+/// RFC 5905 section 7.3: the first octet is LI (2 bits), VN (3 bits), Mode
+/// (3 bits, the low ones). Mode 6 is "NTP control message" (RFC 9327), mode 7
+/// "reserved for private use" (ntpd's monlist). The program reads an 8-octet
+/// window (the mode 7 header).
+fn ntp_control_or_private(payload: &[u8]) -> bool {
+    if payload.len() < xdp_common::signature::NTP_WINDOW {
+        return false;
+    }
+    let mode = payload[0] & 0b111;
+    mode == 6 || mode == 7
+}
+
+/// UPnP Device Architecture 2.0 section 1.3.3, "Search response": the reply to
+/// an M-SEARCH is an HTTPU response whose status line is "HTTP/1.1 200 OK".
+fn ssdp_search_response(payload: &[u8]) -> bool {
+    payload.starts_with(b"HTTP/1.1 200 OK")
+}
+
+/// memcached's protocol.txt, "UDP protocol": each datagram starts with an
+/// 8-byte frame header (request id, sequence number, total datagrams, and a
+/// 2-byte reserved field that "must be 0"), then text as over TCP: a get's
+/// reply starts "VALUE <key> ...", a stats reply "STAT <name> ...".
+fn memcached_udp_reply(payload: &[u8]) -> bool {
+    let Some((frame, text)) = payload.split_at_checked(8) else { return false };
+    let reserved = u16::from_be_bytes([frame[6], frame[7]]);
+    reserved == 0 && (text.starts_with(b"STAT ") || text.starts_with(b"VALUE "))
+}
+
+/// RFC 1035 section 4.1.1 (header), 4.1.2 (question), 3.1 (names): a response
+/// (QR, the top bit of the third octet, set) that is large, carries many
+/// answers (ANCOUNT), or whose first question asks for QTYPE 255 ("*", ANY:
+/// section 3.2.3, RFC 8482). The question name is walked as labels only; a
+/// compression pointer (section 4.1.4, top bits 11) or a reserved label type
+/// (10, 01) ends the walk without a match, as does a name of more than
+/// DNS_MAX_LABELS labels or one reaching past MAX_SIG_OFFSET in the frame.
+fn dns_amplified_response(payload: &[u8], at: usize, plen: usize, dns_large: u16, dns_many: u16) -> bool {
+    use xdp_common::signature::{DNS_MAX_LABELS, MAX_SIG_OFFSET};
+    let Some(header) = payload.get(..12) else { return false };
+    let is_response = header[2] >> 7 == 1;
+    let qdcount = u16::from_be_bytes([header[4], header[5]]);
+    let ancount = u16::from_be_bytes([header[6], header[7]]);
+    if !is_response {
+        return false;
+    }
+    if plen > usize::from(dns_large) || (dns_many > 0 && ancount >= dns_many) {
+        return true;
+    }
+    if qdcount == 0 {
+        return false;
+    }
+    // QNAME: length-prefixed labels (at most 63 octets, section 2.3.4) ending
+    // with the zero-length root label; QTYPE follows it.
+    let mut pos = 12;
+    let mut labels = 0;
+    loop {
+        if at + pos > MAX_SIG_OFFSET {
+            return false;
+        }
+        let Some(&len) = payload.get(pos) else { return false };
+        if len == 0 {
+            return payload.get(pos + 1..pos + 3).is_some_and(|qtype| u16::from_be_bytes([qtype[0], qtype[1]]) == 255);
+        }
+        if len >> 6 != 0b00 {
+            return false;
+        }
+        labels += 1;
+        if labels > DNS_MAX_LABELS {
+            return false;
+        }
+        pos += 1 + usize::from(len);
+    }
+}
+
+/// X.690 section 8.1.3, the length octets after a one-octet identifier:
+/// definite short form (8.1.3.4, bit 8 zero: one octet) or definite long form
+/// (8.1.3.5: 0x80 | n, then n octets), with at most 4 length octets (the
+/// appliance's limit). 0x80 is the indefinite form (8.1.3.6), which LDAP
+/// (RFC 4511 section 5.1) and SNMP (RFC 3417 section 8) do not use. Returns
+/// where the contents start, from the identifier octet.
+fn ber_contents_start(length_octet: u8) -> Option<usize> {
+    if length_octet & 0x80 == 0 {
+        return Some(2);
+    }
+    let n = usize::from(length_octet & 0x7f);
+    (1..=4).contains(&n).then_some(2 + n)
+}
+
+/// RFC 4511 section 4.1.1: LDAPMessage ::= SEQUENCE { messageID MessageID,
+/// protocolOp CHOICE { ..., searchResEntry SearchResultEntry, ... } }, with
+/// MessageID ::= INTEGER (0 .. maxInt), maxInt 2^31-1, so 1 to 4 content
+/// octets in a one-octet length; SearchResultEntry ::= [APPLICATION 4]
+/// (section 4.5.2), constructed: 0x64. CLDAP (RFC 1798) replies to a rootDSE
+/// query with one. The program reads a CLDAP_WINDOW-octet window.
+fn ldap_search_res_entry(payload: &[u8]) -> bool {
+    let Some(msg) = payload.get(..xdp_common::signature::CLDAP_WINDOW) else { return false };
+    // SEQUENCE: universal, constructed, tag 16 (X.690 section 8.9).
+    if msg[0] != 0x30 {
+        return false;
+    }
+    let Some(id) = ber_contents_start(msg[1]) else { return false };
+    // INTEGER: universal 2.
+    if msg[id] != 0x02 {
+        return false;
+    }
+    let id_len = usize::from(msg[id + 1]);
+    if !(1..=4).contains(&id_len) {
+        return false;
+    }
+    msg.get(id + 2 + id_len) == Some(&0x64)
+}
+
+/// RFC 1157 section 4.1 (and RFC 1901 section 3 for v2c, the same layout):
+/// Message ::= SEQUENCE { version INTEGER, community OCTET STRING, data },
+/// version a one-octet INTEGER; the PDU a GetResponse-PDU ::= [2] IMPLICIT
+/// (RFC 1157 section 4.1.4; RFC 3416 section 3's Response-PDU), context
+/// class, constructed: 0xa2. The program reads an SNMP_WINDOW-octet window
+/// and takes communities of at most SNMP_MAX_COMMUNITY octets.
+fn snmp_get_response(payload: &[u8]) -> bool {
+    use xdp_common::signature::{SNMP_MAX_COMMUNITY, SNMP_WINDOW};
+    let Some(msg) = payload.get(..SNMP_WINDOW) else { return false };
+    if msg[0] != 0x30 {
+        return false;
+    }
+    let Some(version) = ber_contents_start(msg[1]) else { return false };
+    // version: INTEGER (2), length 1, any value.
+    if msg[version..version + 2] != [0x02, 0x01] {
+        return false;
+    }
+    // community: OCTET STRING (4), short-form length.
+    let community = version + 3;
+    if msg[community] != 0x04 {
+        return false;
+    }
+    let community_len = usize::from(msg[community + 1]);
+    if community_len > SNMP_MAX_COMMUNITY {
+        return false;
+    }
+    msg.get(community + 2 + community_len) == Some(&0xa2)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::PacketBuilder;
+    use crate::{packet::PacketBuilder, payloads};
 
     #[test]
     fn parses_the_documented_shapes() {
@@ -381,5 +491,41 @@ mod tests {
             let p = parse(&udp[..cut]);
             assert!(cut >= 14 + 20 + 2 || p == Parsed::ParseError, "cut {cut}: {p:?}");
         }
+    }
+
+    #[test]
+    fn ipv6_chains_stop_at_the_limit_even_at_a_fragment_header() {
+        let v6 = |chain: &[u8]| PacketBuilder::udp6("[2001:db8:1::7]:53", "[2001:db8:2::10]:4000").ext_headers(chain);
+        let eight = [0u8, 60, 43, 60, 60, 43, 60, 60];
+        assert!(matches!(parse(&v6(&eight).build()), Parsed::Udp { sport: 53, .. }));
+        let nine = [0u8, 60, 43, 60, 60, 43, 60, 60, 60];
+        assert_eq!(parse(&v6(&nine).build()), Parsed::ParseError);
+        // The ninth header is one too many whatever it is, a non-first fragment included.
+        assert_eq!(parse(&v6(&eight).fragment_offset(185).build()), Parsed::ParseError);
+        let seven = [0u8, 60, 43, 60, 60, 43, 60];
+        assert!(matches!(parse(&v6(&seven).fragment_offset(185).build()), Parsed::Fragment { .. }));
+    }
+
+    #[test]
+    fn signature_limits() {
+        let dns = |labels: usize| {
+            let name = vec!["a"; labels].join(".");
+            signature_matches(xdp_common::signature::DNS, &payloads::dns_response(&name, 255, 1, 0), 42, 100, 512, 10)
+        };
+        assert!(dns(1) && dns(16), "ANY with up to 16 labels");
+        assert!(!dns(17), "a 17-label name is not walked");
+        let snmp = |community: usize| {
+            // SEQUENCE (long-form length), version 1 (v2c), community, GetResponse.
+            let mut p = vec![0x30, 0x82, 0x01, 0x00, 0x02, 0x01, 0x01, 0x04, community as u8];
+            p.extend(std::iter::repeat_n(b'c', community));
+            p.extend([0xa2, 0x82, 0x00, 0xf0]);
+            p.resize(300, 0);
+            signature_matches(xdp_common::signature::SNMP, &p, 42, p.len(), 512, 10)
+        };
+        assert!(snmp(48) && !snmp(49));
+        // Past MAX_SIG_OFFSET nothing matches, not even chargen.
+        let off = xdp_common::signature::MAX_SIG_OFFSET;
+        assert!(signature_matches(xdp_common::signature::CHARGEN, b"x", off, 1, 512, 10));
+        assert!(!signature_matches(xdp_common::signature::CHARGEN, b"x", off + 1, 1, 512, 10));
     }
 }
