@@ -198,18 +198,15 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
     let l3 = L3 { hdr: h, v6: true };
     let mut off = off + 40;
     // One step per extension header, and one more for the header after the
-    // last of them: MAX_EXT_HEADERS headers pass, one more is a parse error.
-    for _ in 0..=MAX_EXT_HEADERS {
+    // last of them, where only UDP may follow: MAX_EXT_HEADERS headers pass,
+    // one more (a non-first fragment's included) is a parse error.
+    for i in 0..=MAX_EXT_HEADERS {
         if off >= MAX_L4_OFFSET {
             return Parsed::ParseError;
         }
         match next {
-            IPPROTO_UDP => {
-                return match be16(ctx, off) {
-                    Some(sport) => Parsed::Udp { l3, l4: off, sport },
-                    None => Parsed::ParseError,
-                };
-            }
+            IPPROTO_UDP => return udp(ctx, l3, off),
+            0 | 43 | 44 | 60 if i == MAX_EXT_HEADERS => return Parsed::ParseError,
             // Hop-by-hop, routing, destination options: RFC 8200 section 4.
             0 | 43 | 60 => {
                 let Some(e) = read::<[u8; 2]>(ctx, off) else { return Parsed::ParseError };
@@ -229,4 +226,12 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
         }
     }
     Parsed::ParseError
+}
+
+#[inline(always)]
+fn udp(ctx: &XdpContext, l3: L3, off: usize) -> Parsed {
+    match be16(ctx, off) {
+        Some(sport) => Parsed::Udp { l3, l4: off, sport },
+        None => Parsed::ParseError,
+    }
 }
