@@ -165,7 +165,7 @@ pub fn dns_qtype_any(t: [u8; 2]) -> bool {
     u16::from_be_bytes(t) == 255
 }
 
-/// CLDAP: SEQUENCE { messageID INTEGER (1-4 bytes), [APPLICATION 4]
+/// CLDAP: SEQUENCE { messageID INTEGER (1-4 bytes), `[APPLICATION 4]`
 /// searchResEntry }, all within the window.
 #[inline(always)]
 pub fn cldap(w: &[u8; CLDAP_WINDOW]) -> bool {
@@ -182,7 +182,7 @@ pub fn cldap(w: &[u8; CLDAP_WINDOW]) -> bool {
 }
 
 /// SNMP: SEQUENCE { version INTEGER (1 byte), community OCTET STRING (at most
-/// SNMP_MAX_COMMUNITY bytes), GetResponse-PDU [2] }, all within the window.
+/// SNMP_MAX_COMMUNITY bytes), GetResponse-PDU `[2]` }, all within the window.
 #[inline(always)]
 pub fn snmp(w: &[u8; SNMP_WINDOW]) -> bool {
     if w[0] != 0x30 {

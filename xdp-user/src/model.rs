@@ -420,7 +420,7 @@ fn ber_contents_start(length_octet: u8) -> Option<usize> {
 /// RFC 4511 section 4.1.1: LDAPMessage ::= SEQUENCE { messageID MessageID,
 /// protocolOp CHOICE { ..., searchResEntry SearchResultEntry, ... } }, with
 /// MessageID ::= INTEGER (0 .. maxInt), maxInt 2^31-1, so 1 to 4 content
-/// octets in a one-octet length; SearchResultEntry ::= [APPLICATION 4]
+/// octets in a one-octet length; SearchResultEntry ::= `[APPLICATION 4]`
 /// (section 4.5.2), constructed: 0x64. CLDAP (RFC 1798) replies to a rootDSE
 /// query with one. The program reads a CLDAP_WINDOW-octet window.
 fn ldap_search_res_entry(payload: &[u8]) -> bool {
@@ -443,7 +443,7 @@ fn ldap_search_res_entry(payload: &[u8]) -> bool {
 
 /// RFC 1157 section 4.1 (and RFC 1901 section 3 for v2c, the same layout):
 /// Message ::= SEQUENCE { version INTEGER, community OCTET STRING, data },
-/// version a one-octet INTEGER; the PDU a GetResponse-PDU ::= [2] IMPLICIT
+/// version a one-octet INTEGER; the PDU a GetResponse-PDU ::= `[2] IMPLICIT`
 /// (RFC 1157 section 4.1.4; RFC 3416 section 3's Response-PDU), context
 /// class, constructed: 0xa2. The program reads an SNMP_WINDOW-octet window
 /// and takes communities of at most SNMP_MAX_COMMUNITY octets.
