@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use xdp_common::counters::verdict;
 
 use super::{parse_json, ApiError, Shared};
-use crate::store::{parse_prefix, state::PolicyRecord, PolicyPatch, PolicyRequest};
+use crate::store::{codec::PolicyRecord, parse_prefix, PolicyPatch, PolicyRequest};
 
 fn view(p: &PolicyRecord) -> Value {
     serde_json::to_value(p).expect("record serializes")

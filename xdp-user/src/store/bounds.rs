@@ -21,7 +21,7 @@ use ipnet::IpNet;
 
 use crate::config::Config;
 
-use super::state::{PolicyRecord, RuleSet};
+use super::codec::{PolicyRecord, RuleSet};
 
 /// Addresses in a prefix (`::/0`, 2^128, saturates at `u128::MAX`).
 pub fn addresses(net: &IpNet) -> u128 {

@@ -7,8 +7,8 @@
 //! `fdatasync` covers every change made while the previous one was written.
 
 pub mod bounds;
+pub mod codec;
 pub mod persist;
-pub mod state;
 pub mod table;
 
 use std::{
@@ -21,7 +21,7 @@ use std::{
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
-use self::state::{journal_line, AllowRecord, Change, PolicyRecord, RuleSet, State, StateError, StateFile};
+use self::codec::{journal_line, AllowRecord, Change, PolicyRecord, RuleSet, State, StateError, StateFile};
 use crate::{
     alerts::{Alert, AlertAction},
     clock,
@@ -361,7 +361,7 @@ impl Store {
 
     fn intern_shared(&mut self, rules: &Arc<RuleSet>) -> Arc<RuleSet> {
         self.rule_sets.retain(|a| Arc::strong_count(a) > 1);
-        state::share_rules(&mut self.rule_sets, rules)
+        codec::share_rules(&mut self.rule_sets, rules)
     }
 
     /// Every policy, in the order they were made.

@@ -13,7 +13,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use super::state::PolicyRecord;
+use super::codec::PolicyRecord;
 
 #[derive(Clone, Debug, Default)]
 pub struct PolicyTable {
