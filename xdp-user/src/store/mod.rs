@@ -357,7 +357,8 @@ impl Store {
     }
 
     /// The shared copy of a rule set: 100,000 policies from one profile hold
-    /// one map, not 100,000. Sets no policy uses any more are dropped.
+    /// one map, not 100,000. Found by a hash of the content (`RuleSets`);
+    /// sets no policy uses any more are dropped as the table grows.
     fn intern(&mut self, rules: RuleSet) -> Arc<RuleSet> {
         self.intern_shared(&Arc::new(rules))
     }
