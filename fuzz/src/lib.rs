@@ -14,7 +14,7 @@ use ampguard::{
     alerts::{self, fastnetmon, generic::parse_generic, Alert, MAX_ATTACK_TYPE_BYTES},
     config::{self, Config},
     profiles::RuleSpec,
-    store::{self, state, PolicyRequest},
+    store::{self, codec, PolicyRequest},
     vectors::VectorTable,
 };
 
@@ -127,14 +127,14 @@ pub fn config_toml(data: &[u8]) {
 }
 
 /// The state snapshot, read at every start: an accepted state is written the
-/// way the daemon writes it (`state::encode`, the bytes `StateFile::save`
+/// way the daemon writes it (`codec::encode`, the bytes `StateFile::save`
 /// streams) and reads back equal; and the same bytes as a journal never panic.
 /// (Timestamps have whole-second resolution: a fraction written by hand is
 /// dropped on reading; fuzz/regressions/state_file/fractional-seconds.json.)
 pub fn state_file(data: &[u8]) {
-    let mut empty = state::State::empty();
-    let _ = state::replay(&mut empty, data);
-    let Ok(st) = state::parse(data) else { return };
+    let mut empty = codec::State::empty();
+    let _ = codec::replay(&mut empty, data);
+    let Ok(st) = codec::parse(data) else { return };
     // Every id in use is below next_id: a new one never reuses it.
     let ids = st.policies.iter().map(|p| p.id.as_str()).chain(st.allowlist.iter().map(|a| a.id.as_str()));
     for id in ids {
@@ -142,12 +142,12 @@ pub fn state_file(data: &[u8]) {
             assert!(n < st.next_id, "id {id} in use with next_id {}", st.next_id);
         }
     }
-    let bytes = state::encode(&st);
-    match state::parse(&bytes) {
+    let bytes = codec::encode(&st);
+    match codec::parse(&bytes) {
         Ok(back) => {
             assert_eq!(back, st, "state changed through a save and load");
-            let again = state::encode(&back);
-            assert_eq!(state::parse(&again).ok().as_ref(), Some(&back), "a saved state changed through a second save");
+            let again = codec::encode(&back);
+            assert_eq!(codec::parse(&again).ok().as_ref(), Some(&back), "a saved state changed through a second save");
         }
         Err(e) => panic!("a saved state is refused: {e}\nstate: {st:?}\nfile: {}", String::from_utf8_lossy(&bytes)),
     }

@@ -161,7 +161,7 @@ fn thousand_concurrent_clients_under_attack_leave_api_state_file_and_maps_in_agr
     let (st, list) = d.call("GET", "/v1/policies", None).unwrap();
     assert_eq!(st, 200);
     // What a restart would load: the snapshot with the journal replayed on it.
-    let state = ampguard::store::state::StateFile::new(&d.dir.join("state")).load().expect("state files read");
+    let state = ampguard::store::files::StateFile::new(&d.dir.join("state")).load().expect("state files read");
     let on_disk: Vec<Value> = state.policies.iter().map(|p| serde_json::to_value(&**p).unwrap()).collect();
     assert!(list["policies"].as_array().unwrap() == &on_disk, "GET /v1/policies and the state files differ");
     let have: BTreeSet<String> = list["policies"].as_array().unwrap().iter().map(|p| p["victim"].as_str().unwrap().to_string()).collect();

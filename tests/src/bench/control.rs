@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use ampguard::store::state::{State, StateFile};
+use ampguard::store::{codec::State, files::StateFile};
 use ampguard::{
     clock,
     dataplane::{rules::DpPolicy, rules::Mode, Capacity, DataPlane},

@@ -11,7 +11,11 @@ use serde_json::{json, Map, Value};
 use xdp_common::counters::verdict;
 
 use super::{parse_json, ApiError, Shared};
-use crate::store::{parse_prefix, state::PolicyRecord, PolicyPatch, PolicyRequest};
+use crate::store::{
+    parse_prefix,
+    record::{Origin, PolicyRecord},
+    PolicyPatch, PolicyRequest,
+};
 
 fn view(p: &PolicyRecord) -> Value {
     serde_json::to_value(p).expect("record serializes")
@@ -71,7 +75,7 @@ pub async fn list(
 
 pub async fn create(State(app): State<Shared>, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: PolicyRequest = parse_json(body)?;
-    let rec = super::change(&app, |s| s.create_policy(req, "api")).await?;
+    let rec = super::change(&app, |s| s.create_policy(req, Origin::Api)).await?;
     tracing::info!(id = rec.id, victim = %rec.victim, "policy created");
     Ok((StatusCode::CREATED, Json(view(&rec))))
 }

@@ -21,7 +21,7 @@ use ipnet::IpNet;
 
 use crate::config::Config;
 
-use super::state::{PolicyRecord, RuleSet};
+use super::record::{PolicyRecord, RuleSet};
 
 /// Addresses in a prefix (`::/0`, 2^128, saturates at `u128::MAX`).
 pub fn addresses(net: &IpNet) -> u128 {
@@ -74,7 +74,7 @@ pub fn footprint(rules: &RuleSet) -> Footprint {
 
 /// A policy made by an alert (not through the API).
 pub fn by_alert(p: &PolicyRecord) -> bool {
-    p.source != "api"
+    p.source.is_alert()
 }
 
 /// The running totals.

@@ -6,32 +6,37 @@
 //! API answers a change only once its journal line is on disk, and one
 //! `fdatasync` covers every change made while the previous one was written.
 
+mod alerts;
 pub mod bounds;
+pub mod codec;
+pub mod files;
 pub mod persist;
-pub mod state;
+pub mod record;
 pub mod table;
+pub mod time;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    sync::Arc,
-    time::{Duration, Instant, SystemTime},
-};
+pub use self::alerts::AlertOutcome;
+
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::SystemTime};
 
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
-use self::state::{journal_line, AllowRecord, Change, PolicyRecord, RuleSet, State, StateError, StateFile};
+use self::{
+    codec::{journal_line, Change, State},
+    files::{StateError, StateFile},
+    record::{AllowRecord, Origin, PolicyRecord, RuleSet, RuleSets},
+    time::{Clock, SystemClock},
+};
 use crate::{
-    alerts::{Alert, AlertAction},
     clock,
     config::Config,
     dataplane::{
         rules::{DpPolicy, Mode, Rule},
         DataPlane, DpError,
     },
-    profiles::{self, ActionName, Profile, RuleSpec},
-    text::{self, MAX_COMMENT_BYTES},
+    profiles::{self, Profile, RuleSpec},
+    text::MAX_COMMENT_BYTES,
     vectors::VectorTable,
 };
 
@@ -120,16 +125,6 @@ fn invalid(m: impl Into<String>) -> StoreError {
     StoreError::Invalid(m.into())
 }
 
-/// What an alert did.
-#[derive(Clone, Debug, Serialize)]
-pub struct AlertOutcome {
-    /// "created", "extended", "removed", "ignored"
-    pub result: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<Arc<PolicyRecord>>,
-    pub message: String,
-}
-
 /// A validated request: the victim, its rules, its expiry.
 type Resolved = (IpNet, BTreeMap<String, RuleSpec>, Option<SystemTime>);
 
@@ -143,9 +138,11 @@ pub struct Store {
     state: State,
     /// Journal lines of changes not yet handed to the persister.
     pending: Vec<u8>,
-    alert_window: HashMap<String, (Instant, u32)>,
+    alert_window: time::AlertWindow,
+    /// The time, for every decision the store makes (`time.rs`).
+    clock: Arc<dyn Clock>,
     /// Distinct rule sets in use, shared by the policies that have them.
-    rule_sets: Vec<Arc<RuleSet>>,
+    rule_sets: RuleSets,
     /// The files on disk need a new snapshot before the journal can go on.
     snapshot_due: bool,
     /// Coverage of acting policies and what alert policies hold (`bounds`).
@@ -224,7 +221,12 @@ pub fn check_allow_coverage<'a>(cfg: &Config, entries: impl Iterator<Item = &'a 
 impl Store {
     /// Open the store: load the state file (a corrupt one is an error), set
     /// the vector table and allowlist, and install every unexpired policy.
-    pub fn open(cfg: Config, mut dp: DataPlane) -> Result<Self, anyhow::Error> {
+    pub fn open(cfg: Config, dp: DataPlane) -> Result<Self, anyhow::Error> {
+        Self::open_with_clock(cfg, dp, Arc::new(SystemClock))
+    }
+
+    /// `open`, with the time read from `clock` (tests move it by hand).
+    pub fn open_with_clock(cfg: Config, mut dp: DataPlane, clock: Arc<dyn Clock>) -> Result<Self, anyhow::Error> {
         let vectors = VectorTable::new(&cfg.vectors)?;
         let mut profiles: BTreeMap<String, Profile> = BTreeMap::new();
         profiles.insert("default".into(), profiles::builtin_default());
@@ -252,8 +254,9 @@ impl Store {
             file,
             state,
             pending: Vec::new(),
-            alert_window: HashMap::new(),
-            rule_sets: Vec::new(),
+            alert_window: Default::default(),
+            clock,
+            rule_sets: RuleSets::default(),
             snapshot_due: false,
             usage: Default::default(),
         };
@@ -272,8 +275,8 @@ impl Store {
                 store.state.policies.put(Arc::new(PolicyRecord { rules, ..(*p).clone() })).expect("same id, same victim");
             }
         }
-        let now = SystemTime::now();
-        stale |= !store.state.policies.drain_unless(|p| p.expires_at.is_none_or(|e| e > now)).is_empty();
+        let now = store.clock.now();
+        stale |= !store.state.policies.drain_unless(|p| !time::is_expired(p.expires_at, now)).is_empty();
         let live: Vec<Arc<PolicyRecord>> = store.state.policies.iter().cloned().collect();
         for p in &live {
             let dpp = store.to_dp(p)?;
@@ -354,14 +357,14 @@ impl Store {
     }
 
     /// The shared copy of a rule set: 100,000 policies from one profile hold
-    /// one map, not 100,000. Sets no policy uses any more are dropped.
+    /// one map, not 100,000. Found by a hash of the content (`RuleSets`);
+    /// sets no policy uses any more are dropped as the table grows.
     fn intern(&mut self, rules: RuleSet) -> Arc<RuleSet> {
         self.intern_shared(&Arc::new(rules))
     }
 
     fn intern_shared(&mut self, rules: &Arc<RuleSet>) -> Arc<RuleSet> {
-        self.rule_sets.retain(|a| Arc::strong_count(a) > 1);
-        state::share_rules(&mut self.rule_sets, rules)
+        self.rule_sets.share_and_prune(rules)
     }
 
     /// Every policy, in the order they were made.
@@ -450,7 +453,7 @@ impl Store {
         if ttl > self.cfg.max_ttl_secs {
             return Err(invalid(format!("ttl_secs {ttl} is above the maximum of {}", self.cfg.max_ttl_secs)));
         }
-        let expires = (ttl != 0).then(|| SystemTime::now() + Duration::from_secs(ttl));
+        let expires = time::expiry(ttl, self.clock.now());
         self.check_breadth(&victim, &rules, req.force)?;
         self.check_allowlist_overlap(&victim)?;
         Ok((victim, rules, expires))
@@ -522,7 +525,7 @@ impl Store {
         Ok(rec)
     }
 
-    pub fn create_policy(&mut self, req: PolicyRequest, source: &str) -> Result<Arc<PolicyRecord>, StoreError> {
+    pub fn create_policy(&mut self, req: PolicyRequest, source: Origin) -> Result<Arc<PolicyRecord>, StoreError> {
         let (victim, rules, expires_at) = self.resolve(&req)?;
         if let Some(p) = self.state.policies.by_victim(&victim) {
             return Err(StoreError::Conflict(format!("{victim} already has policy {}; replace it with PUT /v1/policies/{}", p.id, p.id)));
@@ -533,7 +536,7 @@ impl Store {
                 self.state.policies.len()
             )));
         }
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let rules = self.intern(rules);
         let rec = PolicyRecord {
             id: self.next_id("p"),
@@ -545,7 +548,7 @@ impl Store {
             created_at: now,
             updated_at: now,
             comment: req.comment,
-            source: source.into(),
+            source,
         };
         self.commit(rec)
     }
@@ -570,7 +573,7 @@ impl Store {
             mode: req.mode.unwrap_or_default(),
             expires_at,
             created_at,
-            updated_at: SystemTime::now(),
+            updated_at: self.clock.now(),
             comment: req.comment,
             source,
         };
@@ -598,15 +601,14 @@ impl Store {
             Some(c) if c.is_empty() => None,
             Some(c) => Some(c),
         };
-        let now = SystemTime::now();
+        let now = self.clock.now();
         // The lifetime: resolve() checks a new ttl_secs against max_ttl_secs;
         // a kept or extended expiry is checked here, with the same words.
         let expires_at = match patch.extend_secs {
             Some(ext) => {
-                let Some(e) = old.expires_at else {
+                let Some(until) = time::extend(old.expires_at, now, ext) else {
                     return Err(invalid(format!("policy {id} never expires, so it cannot be extended; set ttl_secs instead")));
                 };
-                let until = e.max(now) + Duration::from_secs(ext);
                 let ttl = until.duration_since(now).unwrap_or_default().as_secs();
                 if ttl > self.cfg.max_ttl_secs {
                     return Err(invalid(format!(
@@ -654,9 +656,7 @@ impl Store {
     /// Remove every policy whose expiry has passed (the XDP program already
     /// ignores them; this frees their slots). Returns the removed ids.
     pub fn sweep_expired(&mut self) -> Result<Vec<String>, StoreError> {
-        let now = SystemTime::now();
-        let expired: Vec<String> =
-            self.state.policies.iter().filter(|p| p.expires_at.is_some_and(|e| e <= now)).map(|p| p.id.clone()).collect();
+        let expired = time::expired(&self.state.policies, self.clock.now());
         for id in &expired {
             self.delete_policy(id)?;
         }
@@ -681,7 +681,7 @@ impl Store {
         if !self.dp.allowlist().any(|a| *a == prefix) {
             check_allow_coverage(&self.cfg, self.dp.allowlist().chain([&prefix])).map_err(StoreError::TooBroad)?;
         }
-        let rec = AllowRecord { id: format!("a-{}", self.state.next_id), prefix, comment, created_at: SystemTime::now() };
+        let rec = AllowRecord { id: format!("a-{}", self.state.next_id), prefix, comment, created_at: self.clock.now() };
         let line = self.line(Change::PutAllow(rec.clone()))?;
         self.dp.add_allow(prefix).map_err(full_or)?;
         self.state.next_id += 1;
@@ -702,131 +702,6 @@ impl Store {
         let rec = self.state.allowlist.remove(i);
         self.push(line);
         Ok(rec)
-    }
-
-    /// Alerts may change at most `max_alerts_per_minute` policies a minute, all
-    /// sources together: the `source` of an alert is whatever its sender says,
-    /// so a budget per claimed source would multiply for a lying sender.
-    fn alert_budget(&mut self, _source: &str) -> Result<(), StoreError> {
-        let now = Instant::now();
-        let limit = self.cfg.max_alerts_per_minute;
-        let entry = self.alert_window.entry("alerts".to_string()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= Duration::from_secs(60) {
-            *entry = (now, 0);
-        }
-        if entry.1 >= limit {
-            return Err(StoreError::RateLimited(format!(
-                "alerts changed {limit} policies this minute (max_alerts_per_minute); ignoring alerts until the minute is over"
-            )));
-        }
-        entry.1 += 1;
-        Ok(())
-    }
-
-    /// Ban: create a policy for the victim host with the default profile (and a
-    /// drop for any reported vector the profile lets pass), or extend the one it
-    /// has. Unban: remove a policy that an alert created (operators' policies stay).
-    pub fn apply_alert(&mut self, alert: &Alert) -> Result<AlertOutcome, StoreError> {
-        let source = alert.source.as_str();
-        let victim = IpNet::from(alert.victim);
-        for v in &alert.vectors {
-            if self.vectors.id_of(v).is_none() {
-                return Err(invalid(format!("unknown vector {v:?} in alert")));
-            }
-        }
-        let existing = self.state.policies.by_victim(&victim).cloned();
-        match alert.action {
-            AlertAction::Unban => {
-                let Some(p) = existing else {
-                    return Ok(AlertOutcome { result: "ignored", policy: None, message: format!("{victim} has no policy") });
-                };
-                if p.source == "api" {
-                    return Ok(AlertOutcome {
-                        result: "ignored",
-                        policy: Some(p.clone()),
-                        message: format!("policy {} for {victim} was made through the API; an alert does not remove it", p.id),
-                    });
-                }
-                let id = p.id.clone();
-                self.alert_budget(source)?;
-                let rec = self.delete_policy(&id)?;
-                Ok(AlertOutcome { result: "removed", policy: Some(rec), message: format!("removed policy {id} for {victim}") })
-            }
-            AlertAction::Ban => {
-                let ttl = alert.ttl_secs.unwrap_or(self.cfg.alert_ttl_secs);
-                let max = self.cfg.max_alert_ttl_secs.min(self.cfg.max_ttl_secs);
-                if ttl == 0 || ttl > max {
-                    return Err(invalid(format!("alert ttl_secs {ttl} must be in 1..={max} (max_alert_ttl_secs)")));
-                }
-                let by_alerts = self.state.policies.by_alerts();
-                if existing.is_none() && by_alerts >= self.cfg.alert_policy_limit() {
-                    return Err(StoreError::Full(format!(
-                        "alerts already hold {by_alerts} policies, the most max_alert_policies allows; the rest of the table is kept for operators"
-                    )));
-                }
-                self.check_allowlist_overlap(&victim)?;
-                self.alert_budget(source)?;
-                let until = SystemTime::now() + Duration::from_secs(ttl);
-                if let Some(p) = existing {
-                    let mut rec = (*p).clone();
-                    let extended = match rec.expires_at {
-                        Some(e) if e < until => {
-                            rec.expires_at = Some(until);
-                            true
-                        }
-                        _ => false,
-                    };
-                    let mut rules = (*rec.rules).clone();
-                    let added = self.add_alert_vectors(&mut rules, &alert.vectors);
-                    rec.rules = self.intern(rules);
-                    if !extended && !added {
-                        return Ok(AlertOutcome {
-                            result: "ignored",
-                            policy: Some(p),
-                            message: format!("policy {} already covers {victim} for longer", rec.id),
-                        });
-                    }
-                    rec.updated_at = SystemTime::now();
-                    let id = rec.id.clone();
-                    let rec = self.commit(rec)?;
-                    return Ok(AlertOutcome {
-                        result: "extended",
-                        policy: Some(rec),
-                        message: format!("extended policy {id} for {victim}"),
-                    });
-                }
-                let default = self.profiles["default"].clone();
-                let mut rules = default.clone();
-                self.add_alert_vectors(&mut rules, &alert.vectors);
-                rules.retain(|v, r| default.get(v) != Some(r));
-                // Detector text never blocks a ban: cut to the bound, on a character boundary.
-                let comment = alert.comment.as_deref().map(|c| text::fit(c, MAX_COMMENT_BYTES).to_string());
-                let req = PolicyRequest {
-                    victim: victim.to_string(),
-                    profile: Some("default".into()),
-                    rules: (!rules.is_empty()).then_some(rules),
-                    mode: Some(Mode::Enforce),
-                    ttl_secs: Some(ttl),
-                    comment,
-                    force: false,
-                };
-                let rec = self.create_policy(req, source)?;
-                Ok(AlertOutcome { result: "created", message: format!("created policy {} for {victim}", rec.id), policy: Some(rec) })
-            }
-        }
-    }
-
-    /// Make sure every vector an alert reports is dropped or limited.
-    fn add_alert_vectors(&self, rules: &mut BTreeMap<String, RuleSpec>, vectors: &[String]) -> bool {
-        let mut added = false;
-        for v in vectors {
-            let covered = rules.get(v).is_some_and(|r| r.action != ActionName::Pass);
-            if !covered {
-                rules.insert(v.clone(), RuleSpec::simple(ActionName::Drop));
-                added = true;
-            }
-        }
-        added
     }
 
     pub fn rule_of(&self, rec: &PolicyRecord, vector: &str) -> Option<Rule> {

@@ -23,7 +23,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{watch, Mutex, Notify};
 
-use super::{state::StateFile, Snapshot, Store};
+use super::{files::StateFile, Snapshot, Store};
 
 /// The journal is compacted once it is larger than the snapshot and than this.
 pub const MIN_COMPACT_BYTES: u64 = 8 << 20;

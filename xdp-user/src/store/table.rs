@@ -13,7 +13,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use super::state::PolicyRecord;
+use super::record::PolicyRecord;
 
 #[derive(Clone, Debug, Default)]
 pub struct PolicyTable {
@@ -22,7 +22,7 @@ pub struct PolicyTable {
     by_id: HashMap<String, u64>,
     by_victim: HashMap<IpNet, u64>,
     next_order: u64,
-    /// Records whose source is not "api" (made by alerts).
+    /// Records made by alerts (`Origin::is_alert`).
     by_alerts: usize,
 }
 
@@ -87,7 +87,7 @@ impl PolicyTable {
                 o
             }
         };
-        if rec.source != "api" {
+        if rec.source.is_alert() {
             self.by_alerts += 1;
         }
         let old = self.by_order.insert(order, rec.clone());
@@ -107,7 +107,7 @@ impl PolicyTable {
 
     /// Take a record that left `by_order` out of the alert count and the victim index.
     fn unindex(&mut self, rec: &PolicyRecord) {
-        if rec.source != "api" {
+        if rec.source.is_alert() {
             self.by_alerts -= 1;
         }
         if self.by_victim.get(&rec.victim).is_some_and(|o| self.by_order.get(o).is_none_or(|r| r.id == rec.id)) {
@@ -134,7 +134,7 @@ impl Eq for PolicyTable {}
 mod tests {
     use std::time::SystemTime;
 
-    use super::*;
+    use super::{super::record::Origin, *};
     use crate::dataplane::rules::Mode;
 
     fn rec(id: &str, victim: &str, source: &str) -> Arc<PolicyRecord> {
@@ -149,7 +149,7 @@ mod tests {
             created_at: t,
             updated_at: t,
             comment: None,
-            source: source.into(),
+            source: Origin::from(source.to_string()),
         })
     }
 
@@ -165,7 +165,7 @@ mod tests {
 
         // A replacement keeps its place in the order, and may change source.
         let old = t.put(rec("p-2", "203.0.113.11/32", "api")).unwrap().unwrap();
-        assert_eq!(old.source, "fastnetmon_script");
+        assert_eq!(old.source.as_str(), "fastnetmon_script");
         assert_eq!(t.by_alerts(), 1);
         assert_eq!(t.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["p-1", "p-2", "p-3"]);
 
@@ -182,7 +182,7 @@ mod tests {
         let (page, end) = t.page(next.expect("one more"), 2);
         assert_eq!((page.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), end), (vec!["p-5"], None), "the cursor survives removals");
 
-        let gone = t.drain_unless(|r| r.source == "api");
+        let gone = t.drain_unless(|r| !r.source.is_alert());
         assert_eq!(gone.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["p-3"]);
         assert_eq!((t.len(), t.by_alerts()), (1, 0));
     }
