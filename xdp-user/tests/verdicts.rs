@@ -139,6 +139,11 @@ fn verdict_table() {
             P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:1").ext_headers(&[60; 9]),
             Reason(reason::PARSE_ERROR),
         ),
+        case(
+            "IPv6 9th extension header a non-first fragment: still a parse error, not the fragment vector",
+            P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:1").ext_headers(&[0, 43, 60, 60, 60, 60, 60, 60]).fragment_offset(100),
+            Reason(reason::PARSE_ERROR),
+        ),
         case("IPv6 ESP is not UDP", P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:1").protocol(50), Reason(reason::NOT_UDP)),
         case("rate limit: 1st in burst", P::udp4("198.51.100.123:123", "203.0.113.5:1"), Verdict(0, "ntp", verdict::PASSED)),
         case("rate limit: 2nd in burst", P::udp4("198.51.100.123:123", "203.0.113.5:1"), Verdict(0, "ntp", verdict::PASSED)),
