@@ -40,6 +40,15 @@ fn find_ampguard() -> Option<PathBuf> {
     [dir.join("ampguard"), dir.parent()?.join("ampguard")].into_iter().find(|p| p.exists())
 }
 
+/// A privileged lab test's usual start: root checked, a fresh lab, and the
+/// daemon protecting its edge interface with `extra` TOML in its config.
+pub fn lab_with_daemon(tag: &str, extra: &str) -> (Lab, Daemon) {
+    crate::require_root();
+    let lab = Lab::new(tag).expect("lab");
+    let d = Daemon::start(&lab, extra).expect("daemon");
+    (lab, d)
+}
+
 /// How the daemon process is started.
 #[derive(Clone, Debug, Default)]
 pub enum Launch {

@@ -11,17 +11,13 @@ use std::{
 };
 
 use ampguard_tests::{
-    daemon::{ampguard_bin, Daemon},
+    daemon::{ampguard_bin, lab_with_daemon, Daemon},
     lab::{deliver, Lab},
-    require_root,
 };
 use serde_json::{json, Value};
 
 fn start(tag: &str) -> (Lab, Daemon) {
-    require_root();
-    let lab = Lab::new(tag).expect("lab");
-    let d = Daemon::start(&lab, "").expect("daemon");
-    (lab, d)
+    lab_with_daemon(tag, "")
 }
 
 /// `ampguard ARGS` in the edge namespace, with the harness's AMPGUARD_API and

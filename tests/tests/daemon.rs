@@ -7,17 +7,14 @@ use std::{
 };
 
 use ampguard_tests::{
-    daemon::Daemon,
+    daemon::{lab_with_daemon, Daemon},
     lab::{deliver, sa, send_udp, Lab, UdpSink},
     require_root,
 };
 use serde_json::{json, Value};
 
 fn start(tag: &str) -> (Lab, Daemon) {
-    require_root();
-    let lab = Lab::new(tag).expect("lab");
-    let d = Daemon::start(&lab, "").expect("daemon");
-    (lab, d)
+    lab_with_daemon(tag, "")
 }
 
 #[test]

@@ -11,17 +11,14 @@ use std::{
 };
 
 use ampguard_tests::{
-    daemon::{ampguard_bin, Daemon},
+    daemon::{ampguard_bin, lab_with_daemon, Daemon},
     lab::{deliver, sa, send_udp, Lab, UdpSink},
     require_root,
 };
 use serde_json::{json, Value};
 
 fn start(tag: &str, extra: &str) -> (Lab, Daemon) {
-    require_root();
-    let lab = Lab::new(tag).expect("lab");
-    let d = Daemon::start(&lab, extra).expect("daemon");
-    (lab, d)
+    lab_with_daemon(tag, extra)
 }
 
 /// Polls `f` every 100 ms until it returns Some, or panics after `limit`.
