@@ -4,12 +4,13 @@
 //! is privileged and bounded in time (waits are polls with deadlines).
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
+use ampguard::daemon::pins::is_bpffs;
 use ampguard_tests::{
     daemon::{ampguard_bin, lab_with_daemon, Daemon},
     lab::{deliver, sa, send_udp, Lab, UdpSink},
@@ -336,13 +337,6 @@ impl Drop for MountGuard {
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn is_bpffs(p: &Path) -> bool {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: valid path and out pointer.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == 0xcafe4a11 }
 }
 
 /// The daemon's pin_dir is its own bpffs (a directory under /tmp, on which

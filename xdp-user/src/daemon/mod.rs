@@ -26,7 +26,6 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use self::enforcement::{Enforcement, Repair};
-pub use self::pins::ensure_bpffs;
 use crate::{
     api::{self, AppState},
     config::{Config, XdpModeSetting},
