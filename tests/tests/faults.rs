@@ -706,7 +706,7 @@ fn breadth_is_judged_on_both_branches_and_totals_are_bounded_even_with_force() {
 }
 
 #[test]
-fn alerts_keep_to_their_share_of_chunks_limiters_and_v6_entries_and_operators_keep_the_rest() {
+fn alerts_keep_to_their_share_of_chunks_limiters_rules_and_v6_entries_and_operators_keep_the_rest() {
     require_root();
     let lab = Lab::new("alertshare").expect("lab");
     let ban = |d: &Daemon, v: &str| post(d, "/v1/alerts", &json!({"victim": v, "action": "ban"}));
@@ -714,7 +714,7 @@ fn alerts_keep_to_their_share_of_chunks_limiters_and_v6_entries_and_operators_ke
     // (table size, alert bans that fit, the ban refused, the operators' policies
     // that still fit, the alert bans lifted, and a ban that then fits again)
     type Case<'a> = (&'a str, &'a [&'a str], &'a str, &'a str, &'a [&'a str], &'a [&'a str], &'a str);
-    let cases: [Case; 3] = [
+    let cases: [Case; 4] = [
         // 4 chunks, alerts may hold 2 (half, like the policy table): one per /16.
         (
             "[capacity]\nv4_chunks = 4\n",
@@ -740,6 +740,16 @@ fn alerts_keep_to_their_share_of_chunks_limiters_and_v6_entries_and_operators_ke
             &["203.0.113.10", "203.0.113.11"],
             "203.0.113.12",
             "max_limiters",
+            &["203.0.113.12", "203.0.113.13"],
+            &["203.0.113.10"],
+            "203.0.113.99",
+        ),
+        // The default profile names 19 vectors: 20 rule entries a policy; alerts may hold 41 of 81.
+        (
+            "[capacity]\nmax_rules = 81\n",
+            &["203.0.113.10", "203.0.113.11"],
+            "203.0.113.12",
+            "max_rules",
             &["203.0.113.12", "203.0.113.13"],
             &["203.0.113.10"],
             "203.0.113.99",

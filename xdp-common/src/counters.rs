@@ -1,4 +1,37 @@
-//! Counters the XDP program keeps (per CPU; the controller sums them).
+//! Counters the XDP program keeps, and how the controller reads them.
+//!
+//! Per vector and per reason: per-CPU arrays of a few dozen entries, summed by
+//! the controller. Per rule entry (one (policy, vector), see
+//! [`crate::policy::Policy`]): a per-CPU array per entry would make kernel
+//! memory O(policies x CPUs) (12 GiB at 100,000 policies on 64 CPUs), so the
+//! totals are shared and each CPU writes back into them through a small cache,
+//! the pattern of the kernel's lib/percpu_counter.c:
+//!
+//! - `AG_RULE_COUNTS[cell]` ([`RuleCounts`]): the shared totals, with the
+//!   generation of the policy that owns the entry (0 = free).
+//! - `AG_COUNT_CACHE` ([`CacheEntry`], per CPU, [`CACHE_ENTRIES`] entries,
+//!   direct-mapped by [`cache_index`]): the counts this CPU has not yet added
+//!   to the totals, for the one (cell, generation) it holds. A packet of that
+//!   entry adds to it (a per-CPU write: nothing shared is touched); a packet
+//!   of another entry first folds the held counts into the shared totals
+//!   with atomic adds, then takes the entry over.
+//! - A fold adds only if the totals' generation still equals the cached one,
+//!   so counts of a removed policy never reach the policy that reuses its
+//!   entries, however long they wait in a cache.
+//! - The fold is bracketed by `seq` (odd while folding): the controller's
+//!   read (shared totals plus every CPU's cached counts of the entry) retries
+//!   when a fold of that entry overlapped it, so a read never counts a packet
+//!   twice or misses one it had already seen: exact once traffic stops,
+//!   never lower than an earlier read while it flows.
+
+/// Entries of `AG_COUNT_CACHE` per CPU (a power of two).
+pub const CACHE_ENTRIES: u32 = 2048;
+
+/// The cache entry a rule entry's counts go through.
+#[inline(always)]
+pub const fn cache_index(cell: u32) -> u32 {
+    cell & (CACHE_ENTRIES - 1)
+}
 
 /// What happened to a packet that met a policy. Index into [`VerdictCounters`].
 pub mod verdict {
@@ -43,4 +76,49 @@ impl Counter {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VerdictCounters {
     pub by_verdict: [Counter; verdict::COUNT],
+}
+
+/// Shared totals of one rule entry (`AG_RULE_COUNTS`), folded in by every
+/// CPU with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounts {
+    /// Generation of the policy that owns the entry; 0 = free. Written by the
+    /// controller when it hands the entry out or takes it back.
+    pub gen: u32,
+    pub _pad: u32,
+    pub by_verdict: [Counter; verdict::COUNT],
+}
+
+/// One CPU's not-yet-folded counts of one rule entry (`AG_COUNT_CACHE`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// Odd while the program folds this entry into the shared totals.
+    pub seq: u32,
+    /// Generation of the policy the counts belong to; 0 = empty.
+    pub gen: u32,
+    pub cell: u32,
+    pub _pad: u32,
+    pub by_verdict: [Counter; verdict::COUNT],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_index_stays_in_the_cache() {
+        assert!(CACHE_ENTRIES.is_power_of_two());
+        for cell in [0, 1, CACHE_ENTRIES - 1, CACHE_ENTRIES, u32::MAX] {
+            assert!(cache_index(cell) < CACHE_ENTRIES);
+        }
+        assert_eq!(cache_index(CACHE_ENTRIES + 5), 5);
+    }
+
+    #[test]
+    fn layouts_are_what_the_program_and_memory_table_assume() {
+        assert_eq!(core::mem::size_of::<RuleCounts>(), 72);
+        assert_eq!(core::mem::size_of::<CacheEntry>(), 80);
+    }
 }

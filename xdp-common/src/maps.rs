@@ -45,6 +45,13 @@ pub const V4_L2: &str = "AG_V4_L2";
 pub const V6_VICTIMS: &str = "AG_V6_VICTIMS";
 /// Policy slot -> [`crate::policy::Policy`].
 pub const POLICIES: &str = "AG_POLICIES";
+/// Rule entry -> [`crate::policy::RuleEntry`] (the rule of one (policy, vector)).
+pub const RULES: &str = "AG_RULES";
+/// Rule entry -> [`crate::counters::RuleCounts`] (its shared totals).
+pub const RULE_COUNTS: &str = "AG_RULE_COUNTS";
+/// Per CPU: [`crate::counters::CACHE_ENTRIES`] x [`crate::counters::CacheEntry`]
+/// (counts not yet folded into `AG_RULE_COUNTS`).
+pub const COUNT_CACHE: &str = "AG_COUNT_CACHE";
 /// Limiter index -> [`crate::bucket::Limiter`].
 pub const LIMITERS: &str = "AG_LIMITERS";
 /// Allowlist prefilter bitmap (u64 words).
@@ -53,8 +60,6 @@ pub const ALLOW_BITS: &str = "AG_ALLOW_BITS";
 pub const ALLOW_V4: &str = "AG_ALLOW_V4";
 /// IPv6 allowlisted source prefixes (LPM trie, value: allowlist id).
 pub const ALLOW_V6: &str = "AG_ALLOW_V6";
-/// Per CPU: (slot * MAX_VECTORS + vector) -> [`crate::counters::VerdictCounters`].
-pub const POLICY_COUNTERS: &str = "AG_POL_COUNTERS";
 /// Per CPU: vector -> [`crate::counters::VerdictCounters`], summed over policies.
 pub const VECTOR_COUNTERS: &str = "AG_VEC_COUNTERS";
 /// Per CPU: reason -> [`crate::counters::Counter`].
@@ -71,11 +76,13 @@ pub const ALL: &[&str] = &[
     V4_L2,
     V6_VICTIMS,
     POLICIES,
+    RULES,
+    RULE_COUNTS,
+    COUNT_CACHE,
     LIMITERS,
     ALLOW_BITS,
     ALLOW_V4,
     ALLOW_V6,
-    POLICY_COUNTERS,
     VECTOR_COUNTERS,
     REASONS,
 ];
@@ -87,6 +94,9 @@ pub const PROGRAM: &str = "ampguard";
 /// (`set_max_entries`), the program reads only what exists.
 pub const DEFAULT_MAX_POLICIES: u32 = 8192;
 pub const DEFAULT_MAX_LIMITERS: u32 = 8192 * 6;
+/// Rule entries per policy when `max_rules` is not configured: one per vector
+/// the policy names plus its shared `pass` (the default profile names 7).
+pub const DEFAULT_RULES_PER_POLICY: u32 = 8;
 pub const DEFAULT_V4_CHUNKS: u32 = 64;
 pub const DEFAULT_MAX_V6_VICTIMS: u32 = 16384;
 pub const DEFAULT_MAX_ALLOW: u32 = 4096;

@@ -50,7 +50,13 @@ impl RuleCfg {
 /// Slot 0 of every victim table means "no policy".
 pub const NO_SLOT: u32 = 0;
 
-/// One victim's policy.
+/// One victim's policy: what the program reads first for every packet that
+/// meets it, kept small (152 bytes) so the kernel's memory is O(policies).
+///
+/// Each vector the policy names has a *rule entry* of its own (`cells[v]`, an
+/// index into `AG_RULES` and `AG_RULE_COUNTS`); the vectors it does not name
+/// all share one more entry of the policy's, whose rule is `pass`. A plain
+/// `drop` is also a bit of `drop_mask`, so dropping never reads `AG_RULES`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -58,23 +64,23 @@ pub struct Policy {
     /// reads), in ns; 0 = never. The program itself stops applying an expired
     /// policy, so expiry holds even while the controller is down.
     pub expires_ns: u64,
+    /// The policy's generation: a number no earlier policy had, tagging what
+    /// the program caches for its rule entries (see `crate::counters`).
+    pub gen: u32,
+    /// Vectors (bit = vector id) whose rule is a plain drop.
+    pub drop_mask: u32,
     pub mode: u8,
-    pub _pad: [u8; 7],
-    /// Rule per vector id.
-    pub rules: [RuleCfg; MAX_VECTORS],
-    /// For rules with `action::LIMIT` on either branch: index into `AG_LIMITERS`.
-    pub limiters: [u32; MAX_VECTORS],
+    pub _pad: [u8; 3],
+    /// The rule entry (`pass`) shared by every vector the policy does not
+    /// name (for the controller: the program reads only `cells`).
+    pub pass_cell: u32,
+    /// Rule entry per vector id (never 0 in a live policy).
+    pub cells: [u32; MAX_VECTORS],
 }
 
 impl Policy {
     pub const fn unused() -> Self {
-        Self {
-            expires_ns: 0,
-            mode: mode::UNUSED,
-            _pad: [0; 7],
-            rules: [RuleCfg::plain(action::PASS); MAX_VECTORS],
-            limiters: [0; MAX_VECTORS],
-        }
+        Self { expires_ns: 0, gen: 0, drop_mask: 0, mode: mode::UNUSED, _pad: [0; 3], pass_cell: 0, cells: [0; MAX_VECTORS] }
     }
 
     /// Whether the policy has expired at `now_ns` (same clock as `expires_ns`).
@@ -83,6 +89,29 @@ impl Policy {
         self.expires_ns != 0 && now_ns >= self.expires_ns
     }
 }
+
+/// One rule entry of `AG_RULES`: the rule of one (policy, vector), or the
+/// `pass` shared by the vectors a policy does not name. Written by the
+/// controller only; the entry's counters are in `AG_RULE_COUNTS` at the same
+/// index, so rewriting a rule never races with counting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleEntry {
+    pub rule: RuleCfg,
+    /// For rules with `action::LIMIT` on either branch: index into `AG_LIMITERS`.
+    pub limiter: u32,
+    pub _pad: u32,
+}
+
+impl RuleEntry {
+    pub const PASS: RuleEntry = RuleEntry { rule: RuleCfg::plain(action::PASS), limiter: 0, _pad: 0 };
+}
+
+// A plain drop is a bit of a u32 per vector id.
+const _: () = assert!(MAX_VECTORS <= 32);
+
+/// Rule entry 0 is never handed out: a `cells` value of 0 means "none".
+pub const NO_CELL: u32 = 0;
 
 /// Program-wide settings, one entry in `AG_CONFIG`.
 #[repr(C)]
@@ -139,4 +168,16 @@ pub struct SamplerState {
 pub struct ClockCache {
     pub jiffies: u64,
     pub ns: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_and_rule_entry_sizes() {
+        // The memory table in BENCHMARKS.md and the README count these.
+        assert_eq!(core::mem::size_of::<Policy>(), 152);
+        assert_eq!(core::mem::size_of::<RuleEntry>(), 16);
+    }
 }

@@ -3,8 +3,8 @@
 
 use crate::{
     bucket::Limiter,
-    counters::{Counter, VerdictCounters},
-    policy::{Config, Policy, Sample},
+    counters::{CacheEntry, Counter, RuleCounts, VerdictCounters},
+    policy::{Config, Policy, RuleEntry, Sample},
 };
 
 unsafe impl aya::Pod for Policy {}
@@ -13,3 +13,6 @@ unsafe impl aya::Pod for Limiter {}
 unsafe impl aya::Pod for Counter {}
 unsafe impl aya::Pod for VerdictCounters {}
 unsafe impl aya::Pod for Sample {}
+unsafe impl aya::Pod for RuleEntry {}
+unsafe impl aya::Pod for RuleCounts {}
+unsafe impl aya::Pod for CacheEntry {}

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use xdp_common::{
     bucket::Limiter,
-    counters::{reason, Counter, VerdictCounters},
+    counters::{reason, CacheEntry, Counter, RuleCounts, VerdictCounters, CACHE_ENTRIES},
     maps::*,
-    policy::{ClockCache, Config, Policy, SamplerState},
+    policy::{ClockCache, Config, Policy, RuleEntry, SamplerState},
     vector::MAX_VECTORS,
 };
 
@@ -46,9 +46,22 @@ pub static AG_V4_L2: Array<u32> = Array::with_max_entries(DEFAULT_V4_CHUNKS * CH
 #[map]
 pub static AG_V6_VICTIMS: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_V6_VICTIMS, 0);
 
-/// Policy slot -> policy (mode, expiry, rule per vector).
+/// Policy slot -> policy (mode, expiry, plain drops, rule entry per vector).
 #[map]
 pub static AG_POLICIES: Array<Policy> = Array::with_max_entries(DEFAULT_MAX_POLICIES, 0);
+
+/// Rule entry -> rule and limiter. Written by the controller.
+#[map]
+pub static AG_RULES: Array<RuleEntry> = Array::with_max_entries(DEFAULT_MAX_POLICIES * DEFAULT_RULES_PER_POLICY, 0);
+
+/// Rule entry -> shared packets/bytes per verdict: folded in from
+/// `AG_COUNT_CACHE` by every CPU with atomic adds (see xdp_common::counters).
+#[map]
+pub static AG_RULE_COUNTS: Array<RuleCounts> = Array::with_max_entries(DEFAULT_MAX_POLICIES * DEFAULT_RULES_PER_POLICY, 0);
+
+/// Per CPU: counts not yet folded into `AG_RULE_COUNTS`, direct-mapped by rule entry.
+#[map]
+pub static AG_COUNT_CACHE: PerCpuArray<CacheEntry> = PerCpuArray::with_max_entries(CACHE_ENTRIES, 0);
 
 /// Token buckets of `limit` rules: config by the controller, state by us.
 #[map]
@@ -65,10 +78,6 @@ pub static AG_ALLOW_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DEFAUL
 /// Allowlisted IPv6 source prefixes -> allowlist id.
 #[map]
 pub static AG_ALLOW_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_ALLOW, 0);
-
-/// Per CPU, (slot * MAX_VECTORS + vector) -> packets/bytes per verdict.
-#[map]
-pub static AG_POL_COUNTERS: PerCpuArray<VerdictCounters> = PerCpuArray::with_max_entries(DEFAULT_MAX_POLICIES * MAX_VECTORS as u32, 0);
 
 /// Per CPU, vector -> packets/bytes per verdict, over all policies.
 #[map]

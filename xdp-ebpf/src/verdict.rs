@@ -6,11 +6,16 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::XdpContext,
 };
+use core::{
+    ptr::{read_volatile, write_volatile},
+    sync::atomic::{compiler_fence, Ordering},
+};
+
 use xdp_common::{
     bucket,
-    counters::{reason, verdict},
+    counters::{cache_index, reason, verdict, Counter},
     maps,
-    policy::{action, cond, mode, Config, RuleCfg, Sample, NO_SLOT, SAMPLE_BYTES},
+    policy::{action, cond, mode, Config, RuleCfg, Sample, NO_CELL, NO_SLOT, SAMPLE_BYTES},
     vector::{self, MAX_VECTORS},
 };
 
@@ -52,11 +57,23 @@ pub fn decide(ctx: &XdpContext) -> u32 {
     if allowlisted(&l3) {
         return pass(reason::ALLOWLISTED, len);
     }
-    let rule = policy.rules[vector];
     // The settings, read once for the signature thresholds, the test clock and
     // the sampler (each used to look the entry up again).
     let cfg = AG_CONFIG.get(0);
-    let action = if rule.flags == 0 || conditions_hold(ctx, &rule, vector as u8, l4, cfg) { rule.on_match } else { rule.otherwise };
+    let cell = policy.cells[vector];
+    // A plain drop is a bit of the policy: no rule entry to read.
+    let (action, limiter) = if policy.drop_mask & (1u32 << vector) != 0 {
+        (action::DROP, 0)
+    } else {
+        match AG_RULES.get(cell) {
+            Some(e) => {
+                let rule = e.rule;
+                let hold = rule.flags == 0 || conditions_hold(ctx, &rule, vector as u8, l4, cfg);
+                (if hold { rule.on_match } else { rule.otherwise }, e.limiter)
+            }
+            None => (action::PASS, 0),
+        }
+    };
     // The clock only where it is needed: a policy with an expiry, or a limit.
     let now = if policy.expires_ns != 0 || action == action::LIMIT { now_ns(cfg) } else { 0 };
     if policy.expired(now) {
@@ -65,7 +82,7 @@ pub fn decide(ctx: &XdpContext) -> u32 {
 
     let mut v = match action {
         action::DROP => verdict::DROPPED,
-        action::LIMIT => match AG_LIMITERS.get_ptr_mut(policy.limiters[vector]) {
+        action::LIMIT => match AG_LIMITERS.get_ptr_mut(limiter) {
             // Safety: a valid map value pointer; concurrent CPUs may race on the
             // bucket, which can admit a few extra packets (see README).
             Some(l) => unsafe {
@@ -83,7 +100,8 @@ pub fn decide(ctx: &XdpContext) -> u32 {
         v = verdict::MONITORED;
     }
 
-    count_policy(slot, vector, v, len);
+    count_rule(cell, policy.gen, v, len);
+    count_vector(vector, v, len);
     if v != verdict::PASSED {
         sample(ctx, cfg, slot, vector as u8, v as u8, len);
     }
@@ -219,13 +237,63 @@ fn pass(why: usize, len: u64) -> u32 {
     XDP_PASS
 }
 
+/// Count a packet of a rule entry in this CPU's cache (see
+/// xdp_common::counters): a hit adds to the cached counts; a miss folds
+/// what the cache entry holds into the shared totals, then takes it over.
 #[inline(always)]
-fn count_policy(slot: u32, vector: usize, v: usize, len: u64) {
-    let idx = slot * MAX_VECTORS as u32 + vector as u32;
-    if let Some(c) = AG_POL_COUNTERS.get_ptr_mut(idx) {
-        unsafe { (*c).by_verdict[v].add(len) };
+fn count_rule(cell: u32, gen: u32, v: usize, len: u64) {
+    if cell == NO_CELL {
+        return;
     }
+    let Some(e) = AG_COUNT_CACHE.get_ptr_mut(cache_index(cell)) else { return };
+    // Safety: a valid per-CPU map value; only this CPU writes it, and XDP
+    // does not nest on a CPU.
+    unsafe {
+        if (*e).cell == cell && (*e).gen == gen {
+            (*e).by_verdict[v].add(len);
+            return;
+        }
+        // Odd while folding: the controller's read retries over it. The
+        // fences keep the compiler from moving the stores across each other.
+        write_volatile(&mut (*e).seq, (*e).seq.wrapping_add(1));
+        compiler_fence(Ordering::SeqCst);
+        let (old_cell, old_gen) = ((*e).cell, (*e).gen);
+        if old_gen != 0 {
+            if let Some(t) = AG_RULE_COUNTS.get_ptr_mut(old_cell) {
+                // Only into the totals of the policy the counts belong to.
+                if read_volatile(&(*t).gen) == old_gen {
+                    for i in 0..verdict::COUNT {
+                        let c = (*e).by_verdict[i];
+                        if c.packets != 0 {
+                            atomic_add(&mut (*t).by_verdict[i].packets, c.packets);
+                            atomic_add(&mut (*t).by_verdict[i].bytes, c.bytes);
+                        }
+                    }
+                }
+            }
+        }
+        compiler_fence(Ordering::SeqCst);
+        (*e).cell = cell;
+        (*e).gen = gen;
+        (*e).by_verdict = [Counter::default(); verdict::COUNT];
+        (*e).by_verdict[v] = Counter { packets: 1, bytes: len };
+        compiler_fence(Ordering::SeqCst);
+        write_volatile(&mut (*e).seq, (*e).seq.wrapping_add(1));
+    }
+}
+
+#[inline(always)]
+fn count_vector(vector: usize, v: usize, len: u64) {
     if let Some(c) = AG_VEC_COUNTERS.get_ptr_mut(vector as u32) {
         unsafe { (*c).by_verdict[v].add(len) };
     }
+}
+
+/// `*dst += v` as one atomic instruction (BPF_ATOMIC | BPF_ADD, the `lock
+/// xadd` of every BPF CPU version; the result is not used, so no BPF_FETCH).
+/// core's AtomicU64 has no fetch_add here: the target declares no
+/// compare-and-swap.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, v: u64) {
+    core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v);
 }

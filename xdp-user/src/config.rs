@@ -276,6 +276,11 @@ impl Config {
         if c.v4_chunks == 0 || c.v4_chunks > 4096 {
             return bad(format!("capacity.v4_chunks {} must be in 1..=4096 (256 KiB each)", c.v4_chunks));
         }
+        if let Some(r) = c.max_rules {
+            if !(2..=1 << 24).contains(&r) {
+                return bad(format!("capacity.max_rules {r} must be in 2..=16777216 (88 bytes each; unset: 8 per policy)"));
+            }
+        }
         if c.max_limiters < 2 || c.max_v6_victims == 0 || c.max_allow == 0 {
             return bad("capacity.max_limiters, max_v6_victims and max_allow must be positive".into());
         }
@@ -310,6 +315,18 @@ mod tests {
         assert_eq!(c.capacity, Capacity { max_policies: 3, ..Capacity::default() });
         let e = Config::parse("[capacity]\nmax_polices = 3").unwrap_err().to_string();
         assert!(e.contains("max_polices"), "{e}");
+    }
+
+    #[test]
+    fn rule_entries_follow_the_policy_table_unless_set() {
+        let c = Config::parse("[capacity]\nmax_policies = 100000").unwrap();
+        assert_eq!(c.capacity.max_rules(), 800_000, "8 a policy when unset");
+        let c = Config::parse("[capacity]\nmax_policies = 100000\nmax_rules = 300000").unwrap();
+        assert_eq!(c.capacity.max_rules(), 300_000);
+        for bad in ["max_rules = 1", "max_rules = 16777217"] {
+            let e = Config::parse(&format!("[capacity]\n{bad}")).unwrap_err().to_string();
+            assert!(e.contains("max_rules") && e.contains("8 per policy"), "{bad}: {e}");
+        }
     }
 
     #[test]

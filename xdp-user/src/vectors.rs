@@ -23,7 +23,7 @@ pub struct VectorTable {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VectorError {
-    #[error("vector name {0:?} must be 1-32 characters of a-z, 0-9, _ or -")]
+    #[error("vector name {0:?} must be 1-32 characters of a-z, 0-9, _ or -, starting with a letter or digit")]
     BadName(String),
     #[error("vector {0} has no ports")]
     NoPorts(String),
@@ -35,8 +35,14 @@ pub enum VectorError {
     Fragment,
 }
 
+/// What per-policy counters call the vectors a policy does not name (they
+/// all pass, and share one count). Vector names start with a letter or digit,
+/// so no vector can be called this.
+pub const UNLISTED: &str = "_unlisted";
+
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    first_ok && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 impl Default for VectorTable {

@@ -10,6 +10,7 @@
 
 mod common;
 use common::*;
+use std::collections::{HashMap, HashSet};
 
 use ampguard::{
     dataplane::rules::{CondRule, Conditions, Limit, Rule, Verb},
@@ -232,16 +233,24 @@ fn program_agrees_with_model() {
     let mut sent = 0usize;
     let mut truncations = 0usize;
     let (mut cond_matched, mut cond_unmatched) = (0u64, 0u64);
+    // Per installed policy (by slot): the vectors it has named since it was
+    // added, and the model's outcomes for it, to check its counters.
+    let mut per_policy: HashMap<u32, (HashSet<u8>, HashMap<(u8, usize), u64>)> = HashMap::new();
     while sent < total {
         // Every 2,000 packets: policy churn and the clock moves on.
         if sent.is_multiple_of(2_000) {
             for _ in 0..rng.random_range(1..4) {
                 let victim = *VICTIM_PREFIXES.choose(&mut rng).unwrap();
                 if rng.random_bool(0.25) {
+                    if let Some(slot) = f.dp.slot_of(&victim.parse().unwrap()) {
+                        per_policy.remove(&slot);
+                    }
                     f.remove(victim);
                 } else {
                     let p = rand_policy(&mut rng, now);
-                    f.policy(victim, p);
+                    let named: Vec<u8> = p.rules.iter().map(|(v, _)| *v).collect();
+                    let slot = f.policy(victim, p);
+                    per_policy.entry(slot).or_default().0.extend(named);
                 }
             }
         }
@@ -270,6 +279,12 @@ fn program_agrees_with_model() {
             let want = f.model.decide(&p);
             let got = f.run(&p);
             *tally.entry(want).or_insert(0u64) += 1;
+            if let Outcome::Verdict { slot, vector, verdict } = want {
+                // A vector not named yet counts with the policy's unlisted ones.
+                let (named, outcomes) = per_policy.get_mut(&slot).expect("a verdict names an installed policy");
+                let key = if named.contains(&vector) { vector } else { UNLISTED };
+                *outcomes.entry((key, verdict)).or_default() += 1;
+            }
             if got != want.action() && mismatches.len() < 10 {
                 mismatches.push(format!("model {want:?}, program {got}, {} bytes: {}", p.len(), hex(&p)));
             }
@@ -319,8 +334,38 @@ fn program_agrees_with_model() {
         let got: u64 = per_vec.iter().map(|c| c.by_verdict[vd].packets).sum();
         assert_eq!(got, want, "seed {seed}: verdict {}", verdict::NAMES[vd]);
     }
-    eprintln!("differential: {sent} packets agreed (seed {seed}), {} vectors", vectors::default_port_table().len());
+    // Every installed policy's counters equal the model's outcomes for it since
+    // it was added: per vector from when it was first named, and summed over
+    // the vectors not (yet) named.
+    for (slot, (named, outcomes)) in &per_policy {
+        let got = f.dp.policy_counts(*slot).unwrap();
+        for vd in 0..verdict::COUNT {
+            let want = |pick: &dyn Fn(u8) -> bool| outcomes.iter().filter(|((v, d), _)| *d == vd && pick(*v)).map(|(_, n)| n).sum::<u64>();
+            for v in named {
+                assert_eq!(
+                    got.by_vector[*v as usize].by_verdict[vd].packets,
+                    want(&|x| x == *v),
+                    "seed {seed}: slot {slot} vector {v} {}",
+                    verdict::NAMES[vd]
+                );
+            }
+            assert_eq!(
+                got.unlisted.by_verdict[vd].packets,
+                want(&|x| x == UNLISTED),
+                "seed {seed}: slot {slot} unlisted {}",
+                verdict::NAMES[vd]
+            );
+        }
+    }
+    eprintln!(
+        "differential: {sent} packets agreed (seed {seed}), {} vectors, {} policies' counters",
+        vectors::default_port_table().len(),
+        per_policy.len()
+    );
 }
+
+/// Key of the vectors a policy has not named, in the per-policy tally.
+const UNLISTED: u8 = u8::MAX;
 
 fn hex(p: &[u8]) -> String {
     p.iter().take(160).map(|b| format!("{b:02x}")).collect::<String>() + if p.len() > 160 { "..." } else { "" }

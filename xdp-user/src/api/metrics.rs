@@ -175,19 +175,28 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
             &["policy", "victim"],
         );
         // The first `limit` policies get series of their own; "_other" is the
-        // per-vector total less theirs: every other policy, and policies since
-        // removed, so it never goes down when one is deleted. Reading the
+        // per-vector total less theirs: every other policy, policies since
+        // removed (so it never goes down when one is deleted), and what the
+        // listed ones passed of vectors they do not name (a policy counts
+        // those together, as vector "_unlisted", not per vector). Reading the
         // counters of only `limit` policies keeps a scrape's cost (and the
         // time it holds the store) flat at 100,000 policies.
         let mut other = per_vector.clone();
         for p in store.policies().take(limit) {
             let Some(slot) = dp.slot_of(&p.victim) else { continue };
-            let Ok(counts) = dp.policy_counters(slot) else { continue };
+            let Ok(counts) = dp.policy_counts(slot) else { continue };
             let (id, victim) = (p.id.as_str(), p.victim.to_string());
             if let Some(e) = p.expires_at.and_then(|e| e.duration_since(std::time::UNIX_EPOCH).ok()) {
                 expiry.with_label_values(&[id, &victim]).set(e.as_secs() as i64);
             }
-            for (vid, c) in counts.iter().enumerate() {
+            for (i, name) in verdict::NAMES.iter().enumerate() {
+                let x = counts.unlisted.by_verdict[i];
+                if x.packets != 0 {
+                    pp.with_label_values(&[id, &victim, crate::vectors::UNLISTED, name]).inc_by(x.packets);
+                    pb.with_label_values(&[id, &victim, crate::vectors::UNLISTED, name]).inc_by(x.bytes);
+                }
+            }
+            for (vid, c) in counts.by_vector.iter().enumerate() {
                 for (i, name) in verdict::NAMES.iter().enumerate() {
                     let x = c.by_verdict[i];
                     if let Some(o) = other.as_mut().and_then(|o| o.get_mut(vid)) {

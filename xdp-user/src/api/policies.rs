@@ -80,21 +80,29 @@ pub async fn create(State(app): State<Shared>, body: Result<Bytes, BytesRejectio
     Ok((StatusCode::CREATED, Json(view(&rec))))
 }
 
-/// Counters of one slot, by vector name and verdict (non-zero only).
+/// Counters of one slot, by vector name and verdict (non-zero only); the
+/// vectors the policy does not name are summed under `_unlisted`.
 fn counters_of(store: &crate::store::Store, slot: u32) -> Result<Map<String, Value>, ApiError> {
-    let counters = store.dataplane().policy_counters(slot).map_err(crate::store::StoreError::from)?;
+    let counts = store.dataplane().policy_counts(slot).map_err(crate::store::StoreError::from)?;
+    let by_verdict = |c: &xdp_common::counters::VerdictCounters| -> Value {
+        Value::Object(
+            verdict::NAMES
+                .iter()
+                .zip(c.by_verdict.iter())
+                .map(|(n, x)| (n.to_string(), json!({"packets": x.packets, "bytes": x.bytes})))
+                .collect(),
+        )
+    };
     let mut out = Map::new();
-    for (i, c) in counters.iter().enumerate() {
+    for (i, c) in counts.by_vector.iter().enumerate() {
         if c.by_verdict.iter().all(|x| x.packets == 0) {
             continue;
         }
         let name = store.vectors().name_of(i as u8).unwrap_or("unknown").to_string();
-        let by: Map<String, Value> = verdict::NAMES
-            .iter()
-            .zip(c.by_verdict.iter())
-            .map(|(n, x)| (n.to_string(), json!({"packets": x.packets, "bytes": x.bytes})))
-            .collect();
-        out.insert(name, Value::Object(by));
+        out.insert(name, by_verdict(c));
+    }
+    if counts.unlisted.by_verdict.iter().any(|x| x.packets != 0) {
+        out.insert(crate::vectors::UNLISTED.to_string(), by_verdict(&counts.unlisted));
     }
     Ok(out)
 }

@@ -14,7 +14,7 @@ use aya::{
     programs::Xdp,
     EbpfLoader,
 };
-use xdp_common::{maps as names, policy::Config, vector::MAX_VECTORS};
+use xdp_common::{maps as names, policy::Config};
 
 use super::{
     allowlist::Allowlist, counters::Counters, settings::Settings, slots::Slots, victims::Victims, DataPlane, DpError, Faults, XDP_OBJECT,
@@ -30,6 +30,9 @@ pub struct Capacity {
     pub max_policies: u32,
     /// Token-bucket entries (one per limited vector per policy).
     pub max_limiters: u32,
+    /// Rule entries: one per vector a policy names, plus one per policy for
+    /// the vectors it does not name. Unset: 8 per policy.
+    pub max_rules: Option<u32>,
     /// IPv4 level-2 chunks (one per /16 that holds victims longer than /16).
     pub v4_chunks: u32,
     pub max_v6_victims: u32,
@@ -41,6 +44,7 @@ impl Default for Capacity {
         Self {
             max_policies: names::DEFAULT_MAX_POLICIES,
             max_limiters: names::DEFAULT_MAX_LIMITERS,
+            max_rules: None,
             v4_chunks: names::DEFAULT_V4_CHUNKS,
             max_v6_victims: names::DEFAULT_MAX_V6_VICTIMS,
             max_allow: names::DEFAULT_MAX_ALLOW,
@@ -52,6 +56,17 @@ impl Capacity {
     /// Entries of the policy table (slot 0 included).
     pub(super) fn policy_slots(&self) -> u32 {
         self.max_policies + 1
+    }
+
+    /// Rule entries a policy can use on average (`max_rules`, or the default
+    /// per policy).
+    pub fn max_rules(&self) -> u32 {
+        self.max_rules.unwrap_or(self.max_policies.saturating_mul(names::DEFAULT_RULES_PER_POLICY))
+    }
+
+    /// Entries of the rule tables (entry 0 included, never handed out).
+    pub(super) fn rule_entries(&self) -> u32 {
+        self.max_rules().saturating_add(1)
     }
 }
 
@@ -76,7 +91,8 @@ impl DataPlane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::POLICIES, c.policy_slots())
-            .map_max_entries(names::POLICY_COUNTERS, c.policy_slots() * MAX_VECTORS as u32)
+            .map_max_entries(names::RULES, c.rule_entries())
+            .map_max_entries(names::RULE_COUNTS, c.rule_entries())
             .map_max_entries(names::LIMITERS, c.max_limiters)
             .map_max_entries(names::V4_L2, c.v4_chunks * names::CHUNK_ENTRIES)
             .map_max_entries(names::V6_VICTIMS, c.max_v6_victims)

@@ -4,17 +4,17 @@
 //! load) and its userspace mirror:
 //! - `loader`: load the program, take the maps, pin them; the table sizes (`Capacity`);
 //! - `settings`: the program's `Config` entry and the UDP source port -> vector table;
-//! - `slots`: policy slots and limiter indexes, and `upsert_policy`/`remove_policy`,
-//!   whose reservation rolls back on error;
+//! - `slots`: policy slots, rule entries and limiter indexes, and
+//!   `upsert_policy`/`remove_policy`, whose reservation rolls back on error;
 //! - `victims`: victim prefix -> slot (IPv4 direct table painted from `victims4`,
 //!   IPv6 LPM trie);
 //! - `allowlist`: allowlisted source prefixes (LPM tries behind the `allowbits` bitmap);
-//! - `counters`: per-policy, per-vector and no-policy counters.
+//! - `counters`: per-rule-entry (shared totals behind a per-CPU cache),
+//!   per-vector and no-policy counters.
 
 pub mod allowbits;
 mod allowlist;
 pub mod attach;
-mod batch;
 mod counters;
 mod linkinfo;
 mod loader;
@@ -28,8 +28,8 @@ pub mod victims4;
 use aya::Ebpf;
 use xdp_common::vector::MAX_VECTORS;
 
-pub use self::loader::Capacity;
 use self::{allowlist::Allowlist, counters::Counters, settings::Settings, slots::Slots, victims::Victims};
+pub use self::{counters::PolicyCounts, loader::Capacity};
 
 /// The XDP object built by build.rs.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));

@@ -1,15 +1,21 @@
-//! Policy slots and limiter indexes: which victim prefix holds which slot and
-//! buckets, the free pools, and the changes that install and remove a policy.
+//! Policy slots, rule entries and limiter indexes: which victim prefix holds
+//! which, the free pools, and the changes that install and remove a policy.
 //!
 //! A change takes what it needs into a `Reservation`; on error the
-//! reservation goes back to its pools (`release`), so "on error nothing
-//! changes" (xdp-user/tests/rollback.rs injects a failure at every write).
+//! reservation goes back to its pools (`release`) and rule entries already
+//! rewritten are written back, so "on error nothing changes"
+//! (xdp-user/tests/rollback.rs injects a failure at every write).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use aya::maps::{Array, IterableMap, MapData};
 use ipnet::IpNet;
-use xdp_common::{bucket::Limiter, maps as names, policy::Policy, vector::MAX_VECTORS};
+use xdp_common::{
+    bucket::Limiter,
+    maps as names,
+    policy::{action, Policy, RuleCfg, RuleEntry},
+    vector::MAX_VECTORS,
+};
 
 use super::{
     loader::{take, Capacity},
@@ -22,30 +28,40 @@ pub(super) struct Slots {
     installed: HashMap<IpNet, Installed>,
     slots: Pool,
     limiters: Pool,
+    cells: CellPool,
+    /// The last policy generation handed out (0 is never used).
+    gen: u32,
     /// `AG_POLICIES`: slot -> policy.
     policy_map: Array<MapData, Policy>,
+    /// `AG_RULES`: rule entry -> rule and limiter.
+    rule_map: Array<MapData, RuleEntry>,
     /// `AG_LIMITERS`: limiter index -> bucket.
     limiter_map: Array<MapData, Limiter>,
 }
 
 struct Installed {
     slot: u32,
-    /// Limiter index per vector. A replacement whose limit equals the one
-    /// in the limiter's map entry reuses it, so the bucket keeps its state.
-    limiters: Limiters,
+    gen: u32,
+    /// The rule entry of every vector the policy does not name.
+    pass_cell: u32,
+    /// Per vector the policy names, or named since it was installed: its rule
+    /// entry (kept for the policy's life, so its counters never go down) and
+    /// limiter (0 = none). A replacement whose limit equals the one in the
+    /// limiter's map entry reuses it, so the bucket keeps its state.
+    held: Held,
 }
 
-/// A policy's handful of (vector, limiter index): 8 bytes each in a boxed
-/// slice. (A HashMap of (vector -> index, limit) cost ~400 bytes a policy,
-/// 40 MB at 100,000; the limit is read back from the map when needed.)
+/// A policy's handful of (vector, rule entry, limiter): 12 bytes each in a
+/// boxed slice. (A HashMap of (vector -> index, limit) cost ~400 bytes a
+/// policy, 40 MB at 100,000; the limit is read back from the map when needed.)
 #[derive(Default)]
-struct Limiters(Box<[(u8, u32)]>);
+struct Held(Box<[(u8, u32, u32)]>);
 
-impl Limiters {
-    fn get(&self, v: u8) -> Option<u32> {
-        self.0.iter().find(|(k, _)| *k == v).map(|(_, i)| *i)
+impl Held {
+    fn get(&self, v: u8) -> Option<(u32, u32)> {
+        self.0.iter().find(|(k, _, _)| *k == v).map(|(_, c, l)| (*c, *l))
     }
-    fn iter(&self) -> impl Iterator<Item = (u8, u32)> + '_ {
+    fn iter(&self) -> impl Iterator<Item = (u8, u32, u32)> + '_ {
         self.0.iter().copied()
     }
 }
@@ -70,11 +86,42 @@ impl Pool {
     }
 }
 
-/// Pool entries a change has taken and not yet handed to a policy.
+/// Rule entries, handed out least recently freed first: a freed entry's
+/// generation is cleared at once (so counts a CPU still caches for it are
+/// discarded when folded), and by the time it is handed out again no CPU is
+/// still in the middle of folding into it.
+struct CellPool {
+    free: VecDeque<u32>,
+}
+
+impl CellPool {
+    fn new(capacity: u32) -> Self {
+        Self { free: (1..capacity).collect() }
+    }
+    fn take(&mut self) -> Option<u32> {
+        self.free.pop_front()
+    }
+    /// Back after use: the end of the queue.
+    fn give(&mut self, i: u32) {
+        self.free.push_back(i);
+    }
+    /// Back unused (a change that failed): the front, as if never taken.
+    fn untake(&mut self, i: u32) {
+        self.free.push_front(i);
+    }
+    fn available(&self) -> usize {
+        self.free.len()
+    }
+}
+
+/// Pool entries a change has taken and not yet handed to a policy, and the
+/// rule entries it rewrote (with their old values) in a live policy.
 #[derive(Default)]
 struct Reservation {
     slot: Option<u32>,
     limiters: Vec<u32>,
+    cells: Vec<u32>,
+    rewritten: Vec<(u32, RuleEntry)>,
 }
 
 impl Slots {
@@ -83,7 +130,10 @@ impl Slots {
             installed: HashMap::new(),
             slots: Pool::new(c.policy_slots()),
             limiters: Pool::new(c.max_limiters),
+            cells: CellPool::new(c.rule_entries()),
+            gen: 0,
             policy_map: take(ebpf, names::POLICIES)?,
+            rule_map: take(ebpf, names::RULES)?,
             limiter_map: take(ebpf, names::LIMITERS)?,
         })
     }
@@ -91,6 +141,7 @@ impl Slots {
     pub(super) fn map_named(&self, name: &str) -> Option<&MapData> {
         match name {
             names::POLICIES => Some(self.policy_map.map()),
+            names::RULES => Some(self.rule_map.map()),
             names::LIMITERS => Some(self.limiter_map.map()),
             _ => None,
         }
@@ -102,7 +153,26 @@ impl Slots {
         Ok(())
     }
 
-    /// Give back what a failed change had reserved.
+    fn write_rule(&mut self, faults: &mut Faults, cell: u32, entry: RuleEntry) -> Result<(), DpError> {
+        faults.point()?;
+        self.rule_map.set(cell, entry, 0)?;
+        Ok(())
+    }
+
+    /// The policy in a slot, as the program reads it.
+    pub(super) fn policy_at(&self, slot: u32) -> Result<Policy, DpError> {
+        Ok(self.policy_map.get(&slot, 0)?)
+    }
+
+    /// A generation no policy of this data plane has had.
+    fn next_gen(&mut self) -> u32 {
+        self.gen = self.gen.wrapping_add(1).max(1);
+        self.gen
+    }
+
+    /// Give back what a failed change had reserved, and write back the rule
+    /// entries it had rewritten (best effort: the write that failed was one
+    /// of the change's, and array writes to valid indexes do not fail).
     fn release(&mut self, taken: Reservation) {
         if let Some(s) = taken.slot {
             self.slots.give(s);
@@ -110,13 +180,23 @@ impl Slots {
         for idx in taken.limiters {
             self.limiters.give(idx);
         }
+        for cell in taken.cells.into_iter().rev() {
+            self.cells.untake(cell);
+        }
+        for (cell, old) in taken.rewritten.into_iter().rev() {
+            if let Err(e) = self.rule_map.set(cell, old, 0) {
+                tracing::error!(cell, "writing back a rule entry after a failed change: {e}");
+            }
+        }
     }
 }
 
 impl DataPlane {
-    /// Free entries in the (policy slot, limiter, IPv4 level-2 chunk) pools.
-    pub fn free_entries(&self) -> (usize, usize, u32) {
-        (self.slots.slots.available(), self.slots.limiters.available(), self.capacity.v4_chunks - self.victims.v4_chunks_in_use())
+    /// Free entries in the (policy slot, limiter, IPv4 level-2 chunk, rule
+    /// entry) pools.
+    pub fn free_entries(&self) -> (usize, usize, u32, usize) {
+        let s = &self.slots;
+        (s.slots.available(), s.limiters.available(), self.capacity.v4_chunks - self.victims.v4_chunks_in_use(), s.cells.available())
     }
 
     pub fn policy_count(&self) -> usize {
@@ -142,10 +222,12 @@ impl DataPlane {
     }
 
     /// The body of `upsert_policy`: every `?` here ends in its rollback. The
-    /// order keeps each step invisible to packets until one map write makes it
-    /// live: a new policy's slot, counters and limiters are written before any
-    /// victim entry points at them; a replacement goes live with the single
-    /// write of its slot.
+    /// order keeps each step invisible to packets until a map write makes it
+    /// live: a new policy's slot, rule entries, counters and limiters are
+    /// written before any victim entry points at them. A replacement rewrites
+    /// the rule entries of the vectors it keeps (each packet sees its vector's
+    /// old or new rule), then the policy (mode, expiry, plain drops) with one
+    /// write.
     fn try_upsert(&mut self, victim: IpNet, p: &DpPolicy, taken: &mut Reservation) -> Result<u32, DpError> {
         for (v, _) in &p.rules {
             if *v as usize >= MAX_VECTORS {
@@ -153,14 +235,22 @@ impl DataPlane {
             }
         }
         let s = &mut self.slots;
-        let existing = s.installed.get(&victim);
+        let existing = s.installed.get(&victim).map(|e| (e.slot, e.gen, e.pass_cell, Held(e.held.0.clone())));
+        let existing = existing.as_ref();
         // Limiters: keep the ones whose limit is unchanged, allocate the rest.
+        // Rule entries: keep every one the policy holds, add one per newly
+        // named vector (and the shared `pass` one for a new policy).
         let mut keep: HashMap<u8, u32> = HashMap::new();
         let mut needed = 0usize;
+        let mut new_cells = usize::from(existing.is_none());
         for (v, r) in &p.rules {
+            let held = existing.and_then(|e| e.3.get(*v));
+            if held.is_none() {
+                new_cells += 1;
+            }
             if let Some(l) = r.limit() {
-                match existing.and_then(|e| e.limiters.get(*v)) {
-                    Some(idx) if s.limiter_map.get(&idx, 0)?.cfg == l.to_cfg() => {
+                match held {
+                    Some((_, idx)) if idx != 0 && s.limiter_map.get(&idx, 0)?.cfg == l.to_cfg() => {
                         keep.insert(*v, idx);
                     }
                     _ => needed += 1,
@@ -170,8 +260,11 @@ impl DataPlane {
         if needed > s.limiters.available() {
             return Err(DpError::Full { what: "the limiter table", capacity: self.capacity.max_limiters, knob: "max_limiters" });
         }
-        let (slot, fresh) = match existing {
-            Some(e) => (e.slot, false),
+        if new_cells > s.cells.available() {
+            return Err(DpError::Full { what: "the rule table", capacity: self.capacity.rule_entries() - 1, knob: "max_rules" });
+        }
+        let (slot, gen, pass_cell, fresh) = match existing {
+            Some(e) => (e.0, e.1, e.2, false),
             None => {
                 self.victims.check_room(&victim)?;
                 let slot = s.slots.take().ok_or(DpError::Full {
@@ -180,21 +273,27 @@ impl DataPlane {
                     knob: "max_policies",
                 })?;
                 taken.slot = Some(slot);
-                (slot, true)
+                let cell = s.cells.take().expect("counted above");
+                taken.cells.push(cell);
+                let gen = s.next_gen();
+                self.counters.claim(&mut self.faults, cell, gen)?;
+                s.write_rule(&mut self.faults, cell, RuleEntry::PASS)?;
+                (slot, gen, cell, true)
             }
         };
-        if fresh {
-            self.counters.reset(&mut self.faults, slot)?;
-        }
 
         let mut policy = Policy::unused();
         policy.mode = p.mode.raw();
         policy.expires_ns = p.expires_ns;
-        let mut installed: Vec<(u8, u32)> = Vec::new();
+        policy.gen = gen;
+        policy.pass_cell = pass_cell;
+        policy.cells = [pass_cell; MAX_VECTORS];
+        // Every entry the policy held stays with it; one it no longer names passes.
+        let mut held: Vec<(u8, u32, u32)> = existing.map(|e| e.3.iter().map(|(v, c, _)| (v, c, 0)).collect()).unwrap_or_default();
         for (v, r) in &p.rules {
-            policy.rules[*v as usize] = r.cfg();
-            if let Some(l) = r.limit() {
-                let idx = match keep.get(v) {
+            let limiter = match r.limit() {
+                None => 0,
+                Some(l) => match keep.get(v) {
                     Some(idx) => *idx,
                     None => {
                         let idx = s.limiters.take().expect("counted above");
@@ -203,9 +302,43 @@ impl DataPlane {
                         s.limiter_map.set(idx, Limiter { cfg: l.to_cfg(), state: Default::default() }, 0)?;
                         idx
                     }
-                };
-                policy.limiters[*v as usize] = idx;
-                installed.push((*v, idx));
+                },
+            };
+            match held.iter_mut().find(|(k, _, _)| k == v) {
+                Some(h) => h.2 = limiter,
+                None => {
+                    let cell = s.cells.take().expect("counted above");
+                    taken.cells.push(cell);
+                    self.counters.claim(&mut self.faults, cell, gen)?;
+                    held.push((*v, cell, limiter));
+                }
+            }
+        }
+        held.sort_unstable();
+        // New entries first (no packet reaches them yet), then the kept ones.
+        let rules: HashMap<u8, _> = p.rules.iter().map(|(v, r)| (*v, r)).collect();
+        let new_cells = taken.cells.clone();
+        let is_new = |cell: u32| new_cells.contains(&cell);
+        let mut order: Vec<_> = held.to_vec();
+        order.sort_by_key(|(_, cell, _)| !is_new(*cell));
+        for (v, cell, limiter) in order {
+            let entry = match rules.get(&v) {
+                Some(r) => RuleEntry { rule: r.cfg(), limiter, _pad: 0 },
+                None => RuleEntry::PASS,
+            };
+            policy.cells[v as usize] = cell;
+            if entry.rule == RuleCfg::plain(action::DROP) {
+                policy.drop_mask |= 1 << v;
+            }
+            if !is_new(cell) {
+                let old = s.rule_map.get(&cell, 0)?;
+                if old == entry {
+                    continue;
+                }
+                s.write_rule(&mut self.faults, cell, entry)?;
+                taken.rewritten.push((cell, old));
+            } else {
+                s.write_rule(&mut self.faults, cell, entry)?;
             }
         }
         s.write_policy(&mut self.faults, slot, policy)?;
@@ -218,10 +351,10 @@ impl DataPlane {
         }
         // Live: what was reserved now belongs to the policy.
         *taken = Reservation::default();
-        let installed = Limiters(installed.into_boxed_slice());
-        if let Some(old) = s.installed.insert(victim, Installed { slot, limiters: installed }) {
-            for (v, idx) in old.limiters.iter() {
-                if keep.get(&v) != Some(&idx) {
+        let installed = Installed { slot, gen, pass_cell, held: Held(held.into_boxed_slice()) };
+        if let Some(old) = s.installed.insert(victim, installed) {
+            for (v, _, idx) in old.held.iter() {
+                if idx != 0 && keep.get(&v) != Some(&idx) {
                     s.limiters.give(idx);
                 }
             }
@@ -244,9 +377,15 @@ impl DataPlane {
             tracing::warn!(slot, "clearing the slot of a removed policy: {e}");
         }
         s.slots.give(inst.slot);
-        for (_, idx) in inst.limiters.iter() {
-            s.limiters.give(idx);
+        for (_, cell, idx) in inst.held.iter() {
+            if idx != 0 {
+                s.limiters.give(idx);
+            }
+            self.counters.free(cell);
+            s.cells.give(cell);
         }
+        self.counters.free(inst.pass_cell);
+        s.cells.give(inst.pass_cell);
         Ok(true)
     }
 }

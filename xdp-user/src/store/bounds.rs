@@ -61,10 +61,12 @@ pub struct Footprint {
     pub acting: bool,
     /// Token buckets: one per rule that limits.
     pub limiters: usize,
+    /// Rule entries: one per vector named, and the policy's shared `pass`.
+    pub rules: usize,
 }
 
 pub fn footprint(rules: &RuleSet) -> Footprint {
-    let mut f = Footprint::default();
+    let mut f = Footprint { rules: rules.len() + 1, ..Footprint::default() };
     for r in rules.values().filter_map(|spec| spec.resolve().ok()) {
         f.acting |= r.acts();
         f.limiters += usize::from(r.limit().is_some());
@@ -87,6 +89,7 @@ pub struct Usage {
     /// level-2 chunks alerts hold (shared with operators or not).
     pub alert_chunks: HashMap<u32, u32>,
     pub alert_limiters: usize,
+    pub alert_rules: usize,
     pub alert_v6: usize,
 }
 
@@ -114,8 +117,10 @@ impl Usage {
         }
         if add {
             self.alert_limiters += f.limiters;
+            self.alert_rules += f.rules;
         } else {
             self.alert_limiters = self.alert_limiters.saturating_sub(f.limiters);
+            self.alert_rules = self.alert_rules.saturating_sub(f.rules);
         }
         if let IpNet::V6(_) = p.victim {
             if add {
@@ -163,7 +168,7 @@ impl Usage {
     }
 
     /// Whether an alert may make `new` (replacing `old`, None: a new policy)
-    /// within the alerts' share of the chunk, limiter and IPv6 victim tables.
+    /// within the alerts' share of the chunk, limiter, rule and IPv6 victim tables.
     pub fn check_alert_share(&self, cfg: &Config, old: Option<&PolicyRecord>, new: &PolicyRecord) -> Result<(), String> {
         if !by_alert(new) {
             return Ok(());
@@ -188,6 +193,11 @@ impl Usage {
         let after = self.alert_limiters.saturating_sub(before) + footprint(&new.rules).limiters;
         if after > self.alert_limiters && after > share(c.max_limiters) {
             return refuse("limiters", self.alert_limiters, share(c.max_limiters), "max_limiters");
+        }
+        let before = old.filter(|o| by_alert(o)).map_or(0, |o| footprint(&o.rules).rules);
+        let after = self.alert_rules.saturating_sub(before) + footprint(&new.rules).rules;
+        if after > self.alert_rules && after > share(c.max_rules()) {
+            return refuse("rule entries", self.alert_rules, share(c.max_rules()), "max_rules");
         }
         Ok(())
     }
