@@ -1,23 +1,35 @@
-//! Token buckets for `limit` rules: pure fixed-point maths shared by the XDP
-//! program and the reference model, unit-tested on the host.
+//! Rate limits for `limit` rules: GCRA, the Generic Cell Rate Algorithm (ITU-T
+//! I.371; the "virtual scheduling" form), pure fixed-point maths shared by the
+//! XDP program and the reference model, unit-tested on the host.
 //!
-//! Tokens are kept in micro-units (1 packet = 1,000,000 µtokens; 1 byte =
-//! 1,000,000 µtokens) so that refilling after `e` ns at `r` per second adds
-//! exactly `e * r / 1000` µtokens: the truncation loses less than one µtoken per
-//! refill (at 10 Mpps of refills: under 10 packets/s of drift), where whole-token
-//! maths would lose everything between two closely spaced packets.
+//! A dimension (packets, or bytes) keeps one number, the theoretical arrival
+//! time (TAT): when the bucket would be full again. A packet of cost c (1, or
+//! its length) conforms if `max(TAT, now) + c * interval - now <= tolerance`
+//! (`interval` = 1 / rate, `tolerance` = burst * interval); then TAT moves to
+//! `max(TAT, now) + c * interval`. It is the token bucket of rate and burst,
+//! with two properties the program needs on every core:
+//! - a packet that does not conform writes nothing: only the CPUs that admit
+//!   touch the shared state;
+//! - an admission is one compare-and-swap of TAT per dimension
+//!   (BPF_CMPXCHG), so CPUs racing on one limiter each spend their own share:
+//!   the limit is exact however many CPUs the flood lands on.
 //!
-//! Overflow bound: the elapsed time is capped at `fill_ns` (the time to fill an
-//! empty bucket, computed by the controller), so `e * r <= burst * 1e9 + r`.
-//! The controller refuses `burst > MAX_BURST` and `rate > MAX_RATE`, which keeps
-//! that product below 2^64.
+//! Units: time in ticks of 1/16 ns (a u64 holds 36 years of CLOCK_MONOTONIC);
+//! `interval` in ticks with 20 fractional bits, so rates up to [`MAX_RATE`]
+//! keep 6 significant digits. Fresh state (TAT 0) is a full bucket. Time going
+//! backwards (the test clock, or a CPU whose cached coarse clock lags another's
+//! by a tick) refills nothing: TAT stays ahead of it.
 
-/// µtokens per token.
-pub const MICRO: u64 = 1_000_000;
+/// Ticks per ns.
+pub const TICKS_PER_NS: u64 = 16;
+/// Fractional bits of [`Rate::interval_fp`].
+pub const INTERVAL_FRAC_BITS: u32 = 20;
 /// Largest accepted rate, per second (packets or bytes): 10^11 (800 Gbit/s).
 pub const MAX_RATE: u64 = 100_000_000_000;
 /// Largest accepted bucket depth (packets or bytes): 10^10.
 pub const MAX_BURST: u64 = 10_000_000_000;
+/// Tolerances are capped here (about 9 years): sums with TAT never overflow.
+pub const MAX_TOLERANCE: u64 = 1 << 62;
 
 /// One dimension of a limit: a rate and a bucket depth. `rate == 0` = unlimited.
 #[repr(C)]
@@ -27,21 +39,48 @@ pub struct Rate {
     pub rate: u64,
     /// Bucket depth in tokens.
     pub burst: u64,
-    /// ns to fill an empty bucket: `ceil(burst * 1e9 / rate)`; see [`Rate::new`].
-    pub fill_ns: u64,
+    /// Ticks per token, `16e9 / rate`, with [`INTERVAL_FRAC_BITS`] fractional bits.
+    pub interval_fp: u64,
+    /// Ticks a full bucket holds: `burst * interval`, at most [`MAX_TOLERANCE`].
+    pub tolerance: u64,
 }
 
 impl Rate {
-    pub const UNLIMITED: Rate = Rate { rate: 0, burst: 0, fill_ns: 0 };
+    pub const UNLIMITED: Rate = Rate { rate: 0, burst: 0, interval_fp: 0, tolerance: 0 };
 
-    /// A rate with its fill time precomputed. Callers validate `rate <= MAX_RATE`
-    /// and `1 <= burst <= MAX_BURST` first.
+    /// A rate with its interval and tolerance precomputed. Callers validate
+    /// `rate <= MAX_RATE` and `1 <= burst <= MAX_BURST` first.
     pub const fn new(rate: u64, burst: u64) -> Self {
         if rate == 0 {
             return Self::UNLIMITED;
         }
-        let fill = (burst as u128 * 1_000_000_000).div_ceil(rate as u128);
-        Self { rate, burst, fill_ns: fill as u64 }
+        // Rounded up: a packet never costs less than its share, so the limit
+        // is never exceeded by rounding.
+        let interval_fp = (((TICKS_PER_NS * 1_000_000_000) as u128) << INTERVAL_FRAC_BITS).div_ceil(rate as u128);
+        let tol = (burst as u128 * interval_fp) >> INTERVAL_FRAC_BITS;
+        let tolerance = if tol > MAX_TOLERANCE as u128 { MAX_TOLERANCE } else { tol as u64 };
+        Self { rate, burst, interval_fp: interval_fp as u64, tolerance }
+    }
+
+    /// Ticks `n` tokens are worth (n <= 65,535; no overflow: the integer part
+    /// of the interval is at most 1.6e10 ticks).
+    #[inline(always)]
+    pub const fn cost(&self, n: u64) -> u64 {
+        let whole = self.interval_fp >> INTERVAL_FRAC_BITS;
+        let frac = self.interval_fp & ((1 << INTERVAL_FRAC_BITS) - 1);
+        n * whole + ((n * frac) >> INTERVAL_FRAC_BITS)
+    }
+
+    /// The TAT after a packet of `n` tokens at `now` (ticks), if it conforms.
+    #[inline(always)]
+    pub const fn admit(&self, tat: u64, now: u64, n: u64) -> Option<u64> {
+        let base = if tat > now { tat } else { now };
+        let next = base.saturating_add(self.cost(n));
+        if next - now <= self.tolerance {
+            Some(next)
+        } else {
+            None
+        }
     }
 }
 
@@ -57,11 +96,10 @@ pub struct LimitCfg {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BucketState {
-    /// Time of the last refill; 0 = never used (the first packet finds the
-    /// bucket full, because its elapsed time is capped at `fill_ns`).
-    pub last_ns: u64,
-    pub packet_utokens: u64,
-    pub byte_utokens: u64,
+    /// Theoretical arrival time of the packet dimension, ticks; 0 = fresh.
+    pub tat_packets: u64,
+    /// Theoretical arrival time of the byte dimension, ticks; 0 = fresh.
+    pub tat_bytes: u64,
 }
 
 /// One entry of `AG_LIMITERS`.
@@ -72,48 +110,37 @@ pub struct Limiter {
     pub state: BucketState,
 }
 
+/// `now` in ticks.
 #[inline(always)]
-fn refill(tokens: u64, rate: &Rate, elapsed_ns: u64) -> u64 {
-    let e = if elapsed_ns < rate.fill_ns { elapsed_ns } else { rate.fill_ns };
-    let full = rate.burst * MICRO;
-    let t = tokens + e * rate.rate / 1000;
-    if t < full {
-        t
-    } else {
-        full
-    }
+pub const fn ticks(now_ns: u64) -> u64 {
+    now_ns.saturating_mul(TICKS_PER_NS)
 }
 
-/// Refill the bucket up to `now_ns`, then take one packet of `len` bytes if both
-/// dimensions have enough tokens. Returns whether the packet conforms.
-///
-/// A packet that does not conform takes nothing (it is dropped, so it must not
-/// eat the budget of the packets that follow). Time going backwards (a test
-/// clock, or two CPUs racing) refills nothing.
+/// The state after a packet of `len` bytes at `now_ns`, if both dimensions
+/// conform; None (and nothing to write) if either does not.
 #[inline(always)]
-pub fn admit(cfg: &LimitCfg, st: &mut BucketState, now_ns: u64, len: u64) -> bool {
-    let elapsed = now_ns.saturating_sub(st.last_ns);
-    if now_ns > st.last_ns {
-        st.last_ns = now_ns;
-    }
-    let mut ok = true;
+pub fn decide(cfg: &LimitCfg, st: &BucketState, now_ns: u64, len: u64) -> Option<BucketState> {
+    let now = ticks(now_ns);
+    let mut next = *st;
     if cfg.packets.rate != 0 {
-        st.packet_utokens = refill(st.packet_utokens, &cfg.packets, elapsed);
-        ok &= st.packet_utokens >= MICRO;
+        next.tat_packets = cfg.packets.admit(st.tat_packets, now, 1)?;
     }
     if cfg.bytes.rate != 0 {
-        st.byte_utokens = refill(st.byte_utokens, &cfg.bytes, elapsed);
-        ok &= st.byte_utokens >= len * MICRO;
+        next.tat_bytes = cfg.bytes.admit(st.tat_bytes, now, len)?;
     }
-    if ok {
-        if cfg.packets.rate != 0 {
-            st.packet_utokens -= MICRO;
+    Some(next)
+}
+
+/// One packet through a limiter owned by one thread (the reference model and
+/// tests): whether it conforms, updating `st` if it does.
+pub fn admit(cfg: &LimitCfg, st: &mut BucketState, now_ns: u64, len: u64) -> bool {
+    match decide(cfg, st, now_ns, len) {
+        Some(next) => {
+            *st = next;
+            true
         }
-        if cfg.bytes.rate != 0 {
-            st.byte_utokens -= len * MICRO;
-        }
+        None => false,
     }
-    ok
 }
 
 #[cfg(test)]
@@ -183,6 +210,31 @@ mod tests {
     }
 
     #[test]
+    fn interval_and_tolerance_keep_precision() {
+        // 10,000 pps: 100 µs = 1,600,000 ticks a packet, exactly.
+        let r = Rate::new(10_000, 500);
+        assert_eq!(r.cost(1), 1_600_000);
+        assert_eq!(r.tolerance, 500 * 1_600_000);
+        // 3 pps: 333,333,333.3 ns; 3 packets cost 1 s within a tick.
+        let r = Rate::new(3, 1);
+        assert!(r.cost(3).abs_diff(16_000_000_000) <= 1, "{}", r.cost(3));
+        // 10^11 bytes/s: 0.16 ticks a byte; a 1,500-byte packet 240 ticks.
+        let r = Rate::new(MAX_RATE, MAX_BURST);
+        assert_eq!(r.cost(1_500), 240);
+        // A slow rate with a deep bucket is capped, not overflowed.
+        assert_eq!(Rate::new(1, MAX_BURST).tolerance, MAX_TOLERANCE);
+    }
+
+    #[test]
+    fn a_refused_packet_leaves_the_state_as_it_was() {
+        let cfg = LimitCfg { packets: Rate::new(10, 2), bytes: Rate::new(1_000, 1_000) };
+        let st = BucketState { tat_packets: ticks(SEC), tat_bytes: ticks(SEC) };
+        assert_eq!(decide(&cfg, &st, SEC, 2_000), None, "too big for the byte bucket");
+        let full = BucketState { tat_packets: ticks(SEC) + cfg.packets.tolerance, tat_bytes: 0 };
+        assert_eq!(decide(&cfg, &full, SEC, 1), None, "packet bucket empty");
+    }
+
+    #[test]
     fn extremes_do_not_overflow() {
         let cfg = LimitCfg { packets: Rate::new(MAX_RATE, MAX_BURST), bytes: Rate::new(MAX_RATE, MAX_BURST) };
         let mut st = BucketState::default();
@@ -198,7 +250,9 @@ mod tests {
         let cfg = pkts(1000, 1);
         let mut st = BucketState::default();
         assert!(admit(&cfg, &mut st, 10 * SEC, 1));
+        let after = st;
         assert!(!admit(&cfg, &mut st, 9 * SEC, 1));
-        assert_eq!(st.last_ns, 10 * SEC);
+        assert_eq!(st, after, "a refusal writes nothing");
+        assert!(admit(&cfg, &mut st, 10 * SEC + 1_000_000, 1), "1 ms later: one token");
     }
 }

@@ -95,8 +95,9 @@ pub const PROGRAM: &str = "ampguard";
 pub const DEFAULT_MAX_POLICIES: u32 = 8192;
 pub const DEFAULT_MAX_LIMITERS: u32 = 8192 * 6;
 /// Rule entries per policy when `max_rules` is not configured: one per vector
-/// the policy names plus its shared `pass` (the default profile names 7).
-pub const DEFAULT_RULES_PER_POLICY: u32 = 8;
+/// the policy names plus its shared `pass`; the default profile names all 19
+/// built-in vectors.
+pub const DEFAULT_RULES_PER_POLICY: u32 = 20;
 pub const DEFAULT_V4_CHUNKS: u32 = 64;
 pub const DEFAULT_MAX_V6_VICTIMS: u32 = 16384;
 pub const DEFAULT_MAX_ALLOW: u32 = 4096;

@@ -13,7 +13,7 @@
 //! bpf_ktime_get_coarse_ns needs 5.11 and bounded loops 5.3.
 #![no_std]
 #![no_main]
-// atomic_xadd: the counters' folds (verdict.rs).
+// atomic_xadd and atomic_cxchg: the counters' folds and the limiters (verdict.rs).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 

@@ -12,7 +12,7 @@ use core::{
 };
 
 use xdp_common::{
-    bucket,
+    bucket::{self, BucketState, LimitCfg, Rate},
     counters::{cache_index, reason, verdict, Counter},
     maps,
     policy::{action, cond, mode, Config, RuleCfg, Sample, NO_CELL, NO_SLOT, SAMPLE_BYTES},
@@ -83,10 +83,10 @@ pub fn decide(ctx: &XdpContext) -> u32 {
     let mut v = match action {
         action::DROP => verdict::DROPPED,
         action::LIMIT => match AG_LIMITERS.get_ptr_mut(limiter) {
-            // Safety: a valid map value pointer; concurrent CPUs may race on the
-            // bucket, which can admit a few extra packets (see README).
+            // Safety: a valid map value pointer; CPUs share it through
+            // compare-and-swap only (see limit_admits).
             Some(l) => unsafe {
-                if bucket::admit(&(*l).cfg, &mut (*l).state, now, len) {
+                if limit_admits(&(*l).cfg, &mut (*l).state, now, len) {
                     verdict::PASSED
                 } else {
                     verdict::RATE_LIMITED
@@ -282,6 +282,48 @@ fn count_rule(cell: u32, gen: u32, v: usize, len: u64) {
     }
 }
 
+/// Compare-and-swap attempts on one limiter dimension before the packet is
+/// refused (each failure means another CPU admitted one in between).
+const CAS_TRIES: usize = 8;
+
+/// GCRA (xdp_common::bucket) on a limiter shared by every CPU: a packet that
+/// does not conform writes nothing; one that does moves each dimension's
+/// theoretical arrival time with one compare-and-swap, so two CPUs never
+/// spend the same token. If the byte dimension refuses after the packet
+/// dimension took its token, the token is given back.
+#[inline(always)]
+unsafe fn limit_admits(cfg: &LimitCfg, st: *mut BucketState, now_ns: u64, len: u64) -> bool {
+    let now = bucket::ticks(now_ns);
+    if cfg.packets.rate != 0 && !take(&cfg.packets, &mut (*st).tat_packets, now, 1) {
+        return false;
+    }
+    if cfg.bytes.rate != 0 && !take(&cfg.bytes, &mut (*st).tat_bytes, now, len) {
+        if cfg.packets.rate != 0 {
+            atomic_add(&mut (*st).tat_packets, cfg.packets.cost(1).wrapping_neg());
+        }
+        return false;
+    }
+    true
+}
+
+#[inline(always)]
+unsafe fn take(rate: &Rate, tat: *mut u64, now: u64, n: u64) -> bool {
+    let mut cur = read_volatile(tat);
+    for _ in 0..CAS_TRIES {
+        let Some(next) = rate.admit(cur, now, n) else { return false };
+        let (seen, swapped) = core::intrinsics::atomic_cxchg::<
+            u64,
+            { core::intrinsics::AtomicOrdering::Relaxed },
+            { core::intrinsics::AtomicOrdering::Relaxed },
+        >(tat, cur, next);
+        if swapped {
+            return true;
+        }
+        cur = seen;
+    }
+    false
+}
+
 #[inline(always)]
 fn count_vector(vector: usize, v: usize, len: u64) {
     if let Some(c) = AG_VEC_COUNTERS.get_ptr_mut(vector as u32) {
@@ -291,6 +333,7 @@ fn count_vector(vector: usize, v: usize, len: u64) {
 
 /// `*dst += v` as one atomic instruction (BPF_ATOMIC | BPF_ADD, the `lock
 /// xadd` of every BPF CPU version; the result is not used, so no BPF_FETCH).
+/// (BPF_CMPXCHG, in `take`, needs the v3 instruction set: LLVM 22's default.)
 /// core's AtomicU64 has no fetch_add here: the target declares no
 /// compare-and-swap.
 #[inline(always)]

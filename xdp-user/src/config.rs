@@ -278,7 +278,7 @@ impl Config {
         }
         if let Some(r) = c.max_rules {
             if !(2..=1 << 24).contains(&r) {
-                return bad(format!("capacity.max_rules {r} must be in 2..=16777216 (88 bytes each; unset: 8 per policy)"));
+                return bad(format!("capacity.max_rules {r} must be in 2..=16777216 (88 bytes each; unset: 20 per policy)"));
             }
         }
         if c.max_limiters < 2 || c.max_v6_victims == 0 || c.max_allow == 0 {
@@ -320,12 +320,12 @@ mod tests {
     #[test]
     fn rule_entries_follow_the_policy_table_unless_set() {
         let c = Config::parse("[capacity]\nmax_policies = 100000").unwrap();
-        assert_eq!(c.capacity.max_rules(), 800_000, "8 a policy when unset");
-        let c = Config::parse("[capacity]\nmax_policies = 100000\nmax_rules = 300000").unwrap();
-        assert_eq!(c.capacity.max_rules(), 300_000);
+        assert_eq!(c.capacity.max_rules(), 2_000_000, "20 a policy when unset");
+        let c = Config::parse("[capacity]\nmax_policies = 100000\nmax_rules = 800000").unwrap();
+        assert_eq!(c.capacity.max_rules(), 800_000);
         for bad in ["max_rules = 1", "max_rules = 16777217"] {
             let e = Config::parse(&format!("[capacity]\n{bad}")).unwrap_err().to_string();
-            assert!(e.contains("max_rules") && e.contains("8 per policy"), "{bad}: {e}");
+            assert!(e.contains("max_rules") && e.contains("20 per policy"), "{bad}: {e}");
         }
     }
 

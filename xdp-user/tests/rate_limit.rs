@@ -88,3 +88,46 @@ fn packets_per_second_on_all_cpus() {
         cpus,
     );
 }
+
+/// Two CPUs racing on one bucket admit exactly what the limit allows: with the
+/// test clock frozen, a flood from both CPUs at once passes the burst and not
+/// one packet more; each step of the clock passes exactly the tokens it adds.
+/// (A non-atomic bucket update lets both CPUs spend the same token.)
+#[test]
+fn two_cpus_racing_on_one_bucket_spend_each_token_once() {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    assert!(cpus >= 2, "this test needs two CPUs to race on the bucket (found {cpus})");
+    let mut f = Fixture::new();
+    // A deep bucket, so that both CPUs spend it at once for tens of ms.
+    const BURST: u64 = 1_000_000;
+    let rule = Rule::Limit(Limit { pps: 10_000, bytes_per_sec: 0, burst_packets: BURST, burst_bytes: 0 });
+    let slot = f.policy("203.0.113.0/24", policy(Enforce, 0, &[("ntp", rule)]));
+    let pkt = P::udp4("198.51.100.123:123", "203.0.113.10:40001").payload(458).build();
+    let mut now = 100 * SEC;
+    f.set_now(now);
+    let passed = |f: &Fixture| f.dp.policy_counters(slot).unwrap()[v("ntp") as usize].by_verdict[verdict::PASSED].packets;
+    let race = |f: &Fixture, repeat: u32| {
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for cpu in 0..2 {
+                let (pkt, start) = (&pkt, &start);
+                s.spawn(move || {
+                    pin_to_cpu(cpu);
+                    start.wait();
+                    f.dp.program().test_run(TestRunOptions { data_in: Some(pkt), repeat, ..Default::default() }).expect("test run");
+                });
+            }
+        })
+    };
+    race(&f, 1_500_000);
+    assert_eq!(passed(&f), BURST, "a full bucket: the burst, once");
+    let mut want = BURST;
+    for step in 1..=20u64 {
+        // 1 ms at 10,000/s: 10 tokens; the tokens of a step are spent at once by both CPUs.
+        now += SEC / 1000;
+        f.set_now(now);
+        race(&f, 20_000);
+        want += 10;
+        assert_eq!(passed(&f), want, "after step {step}: each refilled token spent once");
+    }
+}

@@ -31,7 +31,7 @@ pub struct Capacity {
     /// Token-bucket entries (one per limited vector per policy).
     pub max_limiters: u32,
     /// Rule entries: one per vector a policy names, plus one per policy for
-    /// the vectors it does not name. Unset: 8 per policy.
+    /// the vectors it does not name. Unset: 20 per policy (the default profile's need).
     pub max_rules: Option<u32>,
     /// IPv4 level-2 chunks (one per /16 that holds victims longer than /16).
     pub v4_chunks: u32,
