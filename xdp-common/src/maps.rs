@@ -22,8 +22,9 @@
 //! The allowlist is checked only on packets that met a policy. `AG_ALLOW_BITS`
 //! holds one bit per /24 of IPv4 space (index = top 24 bits) then one bit per
 //! /24 of IPv6 space (its top 24 bits), set where any allowlist prefix overlaps;
-//! only then does the program consult the exact LPM trie. Attack sources are
-//! spread over the internet, so almost all of them cost one array read.
+//! only then does the program consult the exact LPM trie. In front of those
+//! 4 MiB, a summary bit per /16 (16 KiB, cache-resident): attack sources are
+//! spread over the internet, so almost all of them cost one read of it.
 
 /// Program-wide settings ([`crate::policy::Config`]), 1 entry.
 pub const CONFIG: &str = "AG_CONFIG";
@@ -104,10 +105,15 @@ pub const DEFAULT_MAX_ALLOW: u32 = 4096;
 
 pub const V4_L1_ENTRIES: u32 = 1 << 16;
 pub const CHUNK_ENTRIES: u32 = 1 << 16;
-/// 2^24 bits for IPv4 then 2^24 bits for IPv6, in u64 words.
-pub const ALLOW_BITS_WORDS: u32 = (2 << 24) / 64;
+/// 2^24 bits for IPv4 then 2^24 bits for IPv6 (one per /24-sized block),
+/// then the summary: 2^16 + 2^16 bits (one per /16-sized block), in u64 words.
+pub const ALLOW_BITS_WORDS: u32 = ((2 << 24) + (2 << 16)) / 64;
 /// Bit offset of the IPv6 half of `AG_ALLOW_BITS`.
 pub const ALLOW_BITS_V6: u32 = 1 << 24;
+/// Bit offset of the summary: bit `ALLOW_SUMMARY + (b >> 8)` is set iff any
+/// of the 256 block bits `b` of its /16 is. Its 16 KiB stay in cache where
+/// the 4 MiB of block bits cannot, with reflectors spread over the internet.
+pub const ALLOW_SUMMARY: u32 = 2 << 24;
 
 /// Level-1 entry: the slot for the /16 and the chunk, if any.
 #[inline(always)]
@@ -142,4 +148,10 @@ pub const fn allow_bit_v4(addr: u32) -> u32 {
 #[inline(always)]
 pub const fn allow_bit_v6(top32: u32) -> u32 {
     ALLOW_BITS_V6 + (top32 >> 8)
+}
+
+/// The summary bit in front of a block bit.
+#[inline(always)]
+pub const fn allow_summary_bit(block_bit: u32) -> u32 {
+    ALLOW_SUMMARY + (block_bit >> 8)
 }

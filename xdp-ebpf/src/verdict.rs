@@ -208,16 +208,19 @@ fn now_ns(cfg: Option<&Config>) -> u64 {
     }
 }
 
-/// Source in the allowlist? The bitmap answers "no" for almost every attack
-/// source with one array read; the exact LPM trie decides the rest.
+/// Source in the allowlist? The /16 summary answers "no" for almost every
+/// attack source with one read of a cache-resident word; the /24 bitmap
+/// and the exact LPM trie decide the rest.
 #[inline(always)]
 fn allowlisted(l3: &L3) -> bool {
     if l3.v6 {
         let src = l3.src6();
-        bit_set(maps::allow_bit_v6(u32::from_be_bytes([src[0], src[1], src[2], src[3]]))) && AG_ALLOW_V6.get(Key::new(128, src)).is_some()
+        let b = maps::allow_bit_v6(u32::from_be_bytes([src[0], src[1], src[2], src[3]]));
+        bit_set(maps::allow_summary_bit(b)) && bit_set(b) && AG_ALLOW_V6.get(Key::new(128, src)).is_some()
     } else {
         let src = l3.src4();
-        bit_set(maps::allow_bit_v4(u32::from_be_bytes(src))) && AG_ALLOW_V4.get(Key::new(32, src)).is_some()
+        let b = maps::allow_bit_v4(u32::from_be_bytes(src));
+        bit_set(maps::allow_summary_bit(b)) && bit_set(b) && AG_ALLOW_V4.get(Key::new(32, src)).is_some()
     }
 }
 

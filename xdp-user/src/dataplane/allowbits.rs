@@ -1,6 +1,10 @@
 //! The allowlist prefilter bitmap (`AG_ALLOW_BITS`, layout in `xdp_common::maps`):
 //! bit b is set iff some allowlist prefix of the family overlaps the /24-sized
-//! block b (top 24 bits of the address). Pure logic; returns word writes.
+//! block b (top 24 bits of the address), and summary bit
+//! `allow_summary_bit(b)` iff any block bit of its /16 is. Pure logic; returns
+//! word writes, block words before the summary words they imply (an add is
+//! seen by the program once its summary bit is set, a removal once it is
+//! cleared).
 
 use std::ops::Range;
 
@@ -63,6 +67,18 @@ impl AllowBits {
                 writes.push((w, value));
             }
         }
+        // The summary bits of the /16s (4 words of block bits each) touched.
+        let (first16, last16) = (range.start >> 8, (range.end - 1) >> 8);
+        for s16 in first16..=last16 {
+            let any = self.words[(s16 * 4) as usize..(s16 * 4 + 4) as usize].iter().any(|w| *w != 0);
+            let bit = maps::ALLOW_SUMMARY + s16;
+            let (w, m) = ((bit >> 6) as usize, 1u64 << (bit & 63));
+            let value = if any { self.words[w] | m } else { self.words[w] & !m };
+            if value != self.words[w] {
+                self.words[w] = value;
+                writes.push((w as u32, value));
+            }
+        }
         writes
     }
 }
@@ -103,5 +119,35 @@ mod tests {
         assert!(b.is_set(bits_of(&all[1]).start));
         assert!(!b.is_set(bits_of(&net("203.0.113.0/24")).start));
         assert!(!b.is_set(bits_of(&net("2001:eb8::/32")).start));
+    }
+
+    #[test]
+    fn the_summary_bit_follows_the_blocks_of_its_sixteen() {
+        let mut b = AllowBits::default();
+        let summary = |p: &str| maps::allow_summary_bit(bits_of(&net(p)).start);
+        let mut all = vec![net("192.0.2.0/24"), net("192.0.200.128/25")];
+        for p in &all {
+            let writes = b.update(p, all.iter());
+            // Block words are written before the summary word they imply.
+            let s = (summary("192.0.0.0/16") >> 6, bits_of(p).start >> 6);
+            let (pos_s, pos_b) = (writes.iter().position(|(w, _)| *w == s.0), writes.iter().position(|(w, _)| *w == s.1));
+            assert!(pos_b.is_some() && (pos_s.is_none() || pos_s > pos_b), "{writes:?}");
+        }
+        assert!(b.is_set(summary("192.0.0.0/16")));
+        assert!(!b.is_set(summary("192.1.0.0/16")), "the next /16 has nothing");
+        assert!(!b.is_set(summary("2001:db8::/32")), "the IPv6 summary is apart");
+        all.remove(0);
+        b.update(&net("192.0.2.0/24"), all.iter());
+        assert!(b.is_set(summary("192.0.0.0/16")), "the /25 is still in it");
+        all.clear();
+        b.update(&net("192.0.200.128/25"), all.iter());
+        assert!(!b.is_set(summary("192.0.0.0/16")), "empty /16: summary clear");
+        // A /8 sets 256 summary bits; a /32 of IPv6 one of the IPv6 half.
+        let all = vec![net("10.0.0.0/8"), net("2001:db8::/32")];
+        for p in &all {
+            b.update(p, all.iter());
+        }
+        assert!(b.is_set(summary("10.255.0.0/16")) && b.is_set(summary("10.0.0.0/16")) && !b.is_set(summary("11.0.0.0/16")));
+        assert!(b.is_set(summary("2001:db8::/32")) && !b.is_set(summary("2002:db8::/32")), "one /16 of IPv6 space");
     }
 }
