@@ -48,7 +48,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
-use super::generic::{is_vector_name, MAX_COMMENT_BYTES, MAX_VECTORS};
+use super::generic::{MAX_COMMENT_BYTES, MAX_VECTORS};
 use super::{clean_text, json_kind, parse_victim, snippet, Alert, AlertAction, AlertError, AlertSource, MAX_ATTACK_TYPE_BYTES};
 
 /// Most packet lines (or JSON packet entries) looked at.
@@ -383,7 +383,7 @@ impl Tally {
             if let Some(name) = port_vector(p.source_port) {
                 // A name that the generic endpoint would refuse is dropped:
                 // the alert must survive `to_generic_json` + `parse_generic`.
-                if is_vector_name(&name) {
+                if crate::vectors::valid_name(&name) {
                     self.bump(&name, p.weight);
                 }
             }
