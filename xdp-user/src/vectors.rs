@@ -158,7 +158,7 @@ mod tests {
     use super::*;
 
     fn vc(name: &str, ports: &[u16]) -> VectorConfig {
-        VectorConfig { name: name.into(), ports: ports.to_vec(), amplification: None, description: None }
+        VectorConfig { name: name.into(), ports: ports.to_vec(), amplification: None }
     }
 
     #[test]
