@@ -1,14 +1,11 @@
 //! The daemon end to end in a lab: policies through the API, FastNetMon
 //! alerts, restart under attack without a gap, and bad requests refused.
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use ampguard_tests::{
-    daemon::{lab_with_daemon, Daemon},
-    lab::{deliver, sa, send_udp, Lab, UdpSink},
+    daemon::{flood_while, lab_with_daemon, Daemon, Flood},
+    lab::{deliver, Lab},
     require_root,
 };
 use serde_json::{json, Value};
@@ -118,44 +115,20 @@ fn sigkill_under_attack_lets_nothing_through_and_restart_keeps_policies() {
     let (lab, mut d) = start("kill");
     let (st, p) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10", "ttl_secs": 600}"#)).unwrap();
     assert_eq!(st, 201, "{p}");
-    let before = d.call("GET", "/v1/policies", None).unwrap().1;
 
     // Attack and ordinary traffic flow the whole time (bounded: 6 s).
-    let attack_sink = UdpSink::bind(&lab.edge, sa("203.0.113.10:40001")).unwrap();
-    let normal_sink = UdpSink::bind(&lab.edge, sa("203.0.113.10:40002")).unwrap();
-    let stop = AtomicBool::new(false);
-    let (sent_attack, sent_normal, leaked, normal) = std::thread::scope(|s| {
-        // Receivers drain while traffic flows, so no socket buffer overflows.
-        // The attack receiver listens for the whole run: any leak counts.
-        let a_rx = s.spawn(|| attack_sink.drain(Duration::from_secs(8), Duration::from_secs(8)));
-        let n_rx = s.spawn(|| normal_sink.drain(Duration::from_secs(1), Duration::from_secs(10)));
-        let flow = |src: &'static str, dst: &'static str| {
-            let (lab, stop) = (&lab, &stop);
-            s.spawn(move || {
-                let mut sent = 0;
-                let t = Instant::now();
-                while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(6) {
-                    sent += send_udp(&lab.wan, sa(src), sa(dst), 50, 200).unwrap();
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                sent
-            })
-        };
-        let a = flow("198.51.100.7:11211", "203.0.113.10:40001");
-        let n = flow("198.51.100.7:40000", "203.0.113.10:40002");
+    let flows = [("198.51.100.7:11211", "203.0.113.10:40001"), ("198.51.100.7:40000", "203.0.113.10:40002")];
+    let flood = Flood { burst: 50, gap: Duration::from_millis(5), max: Duration::from_secs(6) };
+    let (flowed, ()) = flood_while(&lab, &flows, flood, || {
         std::thread::sleep(Duration::from_millis(500));
-        d.kill9();
+        // The restarted daemon has the same policies.
+        d.kill9_and_restart(Duration::from_millis(500)).expect("restart");
         std::thread::sleep(Duration::from_millis(500));
-        d.spawn().expect("restart");
-        std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, Ordering::Relaxed);
-        (a.join().unwrap(), n.join().unwrap(), a_rx.join().unwrap(), n_rx.join().unwrap())
     });
-    assert!(sent_attack > 1000, "the attack flowed ({sent_attack} sent)");
-    assert_eq!(leaked, 0, "attack packets leaked while the daemon was dead or restarting ({sent_attack} sent)");
-    assert_eq!(normal, sent_normal, "ordinary traffic arrived throughout");
-    let after = d.call("GET", "/v1/policies", None).unwrap().1;
-    assert_eq!(after, before, "the restarted daemon has the same policies");
+    let [attack, normal] = flowed[..] else { unreachable!() };
+    assert!(attack.sent > 1000, "the attack flowed ({} sent)", attack.sent);
+    assert_eq!(attack.arrived, 0, "attack packets leaked while the daemon was dead or restarting ({} sent)", attack.sent);
+    assert_eq!(normal.arrived, normal.sent, "ordinary traffic arrived throughout");
     assert!(d.log().contains("no gap"), "the restart swapped the program into the pinned link:\n{}", d.log());
 }
 
