@@ -376,7 +376,7 @@ fn count_until_quiet(sink: &UdpSink, sending: &AtomicUsize, max: Duration) -> us
     let (start, mut n, mut done_at) = (Instant::now(), 0, None);
     let mut buf = vec![0u8; 65536];
     sink.socket().set_read_timeout(Some(Duration::from_millis(100))).expect("a read timeout");
-    loop {
+    while start.elapsed() < max + Duration::from_secs(10) {
         if sink.socket().recv_from(&mut buf).is_ok() {
             n += 1;
             continue;
@@ -384,11 +384,9 @@ fn count_until_quiet(sink: &UdpSink, sending: &AtomicUsize, max: Duration) -> us
         if sending.load(Ordering::Relaxed) == 0 {
             let t = *done_at.get_or_insert_with(Instant::now);
             if t.elapsed() >= Duration::from_secs(1) {
-                return n;
+                break;
             }
         }
-        if start.elapsed() > max + Duration::from_secs(10) {
-            return n;
-        }
     }
+    n
 }
