@@ -11,14 +11,14 @@
 use std::{
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::lab::{Lab, Netns};
+use crate::lab::{sa, send_udp, Lab, Netns, UdpSink};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -203,6 +203,29 @@ impl Daemon {
         }
     }
 
+    /// The policies and the allowlist as the API lists them: what a restart
+    /// must give back unchanged.
+    pub fn state(&self) -> Result<(Value, Value)> {
+        let list = |path: &str| -> Result<Value> {
+            let (st, v) = self.call("GET", path, None)?;
+            ensure!(st == 200, "GET {path}: {st} {v}");
+            Ok(v)
+        };
+        Ok((list("/v1/policies")?, list("/v1/allowlist")?))
+    }
+
+    /// SIGKILL, `pause`, start again: an error unless the new process lists
+    /// the same policies and allowlist as the killed one did.
+    pub fn kill9_and_restart(&mut self, pause: Duration) -> Result<()> {
+        let before = self.state()?;
+        self.kill9();
+        std::thread::sleep(pause);
+        self.spawn().context("restart after SIGKILL")?;
+        let after = self.state()?;
+        ensure!(after == before, "the restarted daemon lists other state:\nbefore {before:?}\nafter  {after:?}");
+        Ok(())
+    }
+
     /// SIGTERM and wait (bounded).
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
         let mut c = self.child.take().context("not running")?;
@@ -279,4 +302,91 @@ impl Drop for Daemon {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// How [`flood_while`] sends: bursts of `burst` 200-byte datagrams, `gap`
+/// apart, for at most `max` whatever happens meanwhile.
+#[derive(Clone, Copy, Debug)]
+pub struct Flood {
+    pub burst: usize,
+    pub gap: Duration,
+    pub max: Duration,
+}
+
+/// What one flow of [`flood_while`] sent, and how much of it arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flowed {
+    pub sent: usize,
+    pub arrived: usize,
+}
+
+/// Run `during` (a SIGKILL and restart, a load) while UDP flows go from the
+/// lab's wan side to its edge: each `(src, dst)` is sent as `flood` says until
+/// `during` returns, and a sink bound at `dst` counts arrivals for the whole
+/// run and a second after the last send, so a leak at any moment counts. If
+/// `during` panics (an assertion), the flows stop and the panic goes on.
+pub fn flood_while<R>(lab: &Lab, flows: &[(&str, &str)], flood: Flood, during: impl FnOnce() -> R) -> (Vec<Flowed>, R) {
+    let sinks: Vec<UdpSink> =
+        flows.iter().map(|(_, dst)| UdpSink::bind(&lab.edge, sa(dst)).unwrap_or_else(|e| panic!("sink at {dst}: {e}"))).collect();
+    let stop = AtomicBool::new(false);
+    let sending = AtomicUsize::new(flows.len());
+    // Set on the way out of `during`, even by a panic.
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    struct Done<'a>(&'a AtomicUsize);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|s| {
+        let (stop, sending) = (&stop, &sending);
+        let rx: Vec<_> = sinks.iter().map(|sink| s.spawn(move || count_until_quiet(sink, sending, flood.max))).collect();
+        let tx: Vec<_> = flows
+            .iter()
+            .map(|&(src, dst)| {
+                s.spawn(move || {
+                    let _done = Done(sending);
+                    let (mut sent, t) = (0, Instant::now());
+                    while !stop.load(Ordering::Relaxed) && t.elapsed() < flood.max {
+                        sent += send_udp(&lab.wan, sa(src), sa(dst), flood.burst, 200).unwrap();
+                        std::thread::sleep(flood.gap);
+                    }
+                    sent
+                })
+            })
+            .collect();
+        let out = {
+            let _stop = Stop(stop);
+            during()
+        };
+        let sent = tx.into_iter().map(|h| h.join().unwrap());
+        let flowed = sent.zip(rx).map(|(sent, h)| Flowed { sent, arrived: h.join().unwrap() }).collect();
+        (flowed, out)
+    })
+}
+
+/// Datagrams received on `sink` until `sending` is 0 and a second more has
+/// passed (bounded: `max` and 10 s more).
+fn count_until_quiet(sink: &UdpSink, sending: &AtomicUsize, max: Duration) -> usize {
+    let (start, mut n, mut done_at) = (Instant::now(), 0, None);
+    let mut buf = vec![0u8; 65536];
+    sink.socket().set_read_timeout(Some(Duration::from_millis(100))).expect("a read timeout");
+    while start.elapsed() < max + Duration::from_secs(10) {
+        if sink.socket().recv_from(&mut buf).is_ok() {
+            n += 1;
+            continue;
+        }
+        if sending.load(Ordering::Relaxed) == 0 {
+            let t = *done_at.get_or_insert_with(Instant::now);
+            if t.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
+        }
+    }
+    n
 }

@@ -7,7 +7,7 @@ use std::{
     os::fd::{FromRawFd, OwnedFd},
     os::unix::process::ExitStatusExt,
     process::{Command, Output, Stdio},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use ampguard_tests::{
@@ -106,10 +106,7 @@ fn policy_set_merges_a_change_and_victims_name_policies() {
     assert!((1..=20).contains(&ntp), "ntp limited to 5 pps (burst 5): {ntp} arrived");
 
     // Journaled like a replace: a restart keeps the merged policy.
-    let before = policies(&d);
-    d.kill9();
-    d.spawn().unwrap();
-    assert_eq!(policies(&d), before, "the change survived a SIGKILL and restart");
+    d.kill9_and_restart(Duration::ZERO).expect("the change survived a SIGKILL and restart");
 
     // A /24 covering other addresses of the customer.
     let wide = json_of(&ok(&d, &["policy", "add", "203.0.113.0/24", "--drop", "ssdp", "--comment", "customer", "--json"]));

@@ -12,8 +12,8 @@ use std::{
 
 use ampguard::daemon::pins::is_bpffs;
 use ampguard_tests::{
-    daemon::{ampguard_bin, lab_with_daemon, Daemon},
-    lab::{deliver, sa, send_udp, Lab, UdpSink},
+    daemon::{ampguard_bin, flood_while, lab_with_daemon, Daemon, Flood},
+    lab::{deliver, Lab},
     require_root,
 };
 use serde_json::{json, Value};
@@ -80,17 +80,10 @@ fn repeated_sigkill_under_attack_keeps_v4_v6_prefix_policies_and_the_allowlist()
     }
     let (st, a) = d.call("POST", "/v1/allowlist", Some(r#"{"prefix": "198.51.100.53/32", "comment": "trusted resolver"}"#)).unwrap();
     assert_eq!(st, 201, "{a}");
-    let policies = d.call("GET", "/v1/policies", None).unwrap().1;
-    let allow = d.call("GET", "/v1/allowlist", None).unwrap().1;
 
     // Flows (each bounded to 9 s): memcached to the /32 victim, to a host only
     // the /24 covers, to the IPv6 victim; memcached from the allowlisted
     // source (must pass) and ordinary UDP (must pass).
-    let sinks: Vec<(&str, UdpSink)> =
-        ["203.0.113.10:40001", "203.0.113.20:40001", "[2001:db8:2::10]:40001", "203.0.113.20:40002", "203.0.113.10:40003"]
-            .into_iter()
-            .map(|a| (a, UdpSink::bind(&lab.edge, sa(a)).unwrap()))
-            .collect();
     let flows = [
         ("198.51.100.7:11211", "203.0.113.10:40001"),
         ("198.51.100.7:11211", "203.0.113.20:40001"),
@@ -98,38 +91,17 @@ fn repeated_sigkill_under_attack_keeps_v4_v6_prefix_policies_and_the_allowlist()
         ("198.51.100.53:11211", "203.0.113.20:40002"),
         ("198.51.100.7:40000", "203.0.113.10:40003"),
     ];
-    let stop = AtomicBool::new(false);
-    let (sent, got) = std::thread::scope(|s| {
-        let rx: Vec<_> = sinks.iter().map(|(_, k)| s.spawn(move || k.drain(Duration::from_secs(2), Duration::from_secs(14)))).collect();
-        let tx: Vec<_> = flows
-            .iter()
-            .map(|&(src, dst)| {
-                let (lab, stop) = (&lab, &stop);
-                s.spawn(move || {
-                    let mut sent = 0;
-                    let t = Instant::now();
-                    while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(9) {
-                        sent += send_udp(&lab.wan, sa(src), sa(dst), 20, 200).unwrap();
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    sent
-                })
-            })
-            .collect();
+    let flood = Flood { burst: 20, gap: Duration::from_millis(5), max: Duration::from_secs(9) };
+    let (flowed, ()) = flood_while(&lab, &flows, flood, || {
         std::thread::sleep(Duration::from_millis(300));
         for round in 0..3 {
-            d.kill9();
-            std::thread::sleep(Duration::from_millis(300));
-            d.spawn().unwrap_or_else(|e| panic!("restart {round}: {e}"));
-            assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1, policies, "policies after restart {round}");
-            assert_eq!(d.call("GET", "/v1/allowlist", None).unwrap().1, allow, "allowlist after restart {round}");
+            // Policies and allowlist as before each SIGKILL.
+            d.kill9_and_restart(Duration::from_millis(300)).unwrap_or_else(|e| panic!("restart {round}: {e}"));
         }
         std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::Relaxed);
-        let sent: Vec<usize> = tx.into_iter().map(|h| h.join().unwrap()).collect();
-        let got: Vec<usize> = rx.into_iter().map(|h| h.join().unwrap()).collect();
-        (sent, got)
     });
+    let sent: Vec<usize> = flowed.iter().map(|f| f.sent).collect();
+    let got: Vec<usize> = flowed.iter().map(|f| f.arrived).collect();
     for (i, (src, dst)) in flows.iter().enumerate() {
         assert!(sent[i] > 300, "{src} -> {dst} flowed ({} sent)", sent[i]);
     }
@@ -601,8 +573,7 @@ fn a_state_file_that_cannot_be_written_fails_the_request_loudly_and_recovers() {
     // Writable again: the next change waits for the retry (a full snapshot) and succeeds.
     let (st, e) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.30"}"#)).unwrap();
     assert_eq!(st, 201, "{e}");
-    d.kill9();
-    d.spawn().expect("restarts");
+    d.kill9_and_restart(Duration::ZERO).expect("restarts with the same policies");
     let (_, list) = d.call("GET", "/v1/policies", None).unwrap();
     let victims: Vec<&str> = list["policies"].as_array().unwrap().iter().map(|p| p["victim"].as_str().unwrap()).collect();
     assert_eq!(victims, ["203.0.113.10/32", "203.0.113.20/32", "203.0.113.30/32"], "nothing was lost across the failure");
@@ -865,8 +836,7 @@ fn config_values_are_bounded_at_load_and_a_state_file_reusing_ids_is_refused() {
     let (st, _, p) = post(&d, "/v1/policies", &json!({"victim": "203.0.113.10", "ttl_secs": 315_360_000}));
     assert_eq!(st, 201, "{p}");
     assert_eq!(d.call("GET", "/v1/policies", None).unwrap().0, 200);
-    d.kill9();
-    d.spawn().expect("restarts: the journal has no gap");
+    d.kill9_and_restart(Duration::ZERO).expect("restarts: the journal has no gap");
     assert_eq!(d.call("GET", "/v1/policies", None).unwrap().1["policies"][0]["id"], p["id"]);
     // The state files are the daemon's alone; the harness's token file is 0644.
     use std::os::unix::fs::PermissionsExt;

@@ -6,14 +6,14 @@ use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Barrier,
     },
     time::{Duration, Instant},
 };
 
 use ampguard_tests::{
-    daemon::Daemon,
+    daemon::{flood_while, Daemon, Flood, Flowed},
     lab::{sa, send_udp, Lab, UdpSink, EDGE_MAC},
     require_root,
 };
@@ -109,45 +109,36 @@ fn thousand_concurrent_clients_under_attack_leave_api_state_file_and_maps_in_agr
 
     // 1,000 clients released together by a barrier, while memcached floods
     // the protected victim (bounded: it stops when the clients are done, or
-    // after 150 s).
-    let sink = UdpSink::bind(&lab.edge, sa("203.0.113.10:40001")).unwrap();
-    let done = AtomicBool::new(false);
+    // after 150 s); a leak at any moment of it counts.
     let barrier = Barrier::new(CLIENTS);
     let failed_to_spawn = AtomicUsize::new(0);
-    let (results, sent, leaked, took) = std::thread::scope(|s| {
-        let rx = s.spawn(|| sink.drain(Duration::from_secs(3), Duration::from_secs(160)));
-        let tx = s.spawn(|| {
-            let mut sent = 0;
-            let t = Instant::now();
-            while !done.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(150) {
-                sent += send_udp(&lab.wan, sa("198.51.100.7:11211"), sa("203.0.113.10:40001"), 50, 200).unwrap();
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            sent
-        });
-        let start = Instant::now();
-        let clients: Vec<_> = (0..CLIENTS)
-            .filter_map(|i| {
-                let (d, barrier) = (&d, &barrier);
-                let r = std::thread::Builder::new().stack_size(512 << 10).spawn_scoped(s, move || {
-                    d.ns.enter(|| {
-                        barrier.wait();
-                        client(d, i)
+    let attack = [("198.51.100.7:11211", "203.0.113.10:40001")];
+    let flood = Flood { burst: 50, gap: Duration::from_millis(2), max: Duration::from_secs(150) };
+    let (flowed, (results, took)) = flood_while(&lab, &attack, flood, || {
+        std::thread::scope(|s| {
+            let start = Instant::now();
+            let clients: Vec<_> = (0..CLIENTS)
+                .filter_map(|i| {
+                    let (d, barrier) = (&d, &barrier);
+                    let r = std::thread::Builder::new().stack_size(512 << 10).spawn_scoped(s, move || {
+                        d.ns.enter(|| {
+                            barrier.wait();
+                            client(d, i)
+                        })
+                        .expect("enter the edge namespace")
+                    });
+                    r.map_err(|e| {
+                        eprintln!("spawning client {i}: {e}");
+                        failed_to_spawn.fetch_add(1, Ordering::Relaxed);
                     })
-                    .expect("enter the edge namespace")
-                });
-                r.map_err(|e| {
-                    eprintln!("spawning client {i}: {e}");
-                    failed_to_spawn.fetch_add(1, Ordering::Relaxed);
+                    .ok()
                 })
-                .ok()
-            })
-            .collect();
-        let results: Vec<_> = clients.into_iter().flat_map(|h| h.join().unwrap()).collect();
-        let took = start.elapsed();
-        done.store(true, Ordering::Relaxed);
-        (results, tx.join().unwrap(), rx.join().unwrap(), took)
+                .collect();
+            let results: Vec<_> = clients.into_iter().flat_map(|h| h.join().unwrap()).collect();
+            (results, start.elapsed())
+        })
     });
+    let [Flowed { sent, arrived: leaked }] = flowed[..] else { unreachable!() };
     assert_eq!(failed_to_spawn.load(Ordering::Relaxed), 0, "every client thread started");
     let requests = results.len();
     let bad: Vec<_> = results.iter().filter(|(_, want, got, _)| want != got).collect();

@@ -359,8 +359,7 @@ fn detach_while_running_stays_detached_until_attach() {
     assert_eq!(metric(&d, "ampguard_detached_by_operator ").as_deref(), Some("1"));
 
     // A restart (a crash, systemd) keeps the operator's decision.
-    d.kill9();
-    d.spawn().unwrap();
+    d.kill9_and_restart(Duration::ZERO).unwrap();
     assert_eq!(xdp_prog_on_edge0(&lab), None, "a restart re-attached:\n{}", d.log());
     assert_eq!(status(&d)["enforcement"], "detached_by_operator");
 
@@ -369,8 +368,7 @@ fn detach_while_running_stays_detached_until_attach() {
     assert!(xdp_prog_on_edge0(&lab).is_some());
     assert_eq!(memcached_dropped(&lab, 100), 0, "enforcing again");
     assert_eq!(status(&d)["enforcement"], "enforcing");
-    d.kill9();
-    d.spawn().unwrap();
+    d.kill9_and_restart(Duration::ZERO).unwrap();
     assert_eq!(memcached_dropped(&lab, 100), 0, "and after a restart");
 }
 
@@ -472,8 +470,8 @@ fn a_full_state_disk_does_not_block_the_restart() {
         (status(&d)["state_writer"]["snapshot_due"] == false).then_some(())
     });
     assert_eq!(status(&d)["healthy"], true);
-    d.kill9();
-    d.spawn().unwrap();
+    // Everything in force is on disk now: a restart lists it all.
+    d.kill9_and_restart(Duration::ZERO).unwrap();
     let (_, list) = d.call("GET", "/v1/policies", None).unwrap();
     let victims: Vec<&str> = list["policies"].as_array().unwrap().iter().map(|p| p["victim"].as_str().unwrap()).collect();
     for v in &saved {

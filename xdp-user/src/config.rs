@@ -11,7 +11,11 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{dataplane::Capacity, profiles::LenientRuleSpec};
+use crate::{
+    dataplane::Capacity,
+    profiles::{self, LenientRuleSpec, Profile},
+    vectors::VectorTable,
+};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -31,8 +35,10 @@ pub struct Config {
     pub xdp_mode: XdpModeSetting,
     /// API listen address; loopback by default.
     pub listen: SocketAddr,
-    /// File holding the API bearer token. Without one the API refuses to start
-    /// on a non-loopback address.
+    /// File holding the API bearer token (absent: /etc/ampguard/token). The
+    /// daemon does not start without a readable token of at least 16
+    /// characters, whatever `listen` is: loopback is no boundary between the
+    /// users of one host.
     pub token_file: Option<PathBuf>,
     /// Where the policy state file lives.
     pub state_dir: PathBuf,
@@ -110,8 +116,6 @@ pub struct VectorConfig {
     pub ports: Vec<u16>,
     #[serde(default)]
     pub amplification: Option<String>,
-    #[serde(default)]
-    pub description: Option<String>,
 }
 
 impl Default for Config {
@@ -206,6 +210,26 @@ impl Config {
         let max = (self.capacity.max_policies as u128).max(1);
         let limit = (self.alert_policy_limit() as u128).min(max);
         (total as u128 * limit).div_ceil(max) as usize
+    }
+
+    /// The profiles by name: the built-in `default`, replaced by the config's
+    /// if it has one, and the config's others. Every rule must name a vector
+    /// of `vectors` (the table this config builds) and be a valid rule.
+    pub fn profiles(&self, vectors: &VectorTable) -> Result<BTreeMap<String, Profile>, ConfigError> {
+        let mut out: BTreeMap<String, Profile> = BTreeMap::new();
+        out.insert("default".into(), profiles::builtin_default());
+        for (name, rules) in &self.profiles {
+            out.insert(name.clone(), rules.iter().map(|(v, r)| (v.clone(), r.0.clone())).collect());
+        }
+        for (name, p) in &out {
+            for (v, r) in p {
+                if vectors.id_of(v).is_none() {
+                    return Err(ConfigError::Invalid(format!("profile {name}: unknown vector {v:?}")));
+                }
+                r.resolve().map_err(|e| ConfigError::Invalid(format!("profile {name}, vector {v}: {e}")))?;
+            }
+        }
+        Ok(out)
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -334,6 +358,28 @@ mod tests {
         let c = Config::parse(include_str!("../../deploy/ampguard.toml")).unwrap();
         assert!(!c.interfaces.is_empty());
         assert!(c.profiles.contains_key("default"));
+        // Its profiles resolve against the vector table it builds, as the
+        // daemon's start checks them: custom vectors included.
+        let vectors = VectorTable::new(&c.vectors).unwrap();
+        let profiles = c.profiles(&vectors).unwrap();
+        assert_eq!(profiles.keys().collect::<Vec<_>>(), c.profiles.keys().collect::<Vec<_>>());
+        assert_eq!(profiles["default"]["openvpn"].action, crate::dataplane::rules::Verb::Drop);
+        assert!(vectors.id_of("openvpn").is_some_and(|id| id >= xdp_common::vector::FIRST_CUSTOM));
+        let e = c.profiles(&VectorTable::default()).unwrap_err().to_string();
+        assert!(e.contains("profile default: unknown vector \"openvpn\""), "{e}");
+    }
+
+    #[test]
+    fn profiles_are_checked_against_the_vector_table() {
+        let c = Config::parse("[profiles.web]\nquake = \"drop\"").unwrap();
+        let e = c.profiles(&VectorTable::new(&c.vectors).unwrap()).unwrap_err().to_string();
+        assert_eq!(e, "config: profile web: unknown vector \"quake\"");
+        let c = Config::parse("[profiles.web]\nntp = { action = \"drop\", pps = 5 }").unwrap();
+        let e = c.profiles(&VectorTable::default()).unwrap_err().to_string();
+        assert_eq!(e, "config: profile web, vector ntp: pps applies only to limit rules");
+        // Without a `default` in the config, the built-in one.
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.profiles(&VectorTable::default()).unwrap()["default"], profiles::builtin_default());
     }
 
     #[test]

@@ -10,19 +10,11 @@ use serde::{de, Deserialize, Deserializer, Serialize};
 
 use crate::dataplane::rules::{CondRule, Conditions, Limit, Rule, Verb};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ActionName {
-    Pass,
-    Drop,
-    Limit,
-}
-
 /// A rule as written. Unknown fields are refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
-    pub action: ActionName,
+    pub action: Verb,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pps: Option<u64>,
     /// Bits per second.
@@ -45,7 +37,7 @@ pub struct RuleSpec {
     pub max_bytes: Option<u16>,
     /// With conditions: what to do when they do not hold (default pass).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub otherwise: Option<ActionName>,
+    pub otherwise: Option<Verb>,
 }
 
 /// Accepts `"drop"` as well as `{"action": "drop"}` (for TOML profiles).
@@ -61,7 +53,7 @@ impl<'de> Deserialize<'de> for LenientRuleSpec {
                 f.write_str(r#""pass", "drop", or a table like { action = "limit", pps = 1000 }"#)
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                let action = ActionName::deserialize(de::value::StrDeserializer::<E>::new(s))?;
+                let action = Verb::deserialize(de::value::StrDeserializer::<E>::new(s))?;
                 Ok(LenientRuleSpec(RuleSpec::simple(action)))
             }
             fn visit_map<A: de::MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
@@ -89,7 +81,7 @@ pub enum RuleError {
 }
 
 impl RuleSpec {
-    pub const fn simple(action: ActionName) -> Self {
+    pub const fn simple(action: Verb) -> Self {
         Self {
             action,
             pps: None,
@@ -104,11 +96,11 @@ impl RuleSpec {
     }
 
     pub fn limit(pps: u64, bps: Option<u64>) -> Self {
-        Self { pps: Some(pps), bps, ..Self::simple(ActionName::Limit) }
+        Self { pps: Some(pps), bps, ..Self::simple(Verb::Limit) }
     }
 
     /// "`action` if the signature matches, else `otherwise`".
-    pub fn on_signature(action: ActionName, otherwise: ActionName) -> Self {
+    pub fn on_signature(action: Verb, otherwise: Verb) -> Self {
         Self { signature: Some(true), otherwise: Some(otherwise), ..Self::simple(action) }
     }
 
@@ -131,36 +123,31 @@ impl RuleSpec {
                 return Err(RuleError::SizeRange(lo, hi));
             }
         }
-        let otherwise = self.otherwise.unwrap_or(ActionName::Pass);
-        let limits = self.action == ActionName::Limit || otherwise == ActionName::Limit;
-        let limit = match self.resolve_plain(if limits { ActionName::Limit } else { ActionName::Pass })? {
+        let otherwise = self.otherwise.unwrap_or(Verb::Pass);
+        let limits = self.action == Verb::Limit || otherwise == Verb::Limit;
+        let limit = match self.resolve_plain(if limits { Verb::Limit } else { Verb::Pass })? {
             Rule::Limit(l) => Some(l),
             _ => None,
         };
-        let verb = |a: ActionName| match a {
-            ActionName::Pass => Verb::Pass,
-            ActionName::Drop => Verb::Drop,
-            ActionName::Limit => Verb::Limit,
-        };
         Ok(Rule::Cond(CondRule {
             when: Conditions { signature: self.signature == Some(true), min_bytes: self.min_bytes, max_bytes: self.max_bytes },
-            on_match: verb(self.action),
-            otherwise: verb(otherwise),
+            on_match: self.action,
+            otherwise,
             limit,
         }))
     }
 
-    fn resolve_plain(&self, action: ActionName) -> Result<Rule, RuleError> {
+    fn resolve_plain(&self, action: Verb) -> Result<Rule, RuleError> {
         match action {
-            ActionName::Pass | ActionName::Drop => {
+            Verb::Pass | Verb::Drop => {
                 for (name, v) in [("pps", self.pps), ("bps", self.bps), ("burst", self.burst), ("burst_bytes", self.burst_bytes)] {
                     if v.is_some() {
                         return Err(RuleError::RateOnNonLimit(name));
                     }
                 }
-                Ok(if action == ActionName::Pass { Rule::Pass } else { Rule::Drop })
+                Ok(if action == Verb::Pass { Rule::Pass } else { Rule::Drop })
             }
-            ActionName::Limit => {
+            Verb::Limit => {
                 let pps = self.pps.unwrap_or(0);
                 let bytes = match self.bps {
                     Some(b) if b < 8 => return Err(RuleError::BpsTooLow(b)),
@@ -185,31 +172,26 @@ impl RuleSpec {
     /// The canonical form of a resolved rule (what the API shows back).
     pub fn from_rule(rule: &Rule) -> Self {
         match rule {
-            Rule::Pass => Self::simple(ActionName::Pass),
-            Rule::Drop => Self::simple(ActionName::Drop),
-            Rule::Limit(l) => Self::with_limit(ActionName::Limit, l),
+            Rule::Pass => Self::simple(Verb::Pass),
+            Rule::Drop => Self::simple(Verb::Drop),
+            Rule::Limit(l) => Self::with_limit(Verb::Limit, l),
             Rule::Cond(c) => {
-                let name = |v: Verb| match v {
-                    Verb::Pass => ActionName::Pass,
-                    Verb::Drop => ActionName::Drop,
-                    Verb::Limit => ActionName::Limit,
-                };
                 let base = match &c.limit {
-                    Some(l) => Self::with_limit(name(c.on_match), l),
-                    None => Self::simple(name(c.on_match)),
+                    Some(l) => Self::with_limit(c.on_match, l),
+                    None => Self::simple(c.on_match),
                 };
                 Self {
                     signature: c.when.signature.then_some(true),
                     min_bytes: c.when.min_bytes,
                     max_bytes: c.when.max_bytes,
-                    otherwise: Some(name(c.otherwise)),
+                    otherwise: Some(c.otherwise),
                     ..base
                 }
             }
         }
     }
 
-    fn with_limit(action: ActionName, l: &Limit) -> Self {
+    fn with_limit(action: Verb, l: &Limit) -> Self {
         Self {
             pps: (l.pps != 0).then_some(l.pps),
             bps: (l.bytes_per_sec != 0).then_some(l.bytes_per_sec * 8),
@@ -232,16 +214,15 @@ pub fn builtin_default() -> Profile {
     for v in
         ["memcached", "chargen", "qotd", "ssdp", "cldap", "wsd", "ard", "ubiquiti", "dvr", "netbios", "portmap", "coap", "mssql", "tftp"]
     {
-        p.insert(v.into(), RuleSpec::simple(ActionName::Drop));
+        p.insert(v.into(), RuleSpec::simple(Verb::Drop));
     }
     // DNS, NTP, SNMP: drop what carries a reflection signature (large or ANY
     // DNS answers, NTP mode 6/7, large SNMP GetResponses), rate-limit the rest
     // so the victim's own lookups, clock sync and polling keep working. Rates
     // per victim: generous for one host's own traffic, small against a flood.
-    let sig_else_limit =
-        |pps, bps| RuleSpec { signature: Some(true), otherwise: Some(ActionName::Limit), ..RuleSpec::limit(pps, Some(bps)) };
+    let sig_else_limit = |pps, bps| RuleSpec { signature: Some(true), otherwise: Some(Verb::Limit), ..RuleSpec::limit(pps, Some(bps)) };
     let mut p_drop = |name: &str, r: RuleSpec| {
-        p.insert(name.into(), RuleSpec { action: ActionName::Drop, ..r });
+        p.insert(name.into(), RuleSpec { action: Verb::Drop, ..r });
     };
     p_drop("dns", sig_else_limit(2_000, 20_000_000));
     p_drop("ntp", sig_else_limit(100, 1_000_000));
@@ -265,9 +246,9 @@ mod tests {
 
     #[test]
     fn bad_rules_are_refused_with_reasons() {
-        let drop_with_rate = RuleSpec { pps: Some(5), ..RuleSpec::simple(ActionName::Drop) };
+        let drop_with_rate = RuleSpec { pps: Some(5), ..RuleSpec::simple(Verb::Drop) };
         assert_eq!(drop_with_rate.resolve(), Err(RuleError::RateOnNonLimit("pps")));
-        assert_eq!(RuleSpec::simple(ActionName::Limit).resolve(), Err(RuleError::NoRate));
+        assert_eq!(RuleSpec::simple(Verb::Limit).resolve(), Err(RuleError::NoRate));
         assert_eq!(RuleSpec::limit(0, Some(4)).resolve(), Err(RuleError::BpsTooLow(4)));
         assert!(RuleSpec::limit(u64::MAX, None).resolve().is_err());
         let tiny_burst = RuleSpec { burst_bytes: Some(100), ..RuleSpec::limit(0, Some(8000)) };
@@ -278,8 +259,8 @@ mod tests {
     fn default_profile_covers_the_issue_list() {
         let p = builtin_default();
         assert_eq!(p.len(), 19);
-        assert_eq!(p["memcached"].action, ActionName::Drop);
-        assert_eq!((p["ntp"].action, p["ntp"].signature, p["ntp"].otherwise), (ActionName::Drop, Some(true), Some(ActionName::Limit)));
+        assert_eq!(p["memcached"].action, Verb::Drop);
+        assert_eq!((p["ntp"].action, p["ntp"].signature, p["ntp"].otherwise), (Verb::Drop, Some(true), Some(Verb::Limit)));
         assert_eq!(p["snmp"].min_bytes, Some(512));
         for r in p.values() {
             r.resolve().unwrap();
@@ -288,19 +269,32 @@ mod tests {
 
     #[test]
     fn conditional_rules_round_trip_and_validate() {
-        let r = RuleSpec::on_signature(ActionName::Drop, ActionName::Limit);
+        let r = RuleSpec::on_signature(Verb::Drop, Verb::Limit);
         assert_eq!(r.resolve(), Err(RuleError::NoRate), "a limiting branch needs a rate");
         let r = RuleSpec { pps: Some(100), ..r };
         let rule = r.resolve().unwrap();
         let Rule::Cond(c) = rule else { panic!("{rule:?}") };
         assert_eq!((c.on_match, c.otherwise, c.limit.map(|l| l.pps)), (Verb::Drop, Verb::Limit, Some(100)));
         assert_eq!(RuleSpec::from_rule(&rule).resolve().unwrap(), rule);
-        let sized = RuleSpec { min_bytes: Some(600), max_bytes: Some(500), ..RuleSpec::simple(ActionName::Drop) };
+        let sized = RuleSpec { min_bytes: Some(600), max_bytes: Some(500), ..RuleSpec::simple(Verb::Drop) };
         assert_eq!(sized.resolve(), Err(RuleError::SizeRange(600, 500)));
-        let bare = RuleSpec { otherwise: Some(ActionName::Pass), ..RuleSpec::simple(ActionName::Drop) };
+        let bare = RuleSpec { otherwise: Some(Verb::Pass), ..RuleSpec::simple(Verb::Drop) };
         assert_eq!(bare.resolve(), Err(RuleError::OtherwiseWithoutCondition));
-        let big_only = RuleSpec { min_bytes: Some(1000), ..RuleSpec::simple(ActionName::Drop) };
+        let big_only = RuleSpec { min_bytes: Some(1000), ..RuleSpec::simple(Verb::Drop) };
         assert!(matches!(big_only.resolve().unwrap(), Rule::Cond(CondRule { otherwise: Verb::Pass, limit: None, .. })));
+    }
+
+    #[test]
+    fn verbs_keep_their_wire_names() {
+        for (v, name) in [(Verb::Pass, "pass"), (Verb::Drop, "drop"), (Verb::Limit, "limit")] {
+            assert_eq!(serde_json::to_value(v).unwrap(), serde_json::json!(name));
+            assert_eq!(serde_json::from_value::<Verb>(serde_json::json!(name)).unwrap(), v);
+        }
+        let spec = RuleSpec { pps: Some(10), ..RuleSpec::on_signature(Verb::Drop, Verb::Limit) };
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json, serde_json::json!({"action": "drop", "pps": 10, "signature": true, "otherwise": "limit"}));
+        assert_eq!(serde_json::from_value::<RuleSpec>(json).unwrap(), spec);
+        assert!(serde_json::from_value::<Verb>(serde_json::json!("Drop")).is_err(), "lowercase only");
     }
 
     #[test]
@@ -310,7 +304,7 @@ mod tests {
             p: BTreeMap<String, LenientRuleSpec>,
         }
         let t: T = toml::from_str("[p]\nmemcached = \"drop\"\nntp = { action = \"limit\", pps = 10 }").unwrap();
-        assert_eq!(t.p["memcached"].0.action, ActionName::Drop);
+        assert_eq!(t.p["memcached"].0.action, Verb::Drop);
         assert_eq!(t.p["ntp"].0.pps, Some(10));
         assert!(toml::from_str::<T>("[p]\nntp = \"throttle\"").is_err());
     }

@@ -23,7 +23,7 @@ pub struct VectorTable {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VectorError {
-    #[error("vector name {0:?} must be 1-32 characters of a-z, 0-9, _ or -, starting with a letter or digit")]
+    #[error("vector name {0:?} must be {NAME_RULE}")]
     BadName(String),
     #[error("vector {0} has no ports")]
     NoPorts(String),
@@ -40,9 +40,18 @@ pub enum VectorError {
 /// so no vector can be called this.
 pub const UNLISTED: &str = "_unlisted";
 
+/// Longest vector name, in bytes.
+pub const MAX_NAME_LEN: usize = 32;
+/// What [`valid_name`] accepts, for error messages.
+pub const NAME_RULE: &str = "1 to 32 characters of a-z, 0-9, '_' and '-', starting with a letter or digit";
+
+/// A well-formed vector name: 1..=[`MAX_NAME_LEN`] bytes of `[a-z0-9_-]`,
+/// the first a letter or digit. The one check for every name that comes in:
+/// the config's `[[vectors]]`, an alert's `vectors` (API and CLI), the names
+/// FastNetMon's ports map to.
 pub fn valid_name(name: &str) -> bool {
     let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    first_ok && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    first_ok && name.len() <= MAX_NAME_LEN && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 impl Default for VectorTable {
@@ -149,7 +158,7 @@ mod tests {
     use super::*;
 
     fn vc(name: &str, ports: &[u16]) -> VectorConfig {
-        VectorConfig { name: name.into(), ports: ports.to_vec(), amplification: None, description: None }
+        VectorConfig { name: name.into(), ports: ports.to_vec(), amplification: None }
     }
 
     #[test]
@@ -165,5 +174,23 @@ mod tests {
         assert!(matches!(VectorTable::new(&[vc("other", &[11211])]), Err(VectorError::PortClash { port: 11211, .. })));
         assert_eq!(VectorTable::new(&[vc("Bad Name", &[1])]).unwrap_err(), VectorError::BadName("Bad Name".into()));
         assert_eq!(VectorTable::new(&[vc("x", &[])]).unwrap_err(), VectorError::NoPorts("x".into()));
+        assert_eq!(
+            VectorTable::new(&[vc("Bad Name", &[1])]).unwrap_err().to_string(),
+            "vector name \"Bad Name\" must be 1 to 32 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        );
+    }
+
+    #[test]
+    fn one_name_rule() {
+        assert!(NAME_RULE.contains(&MAX_NAME_LEN.to_string()));
+        let longest = "x".repeat(MAX_NAME_LEN);
+        assert!(valid_name(&longest) && valid_name("a") && valid_name("ntp-v2_x9"));
+        for bad in ["", "Memcached", "mem cached", "dns;rm", "é", "_x", "-x", UNLISTED, &format!("{longest}x")] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        assert!(VectorTable::new(&[vc(&longest, &[1])]).is_ok());
+        assert_eq!(VectorTable::new(&[vc(&format!("{longest}x"), &[1])]).unwrap_err(), VectorError::BadName(format!("{longest}x")));
+        // Every built-in name passes the rule alerts are held to.
+        assert!(BUILTIN.iter().all(|v| valid_name(v.name)));
     }
 }

@@ -11,18 +11,17 @@
 //! Unknown fields are refused. `pps`, `attack_type` and `source` exist so that
 //! [`super::to_generic_json`] (what `ampguard alert fastnetmon` posts) round-trips;
 //! `source` defaults to `generic`. Vector names are only checked for shape
-//! here (non-empty, `[a-z0-9_-]`, at most [`MAX_VECTORS`]); the store checks
+//! here ([`crate::vectors::valid_name`], at most [`MAX_VECTORS`]); the store checks
 //! them against the live vector table.
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{clean_text, json_kind, parse_victim, snippet, Alert, AlertAction, AlertError, AlertSource, MAX_ATTACK_TYPE_BYTES};
+use crate::vectors;
 
 /// Most vector names in one alert.
 pub const MAX_VECTORS: usize = 32;
-/// Longest vector name, in bytes.
-pub const MAX_VECTOR_NAME: usize = 64;
 /// Longest comment kept (bytes; longer ones are cut on a character boundary).
 pub use crate::text::MAX_COMMENT_BYTES;
 
@@ -118,15 +117,8 @@ fn opt_u64(field: &'static str, v: Option<Value>) -> Result<Option<u64>, AlertEr
     }
 }
 
-/// A well-formed vector name: 1..=[`MAX_VECTOR_NAME`] bytes of `[a-z0-9_-]`.
-pub fn is_vector_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_VECTOR_NAME
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
-/// Vector names: strings of `[a-z0-9_-]`, 1..=[`MAX_VECTOR_NAME`] bytes, at
-/// most [`MAX_VECTORS`] of them; repeats are dropped, order kept.
+/// Vector names: each [`vectors::valid_name`], at most [`MAX_VECTORS`] of
+/// them; repeats are dropped, order kept.
 fn parse_vectors(items: &[Value]) -> Result<Vec<String>, AlertError> {
     if items.len() > MAX_VECTORS {
         return Err(AlertError::BadValue {
@@ -145,13 +137,10 @@ fn parse_vectors(items: &[Value]) -> Result<Vec<String>, AlertError> {
                 })
             }
         };
-        if !is_vector_name(name) {
+        if !vectors::valid_name(name) {
             return Err(AlertError::BadValue {
                 field: "vectors",
-                reason: format!(
-                    "item {i}: {:?} is not a vector name (1 to {MAX_VECTOR_NAME} characters of a-z, 0-9, '_' and '-')",
-                    snippet(name)
-                ),
+                reason: format!("item {i}: {:?} is not a vector name ({})", snippet(name), vectors::NAME_RULE),
             });
         }
         if !out.iter().any(|n| n == name) {
@@ -291,6 +280,18 @@ mod tests {
             assert!(matches!(base(bad.clone()), Err(AlertError::BadValue { field: "vectors", .. })), "{bad}");
         }
         assert!(matches!(base(json!(["x".repeat(65)])), Err(AlertError::BadValue { field: "vectors", .. })));
+        // The vector table's own limit: no name longer than a configurable one.
+        assert_eq!(
+            base(json!(["x".repeat(33)])),
+            Err(AlertError::BadValue {
+                field: "vectors",
+                reason: format!(
+                    "item 0: {:?} is not a vector name (1 to 32 characters of a-z, 0-9, '_' and '-', starting with a letter or digit)",
+                    "x".repeat(33)
+                )
+            })
+        );
+        assert_eq!(base(json!(["x".repeat(32)])).unwrap().vectors, vec!["x".repeat(32)]);
         let many: Vec<String> = (0..33).map(|i| format!("v{i}")).collect();
         assert!(matches!(base(json!(many)), Err(AlertError::BadValue { field: "vectors", .. })));
         let ok: Vec<String> = (0..32).map(|i| format!("v-{i}_x")).collect();

@@ -105,6 +105,11 @@ pub enum AlertError {
     MissingField(&'static str),
     #[error("field `{field}`: expected {expected}, got {got}")]
     WrongType { field: &'static str, expected: &'static str, got: String },
+    /// A field of the wrong type, as serde found it: `path` is where
+    /// (`attack_details.initial_attack_power`), `message` what it holds and
+    /// what was expected.
+    #[error("field `{path}`: {message}")]
+    Json { path: String, message: String },
     #[error("expected 4 arguments after the script name (IP DIRECTION PPS ACTION), got {0}")]
     WrongArgCount(usize),
     #[error("field `{field}`: {value:?} is not an IPv4 or IPv6 address")]

@@ -69,8 +69,11 @@ pub enum Rule {
     Cond(CondRule),
 }
 
-/// The action of one branch of a conditional rule.
+/// What a rule does with a packet: a plain rule's `action`, or either branch
+/// of a conditional rule. On the wire (API JSON, TOML profiles, state files)
+/// `"pass"`, `"drop"`, `"limit"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Verb {
     Pass,
     Drop,

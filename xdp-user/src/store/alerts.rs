@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::{invalid, record::Origin, time, PolicyRecord, PolicyRequest, Store, StoreError};
 use crate::{
     alerts::{Alert, AlertAction},
-    dataplane::rules::Mode,
-    profiles::{ActionName, RuleSpec},
+    dataplane::rules::{Mode, Verb},
+    profiles::RuleSpec,
     text::{self, MAX_COMMENT_BYTES},
 };
 
@@ -133,9 +133,9 @@ impl Store {
     fn add_alert_vectors(&self, rules: &mut BTreeMap<String, RuleSpec>, vectors: &[String]) -> bool {
         let mut added = false;
         for v in vectors {
-            let covered = rules.get(v).is_some_and(|r| r.action != ActionName::Pass);
+            let covered = rules.get(v).is_some_and(|r| r.action != Verb::Pass);
             if !covered {
-                rules.insert(v.clone(), RuleSpec::simple(ActionName::Drop));
+                rules.insert(v.clone(), RuleSpec::simple(Verb::Drop));
                 added = true;
             }
         }

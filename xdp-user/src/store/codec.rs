@@ -430,7 +430,7 @@ pub(super) mod fixtures {
     }
 
     pub fn drop_memcached() -> Arc<RuleSet> {
-        Arc::new([("memcached".to_string(), RuleSpec::simple(crate::profiles::ActionName::Drop))].into())
+        Arc::new([("memcached".to_string(), RuleSpec::simple(crate::dataplane::rules::Verb::Drop))].into())
     }
 
     pub fn sample() -> State {

@@ -32,10 +32,10 @@ use crate::{
     clock,
     config::Config,
     dataplane::{
-        rules::{DpPolicy, Mode, Rule},
+        rules::{DpPolicy, Mode},
         DataPlane, DpError,
     },
-    profiles::{self, Profile, RuleSpec},
+    profiles::{Profile, RuleSpec},
     text::MAX_COMMENT_BYTES,
     vectors::VectorTable,
 };
@@ -228,20 +228,7 @@ impl Store {
     /// `open`, with the time read from `clock` (tests move it by hand).
     pub fn open_with_clock(cfg: Config, mut dp: DataPlane, clock: Arc<dyn Clock>) -> Result<Self, anyhow::Error> {
         let vectors = VectorTable::new(&cfg.vectors)?;
-        let mut profiles: BTreeMap<String, Profile> = BTreeMap::new();
-        profiles.insert("default".into(), profiles::builtin_default());
-        for (name, rules) in &cfg.profiles {
-            let p: Profile = rules.iter().map(|(v, r)| (v.clone(), r.0.clone())).collect();
-            profiles.insert(name.clone(), p);
-        }
-        for (name, p) in &profiles {
-            for (v, r) in p {
-                if vectors.id_of(v).is_none() {
-                    anyhow::bail!("profile {name}: unknown vector {v:?}");
-                }
-                r.resolve().map_err(|e| anyhow::anyhow!("profile {name}, vector {v}: {e}"))?;
-            }
-        }
+        let profiles = cfg.profiles(&vectors)?;
         dp.set_vectors(&vectors.port_table())?;
         dp.set_dns_signature(cfg.dns_large_bytes, cfg.dns_many_answers)?;
         let file = StateFile::new(&cfg.state_dir);
@@ -702,10 +689,6 @@ impl Store {
         let rec = self.state.allowlist.remove(i);
         self.push(line);
         Ok(rec)
-    }
-
-    pub fn rule_of(&self, rec: &PolicyRecord, vector: &str) -> Option<Rule> {
-        rec.rules.get(vector).and_then(|r| r.resolve().ok())
     }
 }
 

@@ -231,7 +231,7 @@ pub mod rfc3339_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profiles::ActionName;
+    use crate::dataplane::rules::Verb;
 
     #[test]
     fn origin_is_written_as_the_string_it_was() {
@@ -249,17 +249,17 @@ mod tests {
         assert!(serde_json::from_value::<Origin>(serde_json::json!(1)).is_err(), "a string, as before");
     }
 
-    fn set(pairs: &[(&str, ActionName)]) -> Arc<RuleSet> {
+    fn set(pairs: &[(&str, Verb)]) -> Arc<RuleSet> {
         Arc::new(pairs.iter().map(|(v, a)| (v.to_string(), RuleSpec::simple(*a))).collect())
     }
 
     #[test]
     fn rule_sets_share_equal_content_and_drop_unused_sets() {
         let mut sets = RuleSets::default();
-        let a = sets.share(&set(&[("ntp", ActionName::Drop), ("dns", ActionName::Pass)]));
-        let b = sets.share(&set(&[("dns", ActionName::Pass), ("ntp", ActionName::Drop)]));
+        let a = sets.share(&set(&[("ntp", Verb::Drop), ("dns", Verb::Pass)]));
+        let b = sets.share(&set(&[("dns", Verb::Pass), ("ntp", Verb::Drop)]));
         assert!(Arc::ptr_eq(&a, &b), "equal content, one map");
-        let c = sets.share(&set(&[("ntp", ActionName::Pass)]));
+        let c = sets.share(&set(&[("ntp", Verb::Pass)]));
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(sets.len(), 2);
         assert_eq!(content_hash(&a), content_hash(&b));
@@ -269,8 +269,7 @@ mod tests {
         // Many distinct sets: each found by its hash; the unused ones pruned as the table grows.
         let held: Vec<_> = (0..5000u64)
             .map(|n| {
-                let s =
-                    Arc::new(RuleSet::from([("ntp".to_string(), RuleSpec { pps: Some(n + 1), ..RuleSpec::simple(ActionName::Limit) })]));
+                let s = Arc::new(RuleSet::from([("ntp".to_string(), RuleSpec { pps: Some(n + 1), ..RuleSpec::simple(Verb::Limit) })]));
                 sets.share_and_prune(&s)
             })
             .collect();
@@ -282,7 +281,7 @@ mod tests {
         for n in 0..20_000u64 {
             sets.share_and_prune(&Arc::new(RuleSet::from([(
                 "dns".to_string(),
-                RuleSpec { pps: Some(n + 1), ..RuleSpec::simple(ActionName::Limit) },
+                RuleSpec { pps: Some(n + 1), ..RuleSpec::simple(Verb::Limit) },
             )])));
         }
         assert!(sets.len() <= 2 * 16 + 1, "unused sets are dropped as it goes: {}", sets.len());
