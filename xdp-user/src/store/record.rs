@@ -40,6 +40,26 @@ pub struct PolicyRecord {
     pub source: Origin,
 }
 
+#[cfg(test)]
+impl PolicyRecord {
+    /// A record for the store's unit tests: no rules, enforcing, never
+    /// expiring, made by the API at `t`; change fields with `..`.
+    pub(crate) fn for_test(id: &str, victim: &str, t: SystemTime) -> Self {
+        PolicyRecord {
+            id: id.into(),
+            victim: victim.parse().unwrap(),
+            profile: None,
+            rules: Default::default(),
+            mode: Mode::Enforce,
+            expires_at: None,
+            created_at: t,
+            updated_at: t,
+            comment: None,
+            source: Origin::Api,
+        }
+    }
+}
+
 /// Who made a policy: the API, or an alert (which an unban may then remove).
 /// Written as the string it always was: `"api"`, or the alert source's label
 /// (`"fastnetmon_script"`, `"fastnetmon_json"`, `"generic"`).

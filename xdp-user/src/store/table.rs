@@ -135,22 +135,9 @@ mod tests {
     use std::time::SystemTime;
 
     use super::{super::record::Origin, *};
-    use crate::dataplane::rules::Mode;
 
     fn rec(id: &str, victim: &str, source: &str) -> Arc<PolicyRecord> {
-        let t = SystemTime::UNIX_EPOCH;
-        Arc::new(PolicyRecord {
-            id: id.into(),
-            victim: victim.parse().unwrap(),
-            profile: None,
-            rules: Default::default(),
-            mode: Mode::Enforce,
-            expires_at: None,
-            created_at: t,
-            updated_at: t,
-            comment: None,
-            source: Origin::from(source.to_string()),
-        })
+        Arc::new(PolicyRecord { source: Origin::from(source.to_string()), ..PolicyRecord::for_test(id, victim, SystemTime::UNIX_EPOCH) })
     }
 
     #[test]

@@ -126,25 +126,13 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{dataplane::rules::Mode, store::record::Origin};
 
     fn t0() -> SystemTime {
         humantime::parse_rfc3339("2026-12-01T12:00:00Z").unwrap()
     }
 
     fn rec(id: &str, victim: &str, expires_at: Option<SystemTime>) -> Arc<PolicyRecord> {
-        Arc::new(PolicyRecord {
-            id: id.into(),
-            victim: victim.parse().unwrap(),
-            profile: None,
-            rules: Default::default(),
-            mode: Mode::Enforce,
-            expires_at,
-            created_at: t0(),
-            updated_at: t0(),
-            comment: None,
-            source: Origin::Api,
-        })
+        Arc::new(PolicyRecord { expires_at, ..PolicyRecord::for_test(id, victim, t0()) })
     }
 
     #[test]
