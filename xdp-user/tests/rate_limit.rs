@@ -13,6 +13,15 @@ use aya::programs::{TestRun, TestRunOptions};
 
 const RUN: Duration = Duration::from_millis(1500);
 
+/// One test at a time: each floods the CPUs it pins to, and a flood of a
+/// test next to it would make the offered load clumpier than the buckets
+/// allow for (the accuracy tests would then pass less than the limit).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn pin_to_cpu(cpu: usize) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -48,6 +57,7 @@ fn check(what: &str, passed: u64, expected: f64, offered: u64) {
 }
 
 fn run_case(what: &str, rule: Rule, cpus: usize) {
+    let _one_at_a_time = serial();
     let mut f = Fixture::new();
     let slot = f.policy("203.0.113.0/24", policy(Enforce, 0, &[("ntp", rule)]));
     let pkt = P::udp4("198.51.100.123:123", "203.0.113.10:40001").payload(458).build();
@@ -97,6 +107,7 @@ fn packets_per_second_on_all_cpus() {
 fn two_cpus_racing_on_one_bucket_spend_each_token_once() {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     assert!(cpus >= 2, "this test needs two CPUs to race on the bucket (found {cpus})");
+    let _one_at_a_time = serial();
     let mut f = Fixture::new();
     // A deep bucket, so that both CPUs spend it at once for tens of ms.
     const BURST: u64 = 1_000_000;

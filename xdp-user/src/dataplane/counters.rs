@@ -18,7 +18,7 @@ use xdp_common::{
     vector::MAX_VECTORS,
 };
 
-use super::{loader::take, DataPlane, DpError, Faults};
+use super::{batch, loader::take, DataPlane, DpError, Faults};
 
 /// Reads of one rule entry before settling for what was read.
 const READ_TRIES: usize = 64;
@@ -68,21 +68,26 @@ impl Counters {
         }
     }
 
-    /// Hand a rule entry to the policy of generation `gen`: its totals start
-    /// at zero, and only counts cached under `gen` are folded into them.
-    pub(super) fn claim(&mut self, faults: &mut Faults, cell: u32, gen: u32) -> Result<(), DpError> {
+    /// Hand rule entries to the policy of generation `gen` (one write): their
+    /// totals start at zero, and only counts cached under `gen` are folded
+    /// into them.
+    pub(super) fn claim(&mut self, faults: &mut Faults, cells: &[u32], gen: u32) -> Result<(), DpError> {
         faults.point()?;
-        self.totals.set(cell, RuleCounts { gen, ..Default::default() }, 0)?;
-        Ok(())
+        let entries: Vec<_> = cells.iter().map(|c| (*c, RuleCounts { gen, ..Default::default() })).collect();
+        batch::update_all(self.totals.map(), &entries)
     }
 
-    /// Take a rule entry back: from now on the program discards what CPUs
-    /// still cache for it instead of folding it in.
-    pub(super) fn free(&mut self, cell: u32) {
-        if let Err(e) = self.totals.set(cell, RuleCounts::default(), 0) {
-            tracing::warn!(cell, "clearing the counters of a freed rule entry: {e}");
+    /// Take rule entries back (one write): from now on the program discards
+    /// what CPUs still cache for them instead of folding it in.
+    pub(super) fn free(&mut self, cells: &[u32]) {
+        let entries: Vec<_> = cells.iter().map(|c| (*c, RuleCounts::default())).collect();
+        if let Err(e) = batch::update_all(self.totals.map(), &entries) {
+            tracing::warn!(?cells, "clearing the counters of freed rule entries: {e}");
         }
-        self.settled.lock().expect("not poisoned").retain(|(c, _), _| *c != cell);
+        let mut settled = self.settled.lock().expect("not poisoned");
+        if !settled.is_empty() {
+            settled.retain(|(c, _), _| !cells.contains(c));
+        }
     }
 
     /// One rule entry's counts: the shared totals plus what each CPU caches

@@ -15,6 +15,7 @@
 pub mod allowbits;
 mod allowlist;
 pub mod attach;
+mod batch;
 mod counters;
 mod linkinfo;
 mod loader;
