@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn pcap_has_the_header_and_the_records() {
-        let pkt = crate::packet::PacketBuilder::udp4("198.51.100.7:11211", "203.0.113.10:1").payload(200).build();
+        let pkt = ampguard_test_support::packet::PacketBuilder::udp4("198.51.100.7:11211", "203.0.113.10:1").payload(200).build();
         let c = Arc::new(Captured {
             at: SystemTime::now(),
             slot: 1,
@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn pcapng_reads_back_with_each_packets_comment_and_time() {
         use pcap_file::pcapng::{blocks::enhanced_packet::EnhancedPacketOption, Block, PcapNgReader};
-        let pkt = crate::packet::PacketBuilder::udp4("198.51.100.7:11211", "203.0.113.10:1").payload(200).build();
+        let pkt = ampguard_test_support::packet::PacketBuilder::udp4("198.51.100.7:11211", "203.0.113.10:1").payload(200).build();
         let at = SystemTime::UNIX_EPOCH + Duration::new(1_764_000_000, 123_456_789);
         let c = Arc::new(Captured { at, slot: 1, vector: 16, verdict: 1, orig_len: pkt.len() as u32, data: pkt[..128].to_vec() });
         let victim: IpNet = "203.0.113.10/32".parse().unwrap();

@@ -13,8 +13,6 @@ pub mod dataplane;
 pub mod logging;
 pub mod memory;
 pub mod model;
-pub mod packet;
-pub mod payloads;
 pub mod profiles;
 pub mod store;
 pub mod text;

@@ -94,7 +94,7 @@ impl Fixture {
 
 pub const SEC: u64 = 1_000_000_000;
 pub use ampguard::model::{Outcome, XDP_DROP, XDP_PASS};
-pub use ampguard::packet::PacketBuilder as P;
+pub use ampguard_test_support::packet::PacketBuilder as P;
 pub use xdp_common::counters::{reason, verdict};
 pub use Mode::{Enforce, Monitor};
 pub use Rule::{Drop, Pass};
