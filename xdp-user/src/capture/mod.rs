@@ -2,6 +2,9 @@
 //! limited and monitored packets and fans them out to captures
 //! (`GET /v1/capture`, `ampguard capture`). Sampling is switched on in the
 //! data plane only while a capture runs, so it costs nothing otherwise.
+//! `dest` reads where a sample was going, for a victim's capture.
+
+mod dest;
 
 use std::{
     net::IpAddr,
@@ -20,7 +23,7 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 use xdp_common::policy::{Sample, SAMPLE_BYTES};
 
-use crate::{clock, model};
+use crate::clock;
 
 /// A sample as captures see it.
 #[derive(Clone, Debug)]
@@ -36,10 +39,7 @@ pub struct Captured {
 impl Captured {
     /// Destination address of the sampled packet.
     pub fn dst(&self) -> Option<IpAddr> {
-        match model::parse(&self.data) {
-            model::Parsed::Udp { dst, .. } | model::Parsed::Fragment { dst, .. } => Some(dst),
-            _ => None,
-        }
+        dest::destination(&self.data)
     }
 }
 
@@ -271,5 +271,19 @@ mod tests {
             }
         }
         assert_eq!(seen, comments);
+    }
+
+    /// A victim's capture keeps a sample whose 128 bytes end inside a long
+    /// IPv6 extension header chain (a 7-segment routing header): the
+    /// destination is in the fixed header, the UDP header is not needed.
+    #[test]
+    fn a_sample_cut_inside_ipv6_extension_headers_still_reaches_its_victims_capture() {
+        let mut pkt = ampguard_test_support::packet::PacketBuilder::udp6("[2001:db8:1::7]:53", "[2001:db8:2::10]:4000")
+            .ext_headers(&[43])
+            .payload(300)
+            .build();
+        pkt[14 + 40 + 1] = 14; // the routing header's Hdr Ext Len: 8 + 14 * 8 octets
+        let c = Captured { at: SystemTime::now(), slot: 1, vector: 2, verdict: 1, orig_len: pkt.len() as u32, data: pkt[..SAMPLE_BYTES].to_vec() };
+        assert_eq!(c.dst(), Some("2001:db8:2::10".parse().unwrap()));
     }
 }
