@@ -1,6 +1,7 @@
 //! ampguard's controller library: the data-plane handle (the only code that
-//! touches the maps), the reference model, the policy store, the HTTP API,
-//! alert intake, the daemon and the CLI.
+//! touches the maps), the policy store, the HTTP API, alert intake, the daemon
+//! and the CLI. The reference model is test support: behind the `model`
+//! feature (the tests/ crate turns it on), not in the shipped binary.
 
 pub mod alerts;
 pub mod api;
@@ -12,6 +13,8 @@ pub mod daemon;
 pub mod dataplane;
 pub mod logging;
 pub mod memory;
+/// The XDP decision as plain Rust, for the differential and verdict tests.
+#[cfg(any(test, feature = "model"))]
 pub mod model;
 pub mod profiles;
 pub mod store;

@@ -14,14 +14,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use ipnet::IpNet;
 
 /// Privileged tests run as root in CI; as anyone else they fail loudly.
-pub fn require_root() {
-    if unsafe { libc::geteuid() } != 0 {
-        panic!(
-            "this test loads XDP programs (BPF_PROG_TEST_RUN) and needs root, or CAP_BPF + \
-             CAP_NET_ADMIN: run `sudo cargo xtask test`"
-        );
-    }
-}
+pub use ampguard_tests::require_root;
 
 pub fn v(name: &str) -> u8 {
     vectors::id_of(name).unwrap_or_else(|| panic!("no vector {name}"))
