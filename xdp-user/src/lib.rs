@@ -4,15 +4,15 @@
 //! feature (the tests/ crate turns it on), not in the shipped binary.
 
 pub mod alerts;
-pub mod api;
+pub(crate) mod api;
 pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
-pub mod logging;
-pub mod memory;
+pub(crate) mod logging;
+pub(crate) mod memory;
 /// The XDP decision as plain Rust, for the differential and verdict tests.
 #[cfg(any(test, feature = "model"))]
 pub mod model;

@@ -90,7 +90,8 @@ mod tests {
     /// header is not in the sample, the destination is.
     #[test]
     fn a_sample_cut_inside_the_extension_headers_names_its_destination() {
-        let mut frame = P::udp6("[2001:db8:1::7]:53", "[2001:db8:2::10]:4000").vlans(&[(0x88a8, 10)]).ext_headers(&[43]).payload(300).build();
+        let mut frame =
+            P::udp6("[2001:db8:1::7]:53", "[2001:db8:2::10]:4000").vlans(&[(0x88a8, 10)]).ext_headers(&[43]).payload(300).build();
         let routing = 18 + 40;
         frame[routing + 1] = 14; // Hdr Ext Len: 8-octet units after the first 8
         frame.truncate(SAMPLE_BYTES);

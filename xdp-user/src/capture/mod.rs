@@ -27,7 +27,7 @@ use crate::clock;
 
 /// A sample as captures see it.
 #[derive(Clone, Debug)]
-pub struct Captured {
+pub(crate) struct Captured {
     pub at: SystemTime,
     pub slot: u32,
     pub vector: u8,
@@ -38,7 +38,7 @@ pub struct Captured {
 
 impl Captured {
     /// Destination address of the sampled packet.
-    pub fn dst(&self) -> Option<IpAddr> {
+    pub(crate) fn dst(&self) -> Option<IpAddr> {
         dest::destination(&self.data)
     }
 }
@@ -55,7 +55,7 @@ impl Default for CaptureHub {
 }
 
 impl CaptureHub {
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Captured>> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Captured>> {
         self.tx.subscribe()
     }
 
@@ -87,7 +87,7 @@ impl CaptureHub {
     }
 
     /// Read the ring buffer for as long as the daemon runs.
-    pub async fn run(self: Arc<Self>, ring: RingBuf<MapData>) {
+    pub(crate) async fn run(self: Arc<Self>, ring: RingBuf<MapData>) {
         // Safety: the RingBuf owns its fd and moves into the AsyncFd, which
         // deregisters before the fd closes.
         let mut fd = match unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from) {
@@ -123,7 +123,7 @@ impl CaptureHub {
 }
 
 /// Collect up to `count` samples (to addresses in `victim`, if given) for at most `max`.
-pub async fn collect(
+pub(crate) async fn collect(
     rx: &mut broadcast::Receiver<Arc<Captured>>,
     count: usize,
     victim: Option<IpNet>,
@@ -148,7 +148,7 @@ pub async fn collect(
 /// What a capture is written as.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum Format {
+pub(crate) enum Format {
     /// pcapng, with a comment on each packet saying what ampguard did with it.
     #[default]
     Pcapng,
@@ -157,7 +157,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::Pcapng => "application/x-pcapng",
             Format::Pcap => "application/vnd.tcpdump.pcap",
@@ -167,7 +167,7 @@ impl Format {
 
 /// What ampguard did with a sampled packet, as its pcapng comment says it:
 /// `verdict=dropped vector=memcached policy=p-1 victim=203.0.113.10/32`.
-pub fn comment(verdict: &str, vector: &str, policy: Option<(&str, &IpNet)>) -> String {
+pub(crate) fn comment(verdict: &str, vector: &str, policy: Option<(&str, &IpNet)>) -> String {
     match policy {
         Some((id, victim)) => format!("verdict={verdict} vector={vector} policy={id} victim={victim}"),
         // The slot's policy was removed (or replaced by another victim's) before the capture ended.
@@ -178,7 +178,7 @@ pub fn comment(verdict: &str, vector: &str, policy: Option<(&str, &IpNet)>) -> S
 /// A pcapng file (one Ethernet interface, nanosecond timestamps) of the
 /// samples, each with its comment (Wireshark's packet comments,
 /// `tshark -T fields -e frame.comment`). `orig_len` keeps the real frame length.
-pub fn to_pcapng(samples: &[Arc<Captured>], comments: &[String]) -> Vec<u8> {
+pub(crate) fn to_pcapng(samples: &[Arc<Captured>], comments: &[String]) -> Vec<u8> {
     use pcap_file::pcapng::{
         blocks::{
             enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption},
@@ -216,7 +216,7 @@ pub fn to_pcapng(samples: &[Arc<Captured>], comments: &[String]) -> Vec<u8> {
 
 /// A classic pcap file (Ethernet link type) of the samples; `orig_len` keeps
 /// the real frame length, so tools show the packets as truncated captures.
-pub fn to_pcap(samples: &[Arc<Captured>]) -> Vec<u8> {
+pub(crate) fn to_pcap(samples: &[Arc<Captured>]) -> Vec<u8> {
     // Little-endian, as tcpdump writes on x86 (readers accept both).
     let header = PcapHeader { snaplen: SAMPLE_BYTES as u32, endianness: pcap_file::Endianness::Little, ..Default::default() };
     let mut w = PcapWriter::with_header(Vec::new(), header).expect("writing to memory");
@@ -283,7 +283,14 @@ mod tests {
             .payload(300)
             .build();
         pkt[14 + 40 + 1] = 14; // the routing header's Hdr Ext Len: 8 + 14 * 8 octets
-        let c = Captured { at: SystemTime::now(), slot: 1, vector: 2, verdict: 1, orig_len: pkt.len() as u32, data: pkt[..SAMPLE_BYTES].to_vec() };
+        let c = Captured {
+            at: SystemTime::now(),
+            slot: 1,
+            vector: 2,
+            verdict: 1,
+            orig_len: pkt.len() as u32,
+            data: pkt[..SAMPLE_BYTES].to_vec(),
+        };
         assert_eq!(c.dst(), Some("2001:db8:2::10".parse().unwrap()));
     }
 }

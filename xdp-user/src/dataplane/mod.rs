@@ -12,13 +12,13 @@
 //! - `counters`: per-rule-entry (shared totals behind a per-CPU cache),
 //!   per-vector and no-policy counters.
 
-pub mod allowbits;
+pub(crate) mod allowbits;
 mod allowlist;
-pub mod attach;
+pub(crate) mod attach;
 mod counters;
 mod linkinfo;
 mod loader;
-pub mod netdev;
+pub(crate) mod netdev;
 pub mod rules;
 mod settings;
 mod slots;

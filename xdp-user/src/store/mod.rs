@@ -7,12 +7,12 @@
 //! `fdatasync` covers every change made while the previous one was written.
 
 mod alerts;
-pub mod bounds;
+pub(crate) mod bounds;
 pub mod codec;
 pub mod files;
-pub mod persist;
+pub(crate) mod persist;
 pub mod record;
-pub mod table;
+pub(crate) mod table;
 pub mod time;
 
 pub use self::alerts::AlertOutcome;
