@@ -32,7 +32,7 @@ use self::{allowlist::Allowlist, counters::Counters, settings::Settings, slots::
 pub use self::{counters::PolicyCounts, loader::Capacity};
 
 /// The XDP object built by build.rs.
-pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));
+pub(crate) static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));
 
 /// Baseline programs (`xdp_pass`, `xdp_count_drop`) for benchmarks.
 pub static BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-baseline"));
