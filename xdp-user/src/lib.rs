@@ -23,9 +23,9 @@ pub mod vectors;
 
 /// The git commit the binary was built from (`-dirty`: with changes not in
 /// it; "unknown" outside a git checkout), from build.rs.
-pub const COMMIT: &str = env!("AMPGUARD_COMMIT");
+pub(crate) const COMMIT: &str = env!("AMPGUARD_COMMIT");
 /// When it was built (UTC; SOURCE_DATE_EPOCH when set).
-pub const BUILD_DATE: &str = env!("AMPGUARD_BUILD_DATE");
+pub(crate) const BUILD_DATE: &str = env!("AMPGUARD_BUILD_DATE");
 /// `ampguard --version`.
-pub const LONG_VERSION: &str =
+pub(crate) const LONG_VERSION: &str =
     concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("AMPGUARD_COMMIT"), ", built ", env!("AMPGUARD_BUILD_DATE"), ")");
