@@ -22,8 +22,8 @@ use crate::lab::{sa, send_udp, Lab, Netns, UdpSink};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-/// The `ampguard` binary next to the test executable (cargo builds it for the
-/// workspace's tests; `cargo xtask test` builds it first).
+/// The `ampguard` binary next to the test executable (`cargo test --workspace`
+/// builds it, for xdp-user's own integration test xdp-user/tests/binary.rs).
 pub fn ampguard_bin() -> PathBuf {
     find_ampguard().unwrap_or_else(|| {
         panic!(

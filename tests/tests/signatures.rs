@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use ampguard::payloads::*;
+use ampguard_test_support::payloads::*;
 use ampguard_tests::{
     daemon::Daemon,
     lab::{send_udp_payload, Lab, UdpSink},

@@ -13,7 +13,7 @@ pub fn monotonic_ns() -> u64 {
 
 /// The monotonic ns at which a wall-clock instant falls (saturating at "now"
 /// for instants in the past, so a past expiry is already expired).
-pub fn wall_to_monotonic(at: SystemTime) -> u64 {
+pub(crate) fn wall_to_monotonic(at: SystemTime) -> u64 {
     let now_wall = SystemTime::now();
     let now_mono = monotonic_ns();
     match at.duration_since(now_wall) {
@@ -23,7 +23,7 @@ pub fn wall_to_monotonic(at: SystemTime) -> u64 {
 }
 
 /// Wall-clock time of a monotonic instant.
-pub fn monotonic_to_wall(mono: u64) -> SystemTime {
+pub(crate) fn monotonic_to_wall(mono: u64) -> SystemTime {
     let now_mono = monotonic_ns();
     let now_wall = SystemTime::now();
     if mono >= now_mono {

@@ -473,7 +473,38 @@ fn snmp_get_response(payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{packet::PacketBuilder, payloads};
+    use ampguard_test_support::{packet::PacketBuilder, payloads};
+
+    /// The payloads test support builds, against the model's signatures.
+    mod real_format_replies {
+        use crate::model::signature_matches;
+        use ampguard_test_support::payloads::*;
+        use xdp_common::signature::*;
+
+        fn sig(v: u8, p: &[u8]) -> bool {
+            signature_matches(v, p, 42, p.len(), 512, 10)
+        }
+
+        #[test]
+        fn attack_replies_match_and_ordinary_replies_do_not() {
+            assert!(sig(NTP, &ntp_monlist_reply()) && ntp_monlist_reply().len() == 440);
+            assert!(sig(NTP, &ntp_mode6_reply()));
+            assert!(!sig(NTP, &ntp_mode4_reply()));
+            let any = dns_any_answer();
+            assert!(any.len() > 1000 && sig(DNS, &any));
+            assert!(signature_matches(DNS, &any, 42, 400, 512, 10), "ANY matches even when small");
+            assert!(!sig(DNS, &dns_a_answer()));
+            assert!(!sig(DNS, &dns_query()));
+            assert!(sig(DNS, &dns_response("example.com", 1, 12, 0)), "many answers");
+            assert!(sig(MEMCACHED, &memcached_stat_reply()) && sig(MEMCACHED, &memcached_value_reply()));
+            assert!(!sig(MEMCACHED, b"\x12\x34\0\0\0\x01\0\0get foo\r\n"));
+            assert!(sig(SSDP, &ssdp_ok_reply()) && !sig(SSDP, b"NOTIFY * HTTP/1.1\r\n"));
+            assert!(sig(CLDAP, &cldap_search_res_entry()));
+            assert!(sig(SNMP, &snmp_get_response(40)) && snmp_get_response(40).len() > 512);
+            assert!(sig(CHARGEN, &chargen_reply()) && sig(QOTD, &qotd_reply()));
+            assert!(!sig(CHARGEN, &[]));
+        }
+    }
 
     #[test]
     fn parses_the_documented_shapes() {

@@ -7,7 +7,7 @@ pub const MAX_COMMENT_BYTES: usize = 256;
 
 /// The longest prefix of `s` of at most `max_bytes` bytes that ends on a
 /// character boundary.
-pub fn fit(s: &str, max_bytes: usize) -> &str {
+pub(crate) fn fit(s: &str, max_bytes: usize) -> &str {
     if s.len() <= max_bytes {
         return s;
     }

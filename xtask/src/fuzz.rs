@@ -167,7 +167,7 @@ fn random_seed() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
 }
 
-/// `cargo test -p xdp-user --release --test differential` with
+/// `cargo test -p ampguard-tests --release --test differential` with
 /// AMPGUARD_DIFF_PACKETS=packets and a fresh AMPGUARD_SEED (or `seed`).
 pub fn xdp(packets: u64, seed: Option<u64>) -> Result<()> {
     let seed = seed.unwrap_or_else(random_seed);
@@ -179,14 +179,14 @@ pub fn xdp(packets: u64, seed: Option<u64>) -> Result<()> {
             .current_dir(root())
             .env("AMPGUARD_DIFF_PACKETS", packets.to_string())
             .env("AMPGUARD_SEED", seed.to_string())
-            .args(["test", "-p", "xdp-user", "--release", "--test", "differential", "--", "--nocapture"]),
+            .args(["test", "-p", "ampguard-tests", "--release", "--test", "differential", "--", "--nocapture"]),
     );
     let secs = started.elapsed().as_secs();
     match &result {
         Ok(()) => println!("fuzz-xdp: PASSED: {packets} packets, seed {seed}, {secs} s (build included)"),
         Err(_) => println!(
             "fuzz-xdp: FAILED: {packets} packets, seed {seed}, {secs} s; replay with \
-             AMPGUARD_SEED={seed} AMPGUARD_DIFF_PACKETS={packets} cargo test -p xdp-user --release --test differential"
+             AMPGUARD_SEED={seed} AMPGUARD_DIFF_PACKETS={packets} cargo test -p ampguard-tests --release --test differential"
         ),
     }
     result

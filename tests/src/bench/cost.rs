@@ -17,9 +17,8 @@ use ampguard::{
         rules::{CondRule, Conditions, DpPolicy, Limit, Mode, Rule, Verb},
         DataPlane,
     },
-    packet::PacketBuilder as P,
-    payloads,
 };
+use ampguard_test_support::{packet::PacketBuilder as P, payloads};
 use anyhow::{bail, Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use ipnet::IpNet;

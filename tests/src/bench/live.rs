@@ -23,7 +23,8 @@
 use std::fs;
 use std::time::Instant;
 
-use ampguard::{dataplane::DataPlane, packet::PacketBuilder as P};
+use ampguard::dataplane::DataPlane;
+use ampguard_test_support::packet::PacketBuilder as P;
 use ampguard_tests::lab::{Lab, EDGE_IF};
 use anyhow::{bail, Context, Result};
 use aya::{

@@ -27,8 +27,6 @@ use tokio::sync::Mutex;
 
 use crate::store::{Store, StoreError};
 
-pub use crate::daemon::enforcement::IfaceStatus;
-
 pub struct AppState {
     pub store: Arc<Mutex<Store>>,
     /// Group commit of the state file.

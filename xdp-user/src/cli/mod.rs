@@ -4,7 +4,7 @@
 mod alert;
 mod allow;
 mod capture;
-pub mod client;
+pub(crate) mod client;
 mod detach;
 mod policy;
 mod show;
@@ -18,14 +18,14 @@ use crate::daemon;
 
 #[derive(Parser)]
 #[command(name = "ampguard", version = crate::LONG_VERSION, about = "Stops reflection/amplification DDoS floods at the edge with XDP")]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 /// Where the daemon's API is and how to authenticate.
 #[derive(Args, Clone, Debug)]
-pub struct ApiArgs {
+pub(crate) struct ApiArgs {
     /// Base URL of the daemon's API.
     #[arg(long, env = "AMPGUARD_API", default_value = "http://127.0.0.1:9470", global = true)]
     pub api: String,
@@ -38,7 +38,7 @@ pub struct ApiArgs {
 }
 
 #[derive(Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon: attach XDP, serve the API, enforce policies.
     Run(daemon::RunArgs),
     /// Stop enforcing: detach XDP from every interface. With a daemon running
@@ -161,7 +161,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The man page of `ampguard` and its subcommands, in roff.
-pub fn man_page() -> anyhow::Result<Vec<u8>> {
+pub(crate) fn man_page() -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
     Ok(out)

@@ -10,8 +10,8 @@
 //! `enforcement.rs` (links held, watchdog checks, operator detach),
 //! `server.rs` (the API's bounded accept loop).
 
-pub mod enforcement;
-pub mod lock;
+pub(crate) mod enforcement;
+pub(crate) mod lock;
 pub mod pins;
 mod server;
 
@@ -35,7 +35,7 @@ use crate::{
 };
 
 #[derive(Args, Debug)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// TOML configuration file (see deploy/ampguard.toml).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
@@ -66,7 +66,7 @@ pub struct RunArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct DetachArgs {
+pub(crate) struct DetachArgs {
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// bpffs directory of the pins (default: the config's pin_dir).
@@ -78,7 +78,7 @@ fn init_tracing(format: LogFormat) {
     crate::logging::init_daemon(format);
 }
 
-pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     Ok(match path {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -113,7 +113,7 @@ fn merge_interfaces(config: &[String], args: &[String]) -> Vec<String> {
     out
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut cfg = load_config(args.config.as_deref())?;
     init_tracing(args.log_format.unwrap_or(cfg.log_format));
     cfg.interfaces = merge_interfaces(&cfg.interfaces, &args.ifaces);
@@ -265,7 +265,7 @@ async fn watch_links(app: api::Shared) {
 
 /// Detach and unpin every link under `pin_dir`, and remove the map pins.
 /// Returns the interfaces that had a link.
-pub fn remove_pins(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
+pub(crate) fn remove_pins(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
     let ifaces = attach::pinned_interfaces(pin_dir);
     for iface in &ifaces {
         attach::detach(pin_dir, iface).with_context(|| format!("detaching {iface}"))?;

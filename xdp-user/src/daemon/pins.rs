@@ -38,7 +38,7 @@ fn mount_bpffs(p: &Path) -> anyhow::Result<()> {
 /// Make `dir` a directory on a bpffs, mounting one where there is none (a
 /// fresh machine has nothing at /sys/fs/bpf). Only for a mount namespace whose
 /// mounts outlive the process (see `resolve`).
-pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     if !dir.exists() {
         if let Some(parent) = dir.parent() {
             if parent == Path::new("/sys/fs/bpf") && !is_bpffs(parent) {
@@ -108,7 +108,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Where the pins actually go for a configured `pin_dir`.
-pub struct PinDir {
+pub(crate) struct PinDir {
     /// A path to pin under. Reaching into another mount namespace it is
     /// /proc/self/fd/N, an fd opened at start, so it stays valid when the
     /// process it was found through exits.
@@ -126,7 +126,7 @@ fn outer_view(pin_dir: &Path) -> Option<(u32, PathBuf)> {
 }
 
 /// Resolve (and create, mounting a bpffs where that lasts) the pin directory.
-pub fn resolve(pin_dir: &Path) -> anyhow::Result<PinDir> {
+pub(crate) fn resolve(pin_dir: &Path) -> anyhow::Result<PinDir> {
     let Some((pid, outer)) = outer_view(pin_dir) else {
         if let Some(ns) = ip_netns_exec_sysfs() {
             if !is_bpffs(pin_dir) {
@@ -175,7 +175,7 @@ pub fn resolve(pin_dir: &Path) -> anyhow::Result<PinDir> {
 
 /// Where a running or earlier daemon put its pins for `pin_dir`, without
 /// creating or mounting anything (for `ampguard detach`).
-pub fn locate(pin_dir: &Path) -> PathBuf {
+pub(crate) fn locate(pin_dir: &Path) -> PathBuf {
     match outer_view(pin_dir) {
         Some((_, outer)) if is_bpffs(&outer) && !same_file(pin_dir, &outer) => outer,
         _ => pin_dir.into(),

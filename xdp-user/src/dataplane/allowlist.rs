@@ -95,7 +95,7 @@ impl DataPlane {
         a.update_bits(&prefix)
     }
 
-    pub fn remove_allow(&mut self, prefix: &IpNet) -> Result<bool, DpError> {
+    pub(crate) fn remove_allow(&mut self, prefix: &IpNet) -> Result<bool, DpError> {
         let a = &mut self.allow;
         let prefix = prefix.trunc();
         if a.prefixes.remove(&prefix).is_none() {

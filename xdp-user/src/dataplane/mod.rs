@@ -12,14 +12,14 @@
 //! - `counters`: per-rule-entry (shared totals behind a per-CPU cache),
 //!   per-vector and no-policy counters.
 
-pub mod allowbits;
+pub(crate) mod allowbits;
 mod allowlist;
-pub mod attach;
+pub(crate) mod attach;
 mod batch;
 mod counters;
 mod linkinfo;
 mod loader;
-pub mod netdev;
+pub(crate) mod netdev;
 pub mod rules;
 mod settings;
 mod slots;
@@ -33,7 +33,7 @@ use self::{allowlist::Allowlist, counters::Counters, settings::Settings, slots::
 pub use self::{counters::PolicyCounts, loader::Capacity};
 
 /// The XDP object built by build.rs.
-pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));
+pub(crate) static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));
 
 /// Baseline programs (`xdp_pass`, `xdp_count_drop`) for benchmarks.
 pub static BASELINE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-baseline"));

@@ -65,7 +65,7 @@ impl DataPlane {
 
     /// Sample at most `per_sec` dropped/limited/monitored packets a second
     /// per CPU into the ring buffer (0 = off).
-    pub fn set_sampling(&mut self, per_sec: u32) -> Result<(), DpError> {
+    pub(crate) fn set_sampling(&mut self, per_sec: u32) -> Result<(), DpError> {
         self.update_config(|c| c.samples_per_sec = per_sec)
     }
 
@@ -75,7 +75,7 @@ impl DataPlane {
     }
 
     /// Thresholds of the DNS signature.
-    pub fn set_dns_signature(&mut self, large_bytes: u16, many_answers: u16) -> Result<(), DpError> {
+    pub(crate) fn set_dns_signature(&mut self, large_bytes: u16, many_answers: u16) -> Result<(), DpError> {
         self.update_config(|c| {
             c.dns_large_bytes = large_bytes;
             c.dns_many_answers = many_answers;

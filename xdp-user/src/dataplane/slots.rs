@@ -4,7 +4,7 @@
 //! A change takes what it needs into a `Reservation`; on error the
 //! reservation goes back to its pools (`release`) and rule entries already
 //! rewritten are written back, so "on error nothing changes"
-//! (xdp-user/tests/rollback.rs injects a failure at every write).
+//! (tests/tests/rollback.rs injects a failure at every write).
 
 use std::collections::{HashMap, VecDeque};
 

@@ -43,7 +43,7 @@ use super::{
 use crate::dataplane::rules::Mode;
 
 /// The snapshot format written; version 1 is still read.
-pub const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 2;
 const JOURNAL_VERSION: u32 = 1;
 
 /// Everything the files hold, as loaded.
@@ -65,7 +65,7 @@ impl State {
 /// One change, as a journal line says it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Change {
+pub(crate) enum Change {
     PutPolicy(Arc<PolicyRecord>),
     DelPolicy(String),
     PutAllow(AllowRecord),
@@ -87,7 +87,7 @@ struct JournalHeader {
 }
 
 /// A journal's first line: it continues snapshot `base`.
-pub fn journal_header(base: u64) -> Vec<u8> {
+pub(crate) fn journal_header(base: u64) -> Vec<u8> {
     let mut header = serde_json::to_vec(&JournalHeader { journal: JOURNAL_VERSION, base }).expect("serializes");
     header.push(b'\n');
     header
@@ -95,14 +95,14 @@ pub fn journal_header(base: u64) -> Vec<u8> {
 
 /// One journal line, newline included (made under the store's lock, written
 /// by the persister). An error (a value the format cannot hold) changes nothing.
-pub fn journal_line(seq: u64, change: Change) -> Result<Vec<u8>, serde_json::Error> {
+pub(crate) fn journal_line(seq: u64, change: Change) -> Result<Vec<u8>, serde_json::Error> {
     let mut line = serde_json::to_vec(&JournalLine { seq, change })?;
     line.push(b'\n');
     Ok(line)
 }
 
 /// Stream a snapshot (version 2) to `w`.
-pub fn write_snapshot<'a, W: Write>(
+pub(crate) fn write_snapshot<'a, W: Write>(
     w: &mut W,
     seq: u64,
     next_id: u64,
@@ -223,7 +223,7 @@ pub fn parse(bytes: &[u8]) -> Result<State, ParseError> {
 }
 
 /// `parse`, and the version the snapshot was written in.
-pub fn parse_versioned(bytes: &[u8]) -> Result<(State, u32), ParseError> {
+pub(crate) fn parse_versioned(bytes: &[u8]) -> Result<(State, u32), ParseError> {
     let bad = |e: serde_json::Error| ParseError::Bad(e.to_string());
     let version = serde_json::from_slice::<VersionOnly>(bytes).map_err(bad)?.version;
     let (seq, next_id, records, allowlist) = match version {

@@ -38,20 +38,20 @@ impl StateFile {
     }
 
     /// The snapshot.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn backup_path(&self) -> PathBuf {
+    pub(crate) fn backup_path(&self) -> PathBuf {
         self.path.with_extension("json.bak")
     }
 
-    pub fn journal_path(&self) -> PathBuf {
+    pub(crate) fn journal_path(&self) -> PathBuf {
         self.path.with_extension("journal")
     }
 
     /// Bytes in the journal now (0 when there is none).
-    pub fn journal_len(&self) -> u64 {
+    pub(crate) fn journal_len(&self) -> u64 {
         fs::metadata(self.journal_path()).map(|m| m.len()).unwrap_or(0)
     }
 
@@ -67,7 +67,7 @@ impl StateFile {
 
     /// Also says whether the files want a new snapshot: none yet, an old
     /// version, or a journal with changes in it.
-    pub fn load_and_check(&self) -> Result<(State, bool), StateError> {
+    pub(crate) fn load_and_check(&self) -> Result<(State, bool), StateError> {
         let mut stale = false;
         let mut state = match fs::read(&self.path) {
             Ok(bytes) => {
@@ -147,7 +147,7 @@ impl StateFile {
     }
 
     /// Append journal lines and make them durable (one `fdatasync`).
-    pub fn append(&self, lines: &[u8]) -> Result<(), StateError> {
+    pub(crate) fn append(&self, lines: &[u8]) -> Result<(), StateError> {
         let path = self.journal_path();
         let err = |source| StateError::Write { path: path.clone(), source };
         let mut f = OpenOptions::new().append(true).open(&path).map_err(err)?;

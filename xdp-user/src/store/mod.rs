@@ -7,12 +7,12 @@
 //! `fdatasync` covers every change made while the previous one was written.
 
 mod alerts;
-pub mod bounds;
+pub(crate) mod bounds;
 pub mod codec;
 pub mod files;
-pub mod persist;
+pub(crate) mod persist;
 pub mod record;
-pub mod table;
+pub(crate) mod table;
 pub mod time;
 
 pub use self::alerts::AlertOutcome;
@@ -188,7 +188,7 @@ pub fn canonical(n: IpNet) -> IpNet {
 
 /// An allowlist entry's own breadth: no broader than
 /// `allow_min_prefix_len_v4` / `_v6` (/8, /32).
-pub fn check_allow_breadth(cfg: &Config, prefix: &IpNet) -> Result<(), String> {
+pub(crate) fn check_allow_breadth(cfg: &Config, prefix: &IpNet) -> Result<(), String> {
     let min = match prefix {
         IpNet::V4(_) => cfg.allow_min_prefix_len_v4,
         IpNet::V6(_) => cfg.allow_min_prefix_len_v6,
@@ -204,7 +204,7 @@ pub fn check_allow_breadth(cfg: &Config, prefix: &IpNet) -> Result<(), String> {
 
 /// The allowlist's total: at most as many addresses as one
 /// `allow_coverage_v4` / `_v6` prefix, per family.
-pub fn check_allow_coverage<'a>(cfg: &Config, entries: impl Iterator<Item = &'a IpNet>) -> Result<(), String> {
+pub(crate) fn check_allow_coverage<'a>(cfg: &Config, entries: impl Iterator<Item = &'a IpNet>) -> Result<(), String> {
     let (v4, v6) = bounds::coverage(entries);
     for (family, total, bits, len) in [(4, v4, 32, cfg.allow_coverage_v4), (6, v6, 128, cfg.allow_coverage_v6)] {
         if total > bounds::prefix_size(bits, len) {
@@ -294,11 +294,11 @@ impl Store {
         &self.dp
     }
 
-    pub fn dataplane_mut(&mut self) -> &mut DataPlane {
+    pub(crate) fn dataplane_mut(&mut self) -> &mut DataPlane {
         &mut self.dp
     }
 
-    pub fn state_path(&self) -> &std::path::Path {
+    pub(crate) fn state_path(&self) -> &std::path::Path {
         self.file.path()
     }
 
@@ -318,7 +318,7 @@ impl Store {
     }
 
     /// Journal lines of the changes since the last call, and the generation they reach.
-    pub fn take_pending(&mut self) -> (u64, Vec<u8>) {
+    pub(crate) fn take_pending(&mut self) -> (u64, Vec<u8>) {
         (self.state.seq, std::mem::take(&mut self.pending))
     }
 
@@ -360,7 +360,7 @@ impl Store {
     }
 
     /// A page of policies in creation order; see `PolicyTable::page`.
-    pub fn policy_page(&self, from: u64, limit: usize) -> (Vec<&Arc<PolicyRecord>>, Option<u64>) {
+    pub(crate) fn policy_page(&self, from: u64, limit: usize) -> (Vec<&Arc<PolicyRecord>>, Option<u64>) {
         self.state.policies.page(from, limit)
     }
 
@@ -379,7 +379,7 @@ impl Store {
 
     /// The policy that applies to an address: the longest victim prefix
     /// holding it, as the data plane chooses. One index lookup per prefix length.
-    pub fn policy_covering(&self, addr: IpAddr) -> Option<&Arc<PolicyRecord>> {
+    pub(crate) fn policy_covering(&self, addr: IpAddr) -> Option<&Arc<PolicyRecord>> {
         let host = IpNet::from(addr);
         (0..=host.max_prefix_len()).rev().find_map(|len| {
             let net = IpNet::new(addr, len).expect("length within the family").trunc();
@@ -540,7 +540,7 @@ impl Store {
         self.commit(rec)
     }
 
-    pub fn replace_policy(&mut self, id: &str, req: PolicyRequest) -> Result<Arc<PolicyRecord>, StoreError> {
+    pub(crate) fn replace_policy(&mut self, id: &str, req: PolicyRequest) -> Result<Arc<PolicyRecord>, StoreError> {
         self.policy(id)?;
         let (victim, rules, expires_at) = self.resolve(&req)?;
         let old = self.policy(id)?;
@@ -630,7 +630,7 @@ impl Store {
         self.commit(rec)
     }
 
-    pub fn delete_policy(&mut self, id: &str) -> Result<Arc<PolicyRecord>, StoreError> {
+    pub(crate) fn delete_policy(&mut self, id: &str) -> Result<Arc<PolicyRecord>, StoreError> {
         let victim = self.policy(id)?.victim;
         let line = self.line(Change::DelPolicy(id.to_string()))?;
         self.dp.remove_policy(&victim)?;
@@ -677,7 +677,7 @@ impl Store {
         Ok(rec)
     }
 
-    pub fn delete_allow(&mut self, id: &str) -> Result<AllowRecord, StoreError> {
+    pub(crate) fn delete_allow(&mut self, id: &str) -> Result<AllowRecord, StoreError> {
         let i =
             self.state.allowlist.iter().position(|a| a.id == id).ok_or_else(|| StoreError::NotFound(format!("no allowlist entry {id}")))?;
         // Entries from the config file stay in force.

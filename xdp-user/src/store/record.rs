@@ -129,7 +129,7 @@ pub struct AllowRecord {
 /// 100,000), and finding a set costs the same whatever the number of distinct
 /// sets (a linear search was quadratic in them).
 #[derive(Clone, Debug, Default)]
-pub struct RuleSets {
+pub(crate) struct RuleSets {
     by_hash: HashMap<u64, Vec<Arc<RuleSet>>>,
     len: usize,
     /// `len` after the last `prune`: the next one is due when it has doubled.
@@ -138,7 +138,7 @@ pub struct RuleSets {
 
 impl RuleSets {
     /// The set equal to `rules` (or `rules` itself, added).
-    pub fn share(&mut self, rules: &Arc<RuleSet>) -> Arc<RuleSet> {
+    pub(crate) fn share(&mut self, rules: &Arc<RuleSet>) -> Arc<RuleSet> {
         let bucket = self.by_hash.entry(content_hash(rules)).or_default();
         if let Some(s) = bucket.iter().find(|s| Arc::ptr_eq(s, rules) || ***s == **rules) {
             return s.clone();
@@ -152,7 +152,7 @@ impl RuleSets {
     /// does). The sweep runs when the table has doubled since the last one,
     /// so that it costs O(1) a call on average and the table stays within
     /// twice the sets in use.
-    pub fn share_and_prune(&mut self, rules: &Arc<RuleSet>) -> Arc<RuleSet> {
+    pub(crate) fn share_and_prune(&mut self, rules: &Arc<RuleSet>) -> Arc<RuleSet> {
         let shared = self.share(rules);
         if self.len >= 2 * self.pruned_at.max(16) {
             self.prune();
@@ -161,7 +161,7 @@ impl RuleSets {
     }
 
     /// Drop every set only this table holds.
-    pub fn prune(&mut self) {
+    pub(crate) fn prune(&mut self) {
         self.by_hash.retain(|_, bucket| {
             bucket.retain(|s| Arc::strong_count(s) > 1);
             !bucket.is_empty()
@@ -170,19 +170,17 @@ impl RuleSets {
         self.pruned_at = self.len;
     }
 
-    /// Distinct sets held (some perhaps no longer used, until the next prune).
-    pub fn len(&self) -> usize {
+    /// Distinct sets held (some perhaps no longer used, until the next prune):
+    /// for the tests (`share_and_prune` reads the field itself).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
 /// A hash of a rule set's content: equal sets (a `BTreeMap`, so in one
 /// order) write the same JSON, so they hash the same.
-pub fn content_hash(rules: &RuleSet) -> u64 {
+pub(crate) fn content_hash(rules: &RuleSet) -> u64 {
     struct HashWriter<H: Hasher>(H);
     impl<H: Hasher> std::io::Write for HashWriter<H> {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -198,7 +196,7 @@ pub fn content_hash(rules: &RuleSet) -> u64 {
     w.0.finish()
 }
 
-pub mod rfc3339 {
+pub(crate) mod rfc3339 {
     use std::time::SystemTime;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -209,7 +207,7 @@ pub mod rfc3339 {
     /// An error, not a panic, for a time RFC 3339 cannot write (before 1970
     /// or after 9999; humantime's Display fails there): the caller refuses
     /// the change rather than losing the process.
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         match t.duration_since(std::time::UNIX_EPOCH) {
             Ok(d) if d.as_secs() <= LAST => s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string()),
             _ => Err(serde::ser::Error::custom("a time outside 1970..=9999 cannot be written as an RFC 3339 timestamp")),
@@ -218,7 +216,7 @@ pub mod rfc3339 {
 
     /// Whole seconds, the file's resolution: a fraction written by hand is
     /// dropped on reading, so a save writes back exactly what was read.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let s = String::deserialize(d)?;
         let t = humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)?;
         Ok(match t.duration_since(std::time::UNIX_EPOCH) {
@@ -228,19 +226,19 @@ pub mod rfc3339 {
     }
 }
 
-pub mod rfc3339_opt {
+pub(crate) mod rfc3339_opt {
     use std::time::SystemTime;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
         match t {
             Some(t) => super::rfc3339::serialize(t, s),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
         match Option::<String>::deserialize(d)? {
             Some(s) => super::rfc3339::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&s)).map(Some),
             None => Ok(None),

@@ -67,30 +67,30 @@ impl Clock for ManualClock {
 }
 
 /// The expiry of a policy made now with this TTL (0 = never).
-pub fn expiry(ttl_secs: u64, now: SystemTime) -> Option<SystemTime> {
+pub(crate) fn expiry(ttl_secs: u64, now: SystemTime) -> Option<SystemTime> {
     (ttl_secs != 0).then(|| now + Duration::from_secs(ttl_secs))
 }
 
 /// Whether a policy with this expiry has expired at `now` (at its expiry it has).
-pub fn is_expired(expires_at: Option<SystemTime>, now: SystemTime) -> bool {
+pub(crate) fn is_expired(expires_at: Option<SystemTime>, now: SystemTime) -> bool {
     expires_at.is_some_and(|e| e <= now)
 }
 
 /// The ids the sweeper removes at `now`, in creation order.
-pub fn expired(policies: &PolicyTable, now: SystemTime) -> Vec<String> {
+pub(crate) fn expired(policies: &PolicyTable, now: SystemTime) -> Vec<String> {
     policies.iter().filter(|p| is_expired(p.expires_at, now)).map(|p| p.id.clone()).collect()
 }
 
 /// PATCH `extend_secs`: added to the current expiry, or to now if it has
 /// passed. None for a policy that never expires (it cannot be extended).
-pub fn extend(expires_at: Option<SystemTime>, now: SystemTime, by_secs: u64) -> Option<SystemTime> {
+pub(crate) fn extend(expires_at: Option<SystemTime>, now: SystemTime, by_secs: u64) -> Option<SystemTime> {
     expires_at.map(|e| e.max(now) + Duration::from_secs(by_secs))
 }
 
 /// A ban on a victim that has a policy: its new expiry `until`, if that is
 /// later than the one it has (a policy that never expires keeps never
 /// expiring, a later expiry is kept); None when the expiry does not change.
-pub fn ban_extension(p: &PolicyRecord, until: SystemTime) -> Option<SystemTime> {
+pub(crate) fn ban_extension(p: &PolicyRecord, until: SystemTime) -> Option<SystemTime> {
     match p.expires_at {
         Some(e) if e < until => Some(until),
         _ => None,
@@ -100,7 +100,7 @@ pub fn ban_extension(p: &PolicyRecord, until: SystemTime) -> Option<SystemTime> 
 /// The alerts' budget: at most `limit` changes in a minute that starts with
 /// the first change after the previous minute ended.
 #[derive(Clone, Debug, Default)]
-pub struct AlertWindow {
+pub(crate) struct AlertWindow {
     /// The start of the current minute, and the changes made in it.
     window: Option<(Instant, u32)>,
 }
@@ -108,7 +108,7 @@ pub struct AlertWindow {
 impl AlertWindow {
     /// Take one change from the budget at `now`; false (nothing taken) when
     /// this minute's is spent.
-    pub fn take(&mut self, now: Instant, limit: u32) -> bool {
+    pub(crate) fn take(&mut self, now: Instant, limit: u32) -> bool {
         let (start, used) = self.window.get_or_insert((now, 0));
         if now.duration_since(*start) >= Duration::from_secs(60) {
             (*start, *used) = (now, 0);

@@ -215,7 +215,8 @@ fn verdict_table() {
 /// by signature, the victim's own DNS and NTP answers pass.
 #[test]
 fn signatures_with_the_default_profile() {
-    use ampguard::{dataplane::rules::DpPolicy, payloads::*, profiles::builtin_default};
+    use ampguard::{dataplane::rules::DpPolicy, profiles::builtin_default};
+    use ampguard_test_support::payloads::*;
     let mut f = Fixture::new();
     f.set_now(100 * SEC);
     let rules = builtin_default().iter().map(|(name, spec)| (v(name), spec.resolve().unwrap())).collect();

@@ -14,14 +14,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use ipnet::IpNet;
 
 /// Privileged tests run as root in CI; as anyone else they fail loudly.
-pub fn require_root() {
-    if unsafe { libc::geteuid() } != 0 {
-        panic!(
-            "this test loads XDP programs (BPF_PROG_TEST_RUN) and needs root, or CAP_BPF + \
-             CAP_NET_ADMIN: run `sudo cargo xtask test`"
-        );
-    }
-}
+pub use ampguard_tests::require_root;
 
 pub fn v(name: &str) -> u8 {
     vectors::id_of(name).unwrap_or_else(|| panic!("no vector {name}"))
@@ -94,7 +87,7 @@ impl Fixture {
 
 pub const SEC: u64 = 1_000_000_000;
 pub use ampguard::model::{Outcome, XDP_DROP, XDP_PASS};
-pub use ampguard::packet::PacketBuilder as P;
+pub use ampguard_test_support::packet::PacketBuilder as P;
 pub use xdp_common::counters::{reason, verdict};
 pub use Mode::{Enforce, Monitor};
 pub use Rule::{Drop, Pass};

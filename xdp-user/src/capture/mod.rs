@@ -2,6 +2,9 @@
 //! limited and monitored packets and fans them out to captures
 //! (`GET /v1/capture`, `ampguard capture`). Sampling is switched on in the
 //! data plane only while a capture runs, so it costs nothing otherwise.
+//! `dest` reads where a sample was going, for a victim's capture.
+
+mod dest;
 
 use std::{
     net::IpAddr,
@@ -20,11 +23,11 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 use xdp_common::policy::{Sample, SAMPLE_BYTES};
 
-use crate::{clock, model};
+use crate::clock;
 
 /// A sample as captures see it.
 #[derive(Clone, Debug)]
-pub struct Captured {
+pub(crate) struct Captured {
     pub at: SystemTime,
     pub slot: u32,
     pub vector: u8,
@@ -35,11 +38,8 @@ pub struct Captured {
 
 impl Captured {
     /// Destination address of the sampled packet.
-    pub fn dst(&self) -> Option<IpAddr> {
-        match model::parse(&self.data) {
-            model::Parsed::Udp { dst, .. } | model::Parsed::Fragment { dst, .. } => Some(dst),
-            _ => None,
-        }
+    pub(crate) fn dst(&self) -> Option<IpAddr> {
+        dest::destination(&self.data)
     }
 }
 
@@ -55,7 +55,7 @@ impl Default for CaptureHub {
 }
 
 impl CaptureHub {
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Captured>> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Captured>> {
         self.tx.subscribe()
     }
 
@@ -87,7 +87,7 @@ impl CaptureHub {
     }
 
     /// Read the ring buffer for as long as the daemon runs.
-    pub async fn run(self: Arc<Self>, ring: RingBuf<MapData>) {
+    pub(crate) async fn run(self: Arc<Self>, ring: RingBuf<MapData>) {
         // Safety: the RingBuf owns its fd and moves into the AsyncFd, which
         // deregisters before the fd closes.
         let mut fd = match unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from) {
@@ -123,7 +123,7 @@ impl CaptureHub {
 }
 
 /// Collect up to `count` samples (to addresses in `victim`, if given) for at most `max`.
-pub async fn collect(
+pub(crate) async fn collect(
     rx: &mut broadcast::Receiver<Arc<Captured>>,
     count: usize,
     victim: Option<IpNet>,
@@ -148,7 +148,7 @@ pub async fn collect(
 /// What a capture is written as.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum Format {
+pub(crate) enum Format {
     /// pcapng, with a comment on each packet saying what ampguard did with it.
     #[default]
     Pcapng,
@@ -157,7 +157,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::Pcapng => "application/x-pcapng",
             Format::Pcap => "application/vnd.tcpdump.pcap",
@@ -167,7 +167,7 @@ impl Format {
 
 /// What ampguard did with a sampled packet, as its pcapng comment says it:
 /// `verdict=dropped vector=memcached policy=p-1 victim=203.0.113.10/32`.
-pub fn comment(verdict: &str, vector: &str, policy: Option<(&str, &IpNet)>) -> String {
+pub(crate) fn comment(verdict: &str, vector: &str, policy: Option<(&str, &IpNet)>) -> String {
     match policy {
         Some((id, victim)) => format!("verdict={verdict} vector={vector} policy={id} victim={victim}"),
         // The slot's policy was removed (or replaced by another victim's) before the capture ended.
@@ -178,7 +178,7 @@ pub fn comment(verdict: &str, vector: &str, policy: Option<(&str, &IpNet)>) -> S
 /// A pcapng file (one Ethernet interface, nanosecond timestamps) of the
 /// samples, each with its comment (Wireshark's packet comments,
 /// `tshark -T fields -e frame.comment`). `orig_len` keeps the real frame length.
-pub fn to_pcapng(samples: &[Arc<Captured>], comments: &[String]) -> Vec<u8> {
+pub(crate) fn to_pcapng(samples: &[Arc<Captured>], comments: &[String]) -> Vec<u8> {
     use pcap_file::pcapng::{
         blocks::{
             enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption},
@@ -216,7 +216,7 @@ pub fn to_pcapng(samples: &[Arc<Captured>], comments: &[String]) -> Vec<u8> {
 
 /// A classic pcap file (Ethernet link type) of the samples; `orig_len` keeps
 /// the real frame length, so tools show the packets as truncated captures.
-pub fn to_pcap(samples: &[Arc<Captured>]) -> Vec<u8> {
+pub(crate) fn to_pcap(samples: &[Arc<Captured>]) -> Vec<u8> {
     // Little-endian, as tcpdump writes on x86 (readers accept both).
     let header = PcapHeader { snaplen: SAMPLE_BYTES as u32, endianness: pcap_file::Endianness::Little, ..Default::default() };
     let mut w = PcapWriter::with_header(Vec::new(), header).expect("writing to memory");
@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn pcap_has_the_header_and_the_records() {
-        let pkt = crate::packet::PacketBuilder::udp4("198.51.100.7:11211", "203.0.113.10:1").payload(200).build();
+        let pkt = ampguard_test_support::packet::PacketBuilder::udp4("198.51.100.7:11211", "203.0.113.10:1").payload(200).build();
         let c = Arc::new(Captured {
             at: SystemTime::now(),
             slot: 1,
@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn pcapng_reads_back_with_each_packets_comment_and_time() {
         use pcap_file::pcapng::{blocks::enhanced_packet::EnhancedPacketOption, Block, PcapNgReader};
-        let pkt = crate::packet::PacketBuilder::udp4("198.51.100.7:11211", "203.0.113.10:1").payload(200).build();
+        let pkt = ampguard_test_support::packet::PacketBuilder::udp4("198.51.100.7:11211", "203.0.113.10:1").payload(200).build();
         let at = SystemTime::UNIX_EPOCH + Duration::new(1_764_000_000, 123_456_789);
         let c = Arc::new(Captured { at, slot: 1, vector: 16, verdict: 1, orig_len: pkt.len() as u32, data: pkt[..128].to_vec() });
         let victim: IpNet = "203.0.113.10/32".parse().unwrap();
@@ -271,5 +271,26 @@ mod tests {
             }
         }
         assert_eq!(seen, comments);
+    }
+
+    /// A victim's capture keeps a sample whose 128 bytes end inside a long
+    /// IPv6 extension header chain (a 7-segment routing header): the
+    /// destination is in the fixed header, the UDP header is not needed.
+    #[test]
+    fn a_sample_cut_inside_ipv6_extension_headers_still_reaches_its_victims_capture() {
+        let mut pkt = ampguard_test_support::packet::PacketBuilder::udp6("[2001:db8:1::7]:53", "[2001:db8:2::10]:4000")
+            .ext_headers(&[43])
+            .payload(300)
+            .build();
+        pkt[14 + 40 + 1] = 14; // the routing header's Hdr Ext Len: 8 + 14 * 8 octets
+        let c = Captured {
+            at: SystemTime::now(),
+            slot: 1,
+            vector: 2,
+            verdict: 1,
+            orig_len: pkt.len() as u32,
+            data: pkt[..SAMPLE_BYTES].to_vec(),
+        };
+        assert_eq!(c.dst(), Some("2001:db8:2::10".parse().unwrap()));
     }
 }

@@ -14,8 +14,9 @@ use std::collections::{HashMap, HashSet};
 
 use ampguard::{
     dataplane::rules::{CondRule, Conditions, Limit, Rule, Verb},
-    payloads, vectors,
+    vectors,
 };
+use ampguard_test_support::payloads;
 use rand::{rngs::SmallRng, seq::IndexedRandom, Rng, SeedableRng};
 use xdp_common::vector::BUILTIN;
 
