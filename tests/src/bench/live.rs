@@ -511,6 +511,25 @@ impl<'a> Live<'a> {
         Ok(out)
     }
 
+    /// The per-CPU shares of one count-and-drop run (BASE_COUNT's per-CPU
+    /// deltas): each generator CPU must have received part of the flood, or
+    /// it did not spread.
+    pub fn count_drop_split(&mut self, frames: u32, batch: u32) -> Result<Vec<(usize, u64)>> {
+        let read = |me: &Self| -> Result<Vec<u64>> {
+            let m: PerCpuArray<_, u64> = PerCpuArray::try_from(me.base.map("BASE_COUNT").context("no map BASE_COUNT")?)?;
+            Ok(m.get(&0, 0)?.iter().copied().collect())
+        };
+        let before = read(self)?;
+        self.run_once(Receiver::CountDrop, frames, batch)?;
+        let after = read(self)?;
+        let split: Vec<(usize, u64)> =
+            self.gen_cpus.iter().map(|&c| (c, after.get(c).copied().unwrap_or(0) - before.get(c).copied().unwrap_or(0))).collect();
+        for (c, n) in &split {
+            ensure!(*n > 0, "CPU {c} received none of the flood on {}: the receiver did not run on every CPU", self.edge_if);
+        }
+        Ok(split)
+    }
+
     /// Wall time of a live-frames call too short to matter: the fixed cost of a call.
     pub fn call_overhead_ms(&mut self, batch: u32) -> Result<f64> {
         let s = self.run_once(Receiver::CountDrop, 1_000, batch)?;

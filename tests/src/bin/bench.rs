@@ -313,7 +313,9 @@ fn run() -> Result<()> {
                 let m = r.median();
                 eprintln!("  {:<50} {:>6.2} Mpps dropped, {} passed in {:.2} s", r.receiver.label(), m.drop_mpps(), m.passed, m.secs);
             }
-            Some(EveryCoreSection { results, cpus, rounds: args.live_rounds, batch: args.batch })
+            let split = live.count_drop_split(2_000_000, args.batch)?;
+            eprintln!("  count-and-drop per CPU: {split:?}");
+            Some(EveryCoreSection { results, cpus, rounds: args.live_rounds, batch: args.batch, split })
         } else {
             None
         };
