@@ -162,7 +162,7 @@ pub struct Live<'a> {
 /// What is attached to the edge interface for one run.
 enum Attached {
     Link(aya::programs::xdp::XdpLinkId),
-    Peer(XdpFilter),
+    Peer(Box<XdpFilter>),
 }
 
 /// Distinct IPv4 sources of the generator, its stride and first address:
@@ -369,7 +369,7 @@ impl<'a> Live<'a> {
                 let p = Self::xdp(self.base, "xdp_count_drop")?;
                 Attached::Link(lab.edge.enter(|| p.attach(&edge_if, XdpMode::Driver))?.context("attach xdp_count_drop")?)
             }
-            Receiver::XdpFilter => Attached::Peer(XdpFilter::load(&lab.edge, &edge_if, self.bpffs)?),
+            Receiver::XdpFilter => Attached::Peer(Box::new(XdpFilter::load(&lab.edge, &edge_if, self.bpffs)?)),
             Receiver::NftDrop | Receiver::NftLimit => {
                 let path = std::env::temp_dir().join(format!("ampguard-bench-{}.nft", std::process::id()));
                 fs::write(&path, nft_ruleset(r, &edge_if))?;
@@ -381,13 +381,13 @@ impl<'a> Live<'a> {
             }
         };
         let peer = match &attached {
-            Attached::Peer(p) => Some(p),
+            Attached::Peer(p) => Some(&**p),
             Attached::Link(_) => None,
         };
         let result = self.generate_and_count(r, peer, frames, batch);
         // Detach, whatever happened.
         let detached = match (r, attached) {
-            (_, Attached::Peer(p)) => p.detach_keep().map(drop),
+            (_, Attached::Peer(p)) => (*p).detach_keep().map(drop),
             (Receiver::AmpguardDrop | Receiver::AmpguardLimit, Attached::Link(l)) => self.dp.program_mut().detach(l).map_err(Into::into),
             (Receiver::CountDrop, Attached::Link(l)) => Self::xdp(self.base, "xdp_count_drop")?.detach(l).map_err(Into::into),
             (_, Attached::Link(l)) => Self::xdp(self.base, "xdp_pass")?.detach(l).map_err(Into::into),
