@@ -29,6 +29,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("libzstd-dev", "needed to link bpf-linker against LLVM 22"),
     ("iproute2", "`ip netns`/veth/XDP plumbing for the test lab and the demo"),
     ("nftables", "the nftables baseline the demo and tests compare against"),
+    ("xdp-tools", "xdp-filter: the bench's peer XDP filter, measured beside ampguard (BENCHMARKS.md)"),
     ("tcpdump", "inspecting lab traffic when a test fails"),
     ("tshark", "reading the comments of `ampguard capture`'s pcapng (tests/tests/capture_top.rs)"),
     ("jq", "reading ampguard's JSON output in scripts"),

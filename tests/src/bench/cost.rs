@@ -352,14 +352,32 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// Label of the peer's row (see `peer.rs`).
+pub const PEER_LABEL: &str = "xdp-filter (peer), memcached dropped";
+
 /// Runs every subject `rounds` times (interleaved) and checks each path.
-/// Returns the bare program first, then count-and-drop, then the paths.
-pub fn measure(dp: &DataPlane, bare: &Xdp, count_drop: &Xdp, paths: &[Path], rounds: usize, repeat: u32) -> Result<Vec<Measured>> {
+/// Returns the bare program first, then count-and-drop, then the peer
+/// (xdp-filter, with the packet of "attack, dropped"), then the paths.
+pub fn measure(
+    dp: &DataPlane,
+    bare: &Xdp,
+    count_drop: &Xdp,
+    peer: (&Xdp, &super::peer::Stats),
+    paths: &[Path],
+    rounds: usize,
+    repeat: u32,
+) -> Result<Vec<Measured>> {
     let ref_pkt = P::udp4("198.51.100.7:11211", "203.0.113.10:40001").payload(PAYLOAD_64).build();
     // Warm up (and empty the rate-limited bucket), then check each verdict once.
     for (prog, pkt) in [(bare, &ref_pkt), (count_drop, &ref_pkt)] {
         run(prog, pkt, repeat / 10)?;
     }
+    let (peer, peer_stats) = peer;
+    let (ret, _) = run(peer, &ref_pkt, repeat / 10)?;
+    if ret != XDP_DROP {
+        bail!("xdp-filter returned XDP action {ret} for the memcached packet, expected XDP_DROP: is `port 11211 -m src` configured?");
+    }
+    let peer_before = peer_stats.dropped()?;
     let ampguard = dp.program();
     for p in paths {
         let (ret, _) = run(ampguard, &p.pkt, repeat / 10)?;
@@ -370,7 +388,8 @@ pub fn measure(dp: &DataPlane, bare: &Xdp, count_drop: &Xdp, paths: &[Path], rou
     let before: Vec<(u64, u64)> =
         paths.iter().map(|p| Ok((p.check.read(dp)?, p.also.map(|c| c.read(dp)).transpose()?.unwrap_or(0)))).collect::<Result<_>>()?;
 
-    let n = paths.len() + 2;
+    const FIRST_PATH: usize = 3;
+    let n = paths.len() + FIRST_PATH;
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); n];
     let mut paired: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); n];
     for round in 0..rounds {
@@ -380,10 +399,14 @@ pub fn measure(dp: &DataPlane, bare: &Xdp, count_drop: &Xdp, paths: &[Path], rou
             let (ret, ns) = match i {
                 0 => run(bare, &ref_pkt, repeat)?,
                 1 => run(count_drop, &ref_pkt, repeat)?,
-                _ => run(ampguard, &paths[i - 2].pkt, repeat)?,
+                2 => run(peer, &ref_pkt, repeat)?,
+                _ => run(ampguard, &paths[i - FIRST_PATH].pkt, repeat)?,
             };
-            if i >= 2 && ret != paths[i - 2].expect {
-                bail!("path {:?}: XDP action {ret} in round {round}", paths[i - 2].label);
+            if i == 2 && ret != XDP_DROP {
+                bail!("xdp-filter: XDP action {ret} in round {round}");
+            }
+            if i >= FIRST_PATH && ret != paths[i - FIRST_PATH].expect {
+                bail!("path {:?}: XDP action {ret} in round {round}", paths[i - FIRST_PATH].label);
             }
             samples[i].push(ns);
         }
@@ -412,6 +435,19 @@ pub fn measure(dp: &DataPlane, bare: &Xdp, count_drop: &Xdp, paths: &[Path], rou
             checked: "-".into(),
         },
     ];
+    let peer_dropped = peer_stats.dropped()? - peer_before;
+    if peer_dropped != runs {
+        bail!("xdp-filter's XDP_DROP statistics moved by {peer_dropped} for {runs} runs");
+    }
+    out.push(Measured {
+        label: PEER_LABEL.into(),
+        what: format!("xdp-filter from xdp-tools (`{}`), the packet of \"attack, dropped\"", super::peer::COMMANDS),
+        frame_len: ref_pkt.len(),
+        samples: samples[2].clone(),
+        paired_bare: paired[2].clone(),
+        target: None,
+        checked: format!("all {runs} runs in its XDP_DROP statistics"),
+    });
     for (i, p) in paths.iter().enumerate() {
         let main = p.check.read(dp)? - before[i].0;
         let also = match p.also {
@@ -430,8 +466,8 @@ pub fn measure(dp: &DataPlane, bare: &Xdp, count_drop: &Xdp, paths: &[Path], rou
             label: p.label.into(),
             what: p.what.clone(),
             frame_len: p.pkt.len(),
-            samples: samples[i + 2].clone(),
-            paired_bare: paired[i + 2].clone(),
+            samples: samples[i + FIRST_PATH].clone(),
+            paired_bare: paired[i + FIRST_PATH].clone(),
             target: p.target,
             checked,
         });

@@ -20,13 +20,16 @@
 //! generator sent; the rate is counted / wall time of the generator call. Every
 //! call is bounded by its frame count (u32), sized to last about `secs`.
 
+use std::collections::HashSet;
 use std::fs;
-use std::time::Instant;
+use std::net::Ipv4Addr;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
 
 use ampguard::dataplane::DataPlane;
 use ampguard_test_support::packet::PacketBuilder as P;
 use ampguard_tests::lab::{Lab, EDGE_IF};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use aya::{
     maps::PerCpuArray,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
@@ -35,25 +38,31 @@ use aya::{
 use xdp_common::counters::verdict;
 
 use super::cost::{BenchSlots, LIMIT_BURST, LIMIT_PPS, PAYLOAD_64};
+use super::peer::{Bpffs, XdpFilter};
 use super::tables::vid;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Receiver {
     AmpguardDrop,
     CountDrop,
+    XdpFilter,
     NftDrop,
     AmpguardLimit,
     NftLimit,
 }
 
 impl Receiver {
-    pub const ALL: [Receiver; 5] =
-        [Receiver::AmpguardDrop, Receiver::CountDrop, Receiver::NftDrop, Receiver::AmpguardLimit, Receiver::NftLimit];
+    /// One core: every receiver.
+    pub const ALL: [Receiver; 6] =
+        [Receiver::AmpguardDrop, Receiver::CountDrop, Receiver::XdpFilter, Receiver::NftDrop, Receiver::AmpguardLimit, Receiver::NftLimit];
+    /// Every core: the XDP receivers (nftables is 3x slower and has its own rows above).
+    pub const EVERY_CORE: [Receiver; 4] = [Receiver::AmpguardDrop, Receiver::CountDrop, Receiver::XdpFilter, Receiver::AmpguardLimit];
 
     pub fn label(self) -> &'static str {
         match self {
             Receiver::AmpguardDrop => "ampguard XDP, drop memcached",
             Receiver::CountDrop => "xdp_count_drop (count and drop)",
+            Receiver::XdpFilter => "xdp-filter (peer), drop memcached",
             Receiver::NftDrop => "nftables ingress, drop memcached",
             Receiver::AmpguardLimit => "ampguard XDP, limit ntp 10,000/s",
             Receiver::NftLimit => "nftables ingress, `limit rate over 10000/second`",
@@ -104,7 +113,7 @@ pub struct LiveConfig {
 
 const NFT_TABLE: &str = "agbench";
 
-fn nft_ruleset(r: Receiver) -> String {
+fn nft_ruleset(r: Receiver, edge_if: &str) -> String {
     let rules = if r.is_ntp() {
         format!(
             "udp sport 123 ip daddr 203.0.113.11 limit rate over {LIMIT_PPS}/second burst {LIMIT_BURST} packets counter drop\n\
@@ -114,13 +123,13 @@ fn nft_ruleset(r: Receiver) -> String {
         "udp sport 11211 ip daddr 203.0.113.10 counter drop".to_string()
     };
     format!(
-        "table netdev {NFT_TABLE} {{\n\tchain ingress {{\n\t\ttype filter hook ingress device \"{EDGE_IF}\" priority 0;\n\t\t{rules}\n\t}}\n}}\n"
+        "table netdev {NFT_TABLE} {{\n\tchain ingress {{\n\t\ttype filter hook ingress device \"{edge_if}\" priority 0;\n\t\t{rules}\n\t}}\n}}\n"
     )
 }
 
 /// The ruleset text of a receiver (for the report).
 pub fn nft_rules_for_report(r: Receiver) -> String {
-    nft_ruleset(r)
+    nft_ruleset(r, EDGE_IF)
 }
 
 /// Packet counters of the nft table, in rule order.
@@ -141,9 +150,106 @@ pub struct Live<'a> {
     pub dp: &'a mut DataPlane,
     pub base: &'a mut Ebpf,
     pub slots: &'a BenchSlots,
+    pub bpffs: &'a Bpffs,
+    /// The receiving end of the veth pair the frames cross (in the lab's edge namespace).
+    pub edge_if: String,
     pub wan_ifindex: u32,
+    /// One generator thread per CPU here, each pinned to its CPU.
+    pub gen_cpus: Vec<usize>,
     memcached_frame: Vec<u8>,
     ntp_frame: Vec<u8>,
+}
+
+/// What is attached to the edge interface for one run.
+enum Attached {
+    Link(aya::programs::xdp::XdpLinkId),
+    Peer(Box<XdpFilter>),
+}
+
+/// Distinct IPv4 sources of the generator, its stride and first address:
+/// mirrors of xdp-ebpf/src/baseline.rs, checked against frames it wrote
+/// ([`check_sources`]).
+pub const GEN_SOURCES: u32 = 100_000;
+pub const GEN_STRIDE: u32 = 7_919;
+pub const GEN_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+pub const GEN_RANGE: &str = "198.18.0.0/15 (RFC 2544's benchmarking range)";
+
+fn gen_next(k: u32) -> u32 {
+    (k + GEN_STRIDE) % GEN_SOURCES
+}
+
+/// How the generator's sources were checked.
+pub struct Sources {
+    /// Distinct addresses in one cycle of the generator's sequence.
+    pub distinct: usize,
+    /// Frames read back and checked (address as predicted, IP and UDP checksums valid).
+    pub checked: usize,
+    /// Incremental rewrites of one buffer after which its checksums were still valid.
+    pub chained: u32,
+}
+
+fn ones_sum(data: &[u8]) -> u32 {
+    data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum()
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// The frame's IPv4 source, after checking its IP and UDP checksums from scratch.
+fn checked_source(f: &[u8]) -> Result<Ipv4Addr> {
+    ensure!(fold(ones_sum(&f[14..34])) == 0xffff, "generator frame with a bad IPv4 header checksum: {:02x?}", &f[14..34]);
+    let udp = &f[34..];
+    if udp[6..8] != [0, 0] {
+        let mut pseudo = f[26..34].to_vec();
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+        ensure!(fold(ones_sum(&pseudo) + ones_sum(udp)) == 0xffff, "generator frame with a bad UDP checksum");
+    }
+    Ok(Ipv4Addr::new(f[26], f[27], f[28], f[29]))
+}
+
+/// Runs `xdp_gen_tx` under plain BPF_PROG_TEST_RUN (not live, so its output
+/// frame comes back) on this pinned CPU: each of 64 single runs must write the
+/// next source of the sequence with valid checksums, and one run of
+/// `GEN_SOURCES` repeats (which rewrites the same buffer each time: test_run
+/// without live frames reuses it) must leave valid checksums and the address
+/// the sequence predicts. The sequence itself is checked to hold GEN_SOURCES
+/// distinct addresses.
+pub fn check_sources(base: &Ebpf, cpu: usize, frame: &[u8]) -> Result<Sources> {
+    const XDP_TX: u32 = 3;
+    let gen: &Xdp = base.program("xdp_gen_tx").context("no xdp_gen_tx")?.try_into()?;
+    let seq: PerCpuArray<_, u32> = PerCpuArray::try_from(base.map("GEN_SEQ").context("no map GEN_SEQ")?)?;
+    let mut k = *seq.get(&0, 0)?.get(cpu).context("GEN_SEQ has no value for the bench's CPU")?;
+    let mut out = vec![0u8; frame.len()];
+    let expect = |k: u32| Ipv4Addr::from(u32::from(GEN_BASE) + k);
+    let mut checked = 0;
+    for _ in 0..64 {
+        let r = gen.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: 1, ..Default::default() })?;
+        ensure!(r.return_value == XDP_TX, "xdp_gen_tx returned {}", r.return_value);
+        let src = checked_source(&out)?;
+        ensure!(src == expect(k), "generator wrote source {src}, the sequence says {}", expect(k));
+        k = gen_next(k);
+        checked += 1;
+    }
+    let r = gen.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: GEN_SOURCES, ..Default::default() })?;
+    ensure!(r.return_value == XDP_TX, "xdp_gen_tx returned {}", r.return_value);
+    for _ in 0..GEN_SOURCES - 1 {
+        k = gen_next(k);
+    }
+    let src = checked_source(&out)?;
+    ensure!(src == expect(k), "after {GEN_SOURCES} rewrites the source is {src}, the sequence says {}", expect(k));
+    let mut seen = HashSet::new();
+    let mut j = 0;
+    for _ in 0..GEN_SOURCES {
+        seen.insert(j);
+        j = gen_next(j);
+    }
+    ensure!(u32::from(GEN_BASE) + GEN_SOURCES <= u32::from(Ipv4Addr::new(198, 20, 0, 0)), "sources leave 198.18.0.0/15");
+    Ok(Sources { distinct: seen.len(), checked, chained: GEN_SOURCES })
 }
 
 fn lab_frame(b: P) -> Vec<u8> {
@@ -154,18 +260,72 @@ fn lab_frame(b: P) -> Vec<u8> {
     f
 }
 
+/// A second veth pair in the lab's namespaces, `wan1` <-> `edge1`, with two
+/// queues a side, for the every-core runs: veth hands a frame sent on CPU n to
+/// the peer's receive queue n (mod the queue count) and runs that queue's NAPI
+/// on CPU n, so two generators pinned to two CPUs make the receiver run on
+/// both. Deleted with the lab's namespaces.
+pub fn add_two_queue_pair(lab: &Lab) -> Result<(String, String)> {
+    let (wan, edge) = ("wan1".to_string(), "edge1".to_string());
+    lab.wan
+        .ip(&[
+            "link",
+            "add",
+            &wan,
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &edge,
+            "numtxqueues",
+            "2",
+            "numrxqueues",
+            "2",
+            "netns",
+            &lab.edge.name,
+        ])
+        .context("creating a two-queue veth pair in the lab")?;
+    lab.wan.ip(&["link", "set", &wan, "up"])?;
+    lab.edge.ip(&["link", "set", &edge, "up"])?;
+    Ok((wan, edge))
+}
+
 impl<'a> Live<'a> {
-    pub fn new(lab: &'a Lab, dp: &'a mut DataPlane, base: &'a mut Ebpf, slots: &'a BenchSlots) -> Result<Self> {
-        let wan_ifindex = lab.wan_ifindex()?;
+    pub fn new(
+        lab: &'a Lab,
+        dp: &'a mut DataPlane,
+        base: &'a mut Ebpf,
+        slots: &'a BenchSlots,
+        bpffs: &'a Bpffs,
+        (wan_if, edge_if): (&str, &str),
+        gen_cpus: Vec<usize>,
+    ) -> Result<Self> {
+        let c = std::ffi::CString::new(wan_if)?;
+        // SAFETY: c is a valid NUL-terminated string.
+        let wan_ifindex = lab.wan.enter(|| unsafe { libc::if_nametoindex(c.as_ptr()) })?;
+        ensure!(wan_ifindex != 0, "no interface {wan_if} in {}", lab.wan.name);
+        ensure!(!gen_cpus.is_empty(), "no generator CPU");
         Ok(Self {
             lab,
             dp,
             base,
             slots,
+            bpffs,
+            edge_if: edge_if.to_string(),
+            gen_cpus,
             wan_ifindex,
             memcached_frame: lab_frame(P::udp4("198.51.100.7:11211", "203.0.113.10:40001")),
             ntp_frame: lab_frame(P::udp4("198.51.100.123:123", "203.0.113.11:40001")),
         })
+    }
+
+    /// [`check_sources`] with the memcached frame of the live runs.
+    pub fn check_sources(&self, cpu: usize) -> Result<Sources> {
+        check_sources(self.base, cpu, &self.memcached_frame)
     }
 
     pub fn frame_len(&self) -> usize {
@@ -177,7 +337,7 @@ impl<'a> Live<'a> {
     }
 
     /// (dropped, passed) so far for a receiver.
-    fn counters(&self, r: Receiver) -> Result<(u64, u64)> {
+    fn counters(&self, r: Receiver, peer: Option<&XdpFilter>) -> Result<(u64, u64)> {
         Ok(match r {
             Receiver::AmpguardDrop => {
                 let c = self.dp.policy_counters(self.slots.drop)?[vid("memcached") as usize];
@@ -188,6 +348,7 @@ impl<'a> Live<'a> {
                 (c.by_verdict[verdict::RATE_LIMITED].packets, c.by_verdict[verdict::PASSED].packets)
             }
             Receiver::CountDrop => (sum_percpu(self.base, "BASE_COUNT")?, 0),
+            Receiver::XdpFilter => (peer.context("xdp-filter is not loaded")?.dropped()?, 0),
             Receiver::NftDrop | Receiver::NftLimit => {
                 let c = nft_counters(self.lab)?;
                 (c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0))
@@ -195,73 +356,110 @@ impl<'a> Live<'a> {
         })
     }
 
-    /// Attaches the receiver, runs `frames` through the generator, detaches.
+    /// Attaches the receiver, runs `frames` through the generator(s), detaches.
     fn run_once(&mut self, r: Receiver, frames: u32, batch: u32) -> Result<Sample> {
         let lab = self.lab;
+        let edge_if = self.edge_if.clone();
         // Attach.
         let attached = match r {
             Receiver::AmpguardDrop | Receiver::AmpguardLimit => {
                 let p = self.dp.program_mut();
-                lab.edge.enter(|| p.attach(EDGE_IF, XdpMode::Driver))?.context("attach ampguard to edge0")?
+                Attached::Link(lab.edge.enter(|| p.attach(&edge_if, XdpMode::Driver))?.context("attach ampguard")?)
             }
             Receiver::CountDrop => {
                 let p = Self::xdp(self.base, "xdp_count_drop")?;
-                lab.edge.enter(|| p.attach(EDGE_IF, XdpMode::Driver))?.context("attach xdp_count_drop")?
+                Attached::Link(lab.edge.enter(|| p.attach(&edge_if, XdpMode::Driver))?.context("attach xdp_count_drop")?)
             }
+            Receiver::XdpFilter => Attached::Peer(Box::new(XdpFilter::load(&lab.edge, &edge_if, self.bpffs)?)),
             Receiver::NftDrop | Receiver::NftLimit => {
                 let path = std::env::temp_dir().join(format!("ampguard-bench-{}.nft", std::process::id()));
-                fs::write(&path, nft_ruleset(r))?;
+                fs::write(&path, nft_ruleset(r, &edge_if))?;
                 let loaded = lab.edge.exec(&["nft", "-f", &path.to_string_lossy()]);
                 let _ = fs::remove_file(&path);
                 loaded.context("loading the nftables ruleset")?;
                 let p = Self::xdp(self.base, "xdp_pass")?;
-                lab.edge.enter(|| p.attach(EDGE_IF, XdpMode::Driver))?.context("attach xdp_pass")?
+                Attached::Link(lab.edge.enter(|| p.attach(&edge_if, XdpMode::Driver))?.context("attach xdp_pass")?)
             }
         };
-        let result = self.generate_and_count(r, frames, batch);
+        let peer = match &attached {
+            Attached::Peer(p) => Some(&**p),
+            Attached::Link(_) => None,
+        };
+        let result = self.generate_and_count(r, peer, frames, batch);
         // Detach, whatever happened.
-        let detached = match r {
-            Receiver::AmpguardDrop | Receiver::AmpguardLimit => self.dp.program_mut().detach(attached),
-            Receiver::CountDrop => Self::xdp(self.base, "xdp_count_drop")?.detach(attached),
-            Receiver::NftDrop | Receiver::NftLimit => Self::xdp(self.base, "xdp_pass")?.detach(attached),
+        let detached = match (r, attached) {
+            (_, Attached::Peer(p)) => (*p).detach_keep().map(drop),
+            (Receiver::AmpguardDrop | Receiver::AmpguardLimit, Attached::Link(l)) => self.dp.program_mut().detach(l).map_err(Into::into),
+            (Receiver::CountDrop, Attached::Link(l)) => Self::xdp(self.base, "xdp_count_drop")?.detach(l).map_err(Into::into),
+            (_, Attached::Link(l)) => Self::xdp(self.base, "xdp_pass")?.detach(l).map_err(Into::into),
         };
         if r == Receiver::NftDrop || r == Receiver::NftLimit {
             lab.edge.exec(&["nft", "delete", "table", "netdev", NFT_TABLE]).context("deleting the nft table")?;
         }
-        detached.context("detaching from edge0")?;
+        detached.with_context(|| format!("detaching from {edge_if}"))?;
         result
     }
 
-    fn generate_and_count(&self, r: Receiver, frames: u32, batch: u32) -> Result<Sample> {
+    fn generate_and_count(&self, r: Receiver, peer: Option<&XdpFilter>, frames: u32, batch: u32) -> Result<Sample> {
         let frame = if r.is_ntp() { &self.ntp_frame } else { &self.memcached_frame };
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         let md: [u32; 6] = [0, frame.len() as u32, 0, self.wan_ifindex, 0, 0];
         let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
         let gen: &Xdp = self.base.program("xdp_gen_tx").context("no xdp_gen_tx")?.try_into()?;
-        let (d0, p0) = self.counters(r)?;
-        let (elapsed, res) = self.lab.wan.enter(|| {
-            let t = Instant::now();
-            let res = gen.test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&ctx),
-                repeat: frames,
-                attrs: TestRunAttrs::new().xdp_live_frames(batch),
-                ..Default::default()
+        let (d0, p0) = self.counters(r, peer)?;
+        let n = self.gen_cpus.len();
+        let per_thread = frames / n as u32;
+        let run = |wait: &Barrier| -> Result<Duration> {
+            self.lab.wan.enter(|| {
+                wait.wait();
+                let t = Instant::now();
+                let res = gen.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    ctx_in: Some(&ctx),
+                    repeat: per_thread,
+                    attrs: TestRunAttrs::new().xdp_live_frames(batch),
+                    ..Default::default()
+                });
+                res.map(|_| t.elapsed()).context("live-frames BPF_PROG_TEST_RUN (xdp_gen_tx)")
+            })?
+        };
+        let elapsed = if n == 1 {
+            // This thread, already pinned to the bench's CPU.
+            run(&Barrier::new(1))?
+        } else {
+            // One thread per CPU; the slowest sets the wall time (they start together).
+            let wait = Barrier::new(n);
+            let times: Vec<Result<Duration>> = std::thread::scope(|s| {
+                let hs: Vec<_> = self
+                    .gen_cpus
+                    .iter()
+                    .map(|&cpu| {
+                        let (run, wait) = (&run, &wait);
+                        s.spawn(move || {
+                            super::sys::pin_to_cpu(cpu)?;
+                            run(wait)
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("generator thread panicked")))).collect()
             });
-            (t.elapsed(), res)
-        })?;
-        res.context("live-frames BPF_PROG_TEST_RUN (xdp_gen_tx out of wan0)")?;
-        let (d1, p1) = self.counters(r)?;
-        Ok(Sample { sent: frames as u64, dropped: d1 - d0, passed: p1 - p0, secs: elapsed.as_secs_f64() })
+            let mut max = Duration::ZERO;
+            for t in times {
+                max = max.max(t?);
+            }
+            max
+        };
+        let (d1, p1) = self.counters(r, peer)?;
+        Ok(Sample { sent: per_thread as u64 * n as u64, dropped: d1 - d0, passed: p1 - p0, secs: elapsed.as_secs_f64() })
     }
 
     /// Calibrates each receiver, then measures all of them `rounds` times, interleaved.
-    pub fn measure(&mut self, cfg: &LiveConfig) -> Result<Vec<LiveResult>> {
+    pub fn measure(&mut self, cfg: &LiveConfig, receivers: &[Receiver]) -> Result<Vec<LiveResult>> {
         const CALIBRATION_FRAMES: u32 = 1_000_000;
         const MIN_FRAMES: f64 = 1e6;
         const MAX_FRAMES: f64 = 60e6;
         let mut frames = Vec::new();
-        for r in Receiver::ALL {
+        for &r in receivers {
             let s = self.run_once(r, CALIBRATION_FRAMES, cfg.batch)?;
             if s.dropped == 0 {
                 bail!("{}: the receiver dropped none of {} frames (do frames cross the veth? passed {})", r.label(), s.sent, s.passed);
@@ -271,12 +469,12 @@ impl<'a> Live<'a> {
             eprintln!("  calibration: {:<50} {:>6.2} Mpps -> {n} frames a round", r.label(), rate / 1e6);
             frames.push(n);
         }
-        let mut results: Vec<LiveResult> = Receiver::ALL.iter().map(|r| LiveResult { receiver: *r, samples: Vec::new() }).collect();
-        let n = Receiver::ALL.len();
+        let mut results: Vec<LiveResult> = receivers.iter().map(|r| LiveResult { receiver: *r, samples: Vec::new() }).collect();
+        let n = receivers.len();
         for round in 0..cfg.rounds {
             for k in 0..n {
                 let i = (k + round) % n;
-                let s = self.run_once(Receiver::ALL[i], frames[i], cfg.batch)?;
+                let s = self.run_once(receivers[i], frames[i], cfg.batch)?;
                 results[i].samples.push(s);
             }
             eprint!(".");
@@ -312,6 +510,25 @@ impl<'a> Live<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// The per-CPU shares of one count-and-drop run (BASE_COUNT's per-CPU
+    /// deltas): each generator CPU must have received part of the flood, or
+    /// it did not spread.
+    pub fn count_drop_split(&mut self, frames: u32, batch: u32) -> Result<Vec<(usize, u64)>> {
+        let read = |me: &Self| -> Result<Vec<u64>> {
+            let m: PerCpuArray<_, u64> = PerCpuArray::try_from(me.base.map("BASE_COUNT").context("no map BASE_COUNT")?)?;
+            Ok(m.get(&0, 0)?.iter().copied().collect())
+        };
+        let before = read(self)?;
+        self.run_once(Receiver::CountDrop, frames, batch)?;
+        let after = read(self)?;
+        let split: Vec<(usize, u64)> =
+            self.gen_cpus.iter().map(|&c| (c, after.get(c).copied().unwrap_or(0) - before.get(c).copied().unwrap_or(0))).collect();
+        for (c, n) in &split {
+            ensure!(*n > 0, "CPU {c} received none of the flood on {}: the receiver did not run on every CPU", self.edge_if);
+        }
+        Ok(split)
     }
 
     /// Wall time of a live-frames call too short to matter: the fixed cost of a call.

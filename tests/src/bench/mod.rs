@@ -9,6 +9,8 @@ pub mod control;
 pub mod cost;
 pub mod diag;
 pub mod live;
+pub mod memory;
+pub mod peer;
 pub mod report;
 pub mod sys;
 pub mod tables;

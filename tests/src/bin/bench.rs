@@ -4,10 +4,16 @@
 //!
 //! 1. Per-packet cost through BPF_PROG_TEST_RUN for each path of the program,
 //!    with 100,000 IPv4 / 10,000 IPv6 victim prefixes and 1,000 allowlist
-//!    entries loaded, as a ratio to a bare XDP_PASS program in the same run.
-//! 2. Live traffic: an in-kernel generator sends attack frames across the lab's
-//!    veth pair; ampguard's drop rate per core against nftables and against a
-//!    count-and-drop program, in the same run.
+//!    entries loaded, as a ratio to a bare XDP_PASS program in the same run,
+//!    beside a peer (xdp-filter from xdp-tools) with the same packet.
+//! 2. Live traffic: an in-kernel generator sends attack frames from 100,000
+//!    distinct sources across the lab's veth pair; ampguard's drop rate per
+//!    core against nftables, xdp-filter and a count-and-drop program, in the
+//!    same run; then the same on every CPU at once (a two-queue veth, one
+//!    generator per CPU), with the rate limiter's error.
+//!
+//! Then the kernel memory of ampguard's maps, read from the kernel, with a
+//! formula per map type for 2, 64 and 128 CPUs.
 //! 3. Control plane: policy adds and removes per second through the
 //!    `DataPlane` handle and through the real daemon's API, the time from a ban
 //!    alert to the first dropped attack packet, and the daemon's memory with
@@ -21,7 +27,7 @@ mod bench;
 use std::time::Instant;
 
 use ampguard::dataplane::{Capacity, DataPlane, BASELINE_OBJECT};
-use ampguard_tests::lab::Lab;
+use ampguard_tests::lab::{Lab, EDGE_IF, WAN_IF};
 use anyhow::{bail, Context, Result};
 use aya::{programs::Xdp, Ebpf};
 use ipnet::IpNet;
@@ -30,23 +36,29 @@ use bench::{
     control,
     cost::{self, BENCH_ALLOW, BENCH_V4_VICTIMS, BENCH_V6_VICTIMS},
     diag,
-    live::{Live, LiveConfig},
-    report::{self, LiveSection, Report},
+    live::{self, Live, LiveConfig, Receiver},
+    memory,
+    peer::{Bpffs, XdpFilter},
+    report::{self, EveryCoreSection, LiveSection, MemorySection, Report},
     sys,
     tables::{self, Tables},
 };
 
-const USAGE: &str = "usage: bench [--out FILE] [--rounds N] [--repeat N] [--live-rounds N] [--live-secs S]
-             [--batch N] [--cpu N] [--skip-live] [--skip-control] [--bans N] [--api-secs S]
+const USAGE: &str = "usage: bench [--out FILE] [--only PART]... [--rounds N] [--repeat N] [--live-rounds N] [--live-secs S]
+             [--batch N] [--cpu N] [--skip-live] [--skip-every-core] [--skip-control] [--bans N] [--api-secs S]
              [--command TEXT] [--rev TEXT]
   --out FILE        where to write the report (default BENCHMARKS.md)
+  --only PART       run only these parts (repeatable): part1 (test_run costs, the peer, where the time
+                    goes), live (part 2 on one core), every-core (part 2 on every CPU), memory (the
+                    maps' memory table), control (part 3); the rest is reported as not run
   --rounds N        rounds of part 1, median taken (default 15)
   --repeat N        BPF_PROG_TEST_RUN repeats per call in part 1 (default 2000000)
   --live-rounds N   rounds of part 2, median taken (default 9)
   --live-secs S     length of one live round per receiver, seconds (default 3)
   --batch N         live-frames batch size (default 64)
   --cpu N           CPU to pin the bench (and the generator) to (default: the last)
-  --skip-live       no part 2 (live traffic)
+  --skip-live       no part 2 (live traffic, one core and every core)
+  --skip-every-core no every-core live run
   --skip-control    no part 3 (control plane)
   --bans N          ban alerts timed in part 3 (default 200)
   --api-secs S      how long part 3 keeps adding policies through the API (default 150)
@@ -61,8 +73,11 @@ struct Args {
     live_secs: f64,
     batch: u32,
     cpu: usize,
-    skip_live: bool,
-    skip_control: bool,
+    part1: bool,
+    live: bool,
+    every_core: bool,
+    memory: bool,
+    control: bool,
     bans: usize,
     api_secs: f64,
     command: String,
@@ -79,13 +94,17 @@ fn parse_args() -> Result<Args> {
         live_secs: 3.0,
         batch: 64,
         cpu: cpus - 1,
-        skip_live: false,
-        skip_control: false,
+        part1: true,
+        live: true,
+        every_core: true,
+        memory: true,
+        control: true,
         bans: 200,
         api_secs: 150.0,
         command: "sudo cargo xtask bench".into(),
         rev: None,
     };
+    let mut only: Vec<String> = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value\n{USAGE}"));
@@ -99,8 +118,13 @@ fn parse_args() -> Result<Args> {
             "--cpu" => a.cpu = value()?.parse()?,
             "--command" => a.command = value()?,
             "--rev" => a.rev = Some(value()?),
-            "--skip-live" => a.skip_live = true,
-            "--skip-control" => a.skip_control = true,
+            "--only" => only.push(value()?),
+            "--skip-live" => {
+                a.live = false;
+                a.every_core = false;
+            }
+            "--skip-every-core" => a.every_core = false,
+            "--skip-control" => a.control = false,
             "--bans" => a.bans = value()?.parse()?,
             "--api-secs" => a.api_secs = value()?.parse()?,
             "-h" | "--help" => {
@@ -109,6 +133,19 @@ fn parse_args() -> Result<Args> {
             }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
+    }
+    if !only.is_empty() {
+        for o in &only {
+            if !["part1", "live", "every-core", "memory", "control"].contains(&o.as_str()) {
+                bail!("--only {o:?}: the parts are part1, live, every-core, memory, control\n{USAGE}");
+            }
+        }
+        let has = |p: &str| only.iter().any(|o| o == p);
+        a.part1 = has("part1");
+        a.live &= has("live");
+        a.every_core &= has("every-core");
+        a.memory = has("memory");
+        a.control &= has("control");
     }
     if a.rounds == 0 || a.live_rounds == 0 || a.repeat < 1000 || !(1..=256).contains(&a.batch) {
         bail!("rounds must be >= 1, repeat >= 1000 (repeat=1 adds ~90 ns of timer overhead), batch 1..=256");
@@ -182,63 +219,109 @@ fn run() -> Result<()> {
     let allow_v4 = dp.allowlist().filter(|n| matches!(n, IpNet::V4(_))).count();
     let allow_v6 = dp.allowlist().count() - allow_v4;
 
+    // libxdp (xdp-filter, the peer) pins its state in a bpffs of its own.
+    let bpffs = Bpffs::mount()?;
+
     // Part 1.
-    eprintln!("bench: part 1, {} rounds x {} repeats", args.rounds, args.repeat);
     let paths = cost::paths(&slots);
-    let measured = {
-        let bare: &Xdp = base.program("xdp_pass").context("xdp_pass")?.try_into()?;
-        let count_drop: &Xdp = base.program("xdp_count_drop").context("xdp_count_drop")?.try_into()?;
-        cost::measure(&dp, bare, count_drop, &paths, args.rounds, args.repeat)?
-    };
-    for m in &measured {
-        eprintln!("  {:<36} {:>5.1} ns  x{:.2}", m.label, m.median(), m.median() / measured[0].median());
-    }
-
-    // Where the time goes: test clock, and tables holding only the bench's victims.
-    eprintln!("bench: diagnostics (test clock; small tables), {} rounds", args.rounds);
-    let mut small = DataPlane::load(&Capacity::default()).context("loading a second ampguard")?;
-    small.set_vectors(&tables::port_table())?;
-    cost::install(&mut small)?;
-    let diag = {
-        let bare: &Xdp = base.program("xdp_pass").context("xdp_pass")?.try_into()?;
-        diag::measure(
-            &mut dp,
-            &small,
-            bare,
-            &paths,
-            &[
-                "UDP, non-vector port",
-                "attack, dropped",
-                "attack, dropped, policy without expiry",
-                "attack, rate-limited",
-                "NTP monlist reply dropped by signature",
-                "small DNS A answer under the signature rule",
-                "IPv6 attack, dropped",
-                "allowlisted source",
-            ],
-            args.rounds,
-            args.repeat,
-        )?
-    };
-    drop(small);
-
-    // Part 2.
-    let live = if args.skip_live {
-        None
-    } else {
-        eprintln!("bench: part 2, live traffic, {} rounds", args.live_rounds);
-        let lab = Lab::new("bench").context("creating the lab namespaces")?;
-        let mut live = Live::new(&lab, &mut dp, &mut base, &slots)?;
-        let call_overhead_ms = live.call_overhead_ms(args.batch)?;
-        let frame_len = live.frame_len();
-        let results = live.measure(&LiveConfig { rounds: args.live_rounds, secs: args.live_secs, batch: args.batch })?;
-        for r in &results {
-            let m = r.median();
-            eprintln!("  {:<50} {:>6.2} Mpps dropped ({:.0} ns/packet)", r.receiver.label(), m.drop_mpps(), 1e3 / m.drop_mpps());
+    let (measured, diag) = if args.part1 {
+        // The peer's program: loaded by xdp-filter on a lab veth, opened by id,
+        // unloaded from the veth (the fd keeps program and statistics alive).
+        let (peer_prog, peer_stats) = {
+            let lab = Lab::new("peer").context("creating a lab for xdp-filter")?;
+            XdpFilter::load(&lab.edge, EDGE_IF, &bpffs)?.detach_keep()?
+        };
+        eprintln!("bench: part 1, {} rounds x {} repeats", args.rounds, args.repeat);
+        let measured = {
+            let bare: &Xdp = base.program("xdp_pass").context("xdp_pass")?.try_into()?;
+            let count_drop: &Xdp = base.program("xdp_count_drop").context("xdp_count_drop")?.try_into()?;
+            cost::measure(&dp, bare, count_drop, (&peer_prog, &peer_stats), &paths, args.rounds, args.repeat)?
+        };
+        drop(peer_prog);
+        for m in &measured {
+            eprintln!("  {:<36} {:>5.1} ns  x{:.2}  {:+.1} ns", m.label, m.median(), m.ratio(), m.over_bare());
         }
-        eprintln!("bench: part 2, in-program time with BPF run-time stats on");
-        let in_program = live.in_program_ns(2_000_000, args.batch)?;
-        Some(LiveSection { results, rounds: args.live_rounds, batch: args.batch, frame_len, call_overhead_ms, in_program })
+
+        // Where the time goes: test clock, and tables holding only the bench's victims.
+        eprintln!("bench: diagnostics (test clock; small tables), {} rounds", args.rounds);
+        let mut small = DataPlane::load(&Capacity::default()).context("loading a second ampguard")?;
+        small.set_vectors(&tables::port_table())?;
+        cost::install(&mut small)?;
+        let diag = {
+            let bare: &Xdp = base.program("xdp_pass").context("xdp_pass")?.try_into()?;
+            diag::measure(
+                &mut dp,
+                &small,
+                bare,
+                &paths,
+                &[
+                    "UDP, non-vector port",
+                    "attack, dropped",
+                    "attack, dropped, policy without expiry",
+                    "attack, rate-limited",
+                    "NTP monlist reply dropped by signature",
+                    "small DNS A answer under the signature rule",
+                    "IPv6 attack, dropped",
+                    "allowlisted source",
+                ],
+                args.rounds,
+                args.repeat,
+            )?
+        };
+        drop(small);
+        (measured, Some(diag))
+    } else {
+        (Vec::new(), None)
+    };
+
+    // Part 2: one core, then every core (a two-queue veth, a generator per CPU).
+    let (live, every_core) = if args.live || args.every_core {
+        let lab = Lab::new("bench").context("creating the lab namespaces")?;
+        let live = if args.live {
+            eprintln!("bench: part 2, live traffic on CPU {}, {} rounds", args.cpu, args.live_rounds);
+            let mut live = Live::new(&lab, &mut dp, &mut base, &slots, &bpffs, (WAN_IF, EDGE_IF), vec![args.cpu])?;
+            let sources = live.check_sources(args.cpu)?;
+            eprintln!(
+                "  generator: {} distinct sources in {}; {} frames read back, checksums valid after {} chained rewrites",
+                sources.distinct,
+                live::GEN_RANGE,
+                sources.checked,
+                sources.chained
+            );
+            let call_overhead_ms = live.call_overhead_ms(args.batch)?;
+            let frame_len = live.frame_len();
+            let results =
+                live.measure(&LiveConfig { rounds: args.live_rounds, secs: args.live_secs, batch: args.batch }, &Receiver::ALL)?;
+            for r in &results {
+                let m = r.median();
+                eprintln!("  {:<50} {:>6.2} Mpps dropped ({:.0} ns/packet)", r.receiver.label(), m.drop_mpps(), 1e3 / m.drop_mpps());
+            }
+            eprintln!("bench: part 2, in-program time with BPF run-time stats on");
+            let in_program = live.in_program_ns(2_000_000, args.batch)?;
+            Some(LiveSection { results, rounds: args.live_rounds, batch: args.batch, frame_len, call_overhead_ms, in_program, sources })
+        } else {
+            None
+        };
+        let every_core = if args.every_core {
+            let cpus: Vec<usize> = (0..machine.cpus).collect();
+            eprintln!("bench: part 2, every core: generators on CPUs {cpus:?}, a two-queue veth, {} rounds", args.live_rounds);
+            let (wan, edge) = live::add_two_queue_pair(&lab)?;
+            let mut live = Live::new(&lab, &mut dp, &mut base, &slots, &bpffs, (&wan, &edge), cpus.clone())?;
+            let results =
+                live.measure(&LiveConfig { rounds: args.live_rounds, secs: args.live_secs, batch: args.batch }, &Receiver::EVERY_CORE)?;
+            for r in &results {
+                let m = r.median();
+                eprintln!("  {:<50} {:>6.2} Mpps dropped, {} passed in {:.2} s", r.receiver.label(), m.drop_mpps(), m.passed, m.secs);
+            }
+            let split = live.count_drop_split(2_000_000, args.batch)?;
+            eprintln!("  count-and-drop per CPU: {split:?}");
+            Some(EveryCoreSection { results, cpus, rounds: args.live_rounds, batch: args.batch, split })
+        } else {
+            None
+        };
+        (live, every_core)
+    } else {
+        (None, None)
     };
 
     let mut progs = vec![sys::prog_facts("ampguard", dp.program())?];
@@ -247,10 +330,17 @@ fn run() -> Result<()> {
         progs.push(sys::prog_facts(name, p)?);
     }
     let maps = sys::map_facts(dp.program())?;
+    let memory = if args.memory {
+        let possible = memory::possible_cpus()?;
+        Some(MemorySection { maps: memory::read(dp.program())?, possible, policies: dp.policy_count() })
+    } else {
+        None
+    };
     drop(dp);
+    drop(bpffs);
 
     // Part 3. The benchmark stays pinned to its CPU; the daemon runs unpinned.
-    let control = if args.skip_control {
+    let control = if !args.control {
         None
     } else {
         eprintln!("bench: part 3, control plane: {} policies through the DataPlane handle", control::N_POLICIES);
@@ -285,6 +375,8 @@ fn run() -> Result<()> {
         cost: measured,
         diag,
         live,
+        every_core,
+        memory,
         progs,
         maps,
         control,
