@@ -24,6 +24,7 @@ mod settings;
 mod slots;
 mod victims;
 pub mod victims4;
+pub mod victims6;
 
 use aya::Ebpf;
 use xdp_common::vector::MAX_VECTORS;

@@ -1,0 +1,303 @@
+//! The IPv6 victim table's pure maths, shared by the XDP program and the
+//! controller: the pivot lengths and their binary-search tree, prefix masks,
+//! the hash and the two candidate buckets, and the entry encoding. The layout
+//! and the reasoning are in [`crate::maps`]'s module docs.
+
+/// Prefix lengths held in the hash table (sorted). A binary search over this
+/// array is the search tree: 15 lengths, so at most 4 probes. Other lengths go
+/// to the LPM trie, consulted only while it holds something.
+pub const PIVOTS: [u8; 15] = [32, 36, 40, 44, 48, 52, 56, 60, 64, 80, 96, 112, 120, 127, 128];
+/// Probes of a lookup: the depth of the search tree over [`PIVOTS`].
+pub const DEPTH: usize = 4;
+/// Most markers a prefix needs: the right turns on the way to the deepest pivot.
+pub const MAX_MARKERS: u32 = DEPTH as u32 - 1;
+/// Entries per bucket; a bucket is one 64-byte cache line.
+pub const WAYS: usize = 2;
+/// u64 words per entry: meta, key high half, key low half, unused.
+pub const ENTRY_WORDS: usize = 4;
+/// One bucket: `WAYS` entries of `ENTRY_WORDS` words.
+pub type Bucket = [u64; WAYS * ENTRY_WORDS];
+/// Buckets are sized so that a full table (every prefix with its most markers)
+/// fills at most this share of the entries (per mille); a two-choice cuckoo
+/// table of 2-way buckets places keys reliably below ~90%.
+pub const LOAD_PER_MILLE: u64 = 850;
+/// Times the program retries a lookup that overlapped a change of the table.
+pub const RETRIES: usize = 4;
+
+/// Index of a pivot length in [`PIVOTS`], if it is one.
+pub const fn pivot_index(len: u8) -> Option<usize> {
+    let mut i = 0;
+    while i < PIVOTS.len() {
+        if PIVOTS[i] == len {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether prefixes of this length live in the hash table (else: the trie).
+pub const fn is_pivot(len: u8) -> bool {
+    pivot_index(len).is_some()
+}
+
+/// Buckets for a table that must hold `max_prefixes` prefixes in the worst
+/// case (each with [`MAX_MARKERS`] markers of its own).
+pub const fn buckets_for(max_prefixes: u32) -> u32 {
+    let entries = max_prefixes as u64 * (1 + MAX_MARKERS as u64);
+    let buckets = (entries * 1000).div_ceil(WAYS as u64 * LOAD_PER_MILLE);
+    if buckets < 1 {
+        1
+    } else {
+        buckets as u32
+    }
+}
+
+/// The two 64-bit halves of an address masked to `len` bits.
+#[inline(always)]
+pub const fn masked(hi: u64, lo: u64, len: u8) -> (u64, u64) {
+    if len == 0 {
+        (0, 0)
+    } else if len < 64 {
+        (hi & (u64::MAX << (64 - len as u32)), 0)
+    } else if len == 64 {
+        (hi, 0)
+    } else if len < 128 {
+        (hi, lo & (u64::MAX << (128 - len as u32)))
+    } else {
+        (hi, lo)
+    }
+}
+
+/// 64-bit hash of a (length, masked prefix) key: multiply-shift of each half,
+/// then a finaliser (from splitmix64) so both 32-bit halves are usable.
+#[inline(always)]
+pub const fn hash(len: u8, hi: u64, lo: u64) -> u64 {
+    let mut h =
+        hi.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ lo.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ (len as u64).wrapping_mul(0x1656_67b1_9e37_79f9);
+    h ^= h >> 31;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 29)
+}
+
+/// The two candidate buckets of a key (they may coincide), by range reduction
+/// of each half of the hash (Lemire's multiply-shift, no division).
+#[inline(always)]
+pub const fn buckets(len: u8, hi: u64, lo: u64, nbuckets: u32) -> (u32, u32) {
+    let h = hash(len, hi, lo);
+    let b1 = ((h >> 32) * nbuckets as u64) >> 32;
+    let b2 = ((h & 0xffff_ffff) * nbuckets as u64) >> 32;
+    (b1 as u32, b2 as u32)
+}
+
+/// An entry's meta word: its length (0 = empty entry), then the best
+/// hash-resident victim prefix covering it (length, policy slot; slot 0 =
+/// none). One u64, so the controller changes an entry's answer with one store.
+#[inline(always)]
+pub const fn meta(len: u8, best_len: u8, best_slot: u32) -> u64 {
+    (len as u64) << 40 | (best_len as u64) << 32 | best_slot as u64
+}
+
+#[inline(always)]
+pub const fn meta_len(m: u64) -> u8 {
+    (m >> 40) as u8
+}
+
+#[inline(always)]
+pub const fn meta_best_len(m: u64) -> u8 {
+    (m >> 32) as u8
+}
+
+#[inline(always)]
+pub const fn meta_slot(m: u64) -> u32 {
+    m as u32
+}
+
+/// The one entry of `AG_V6_META`: the change sequence (odd while the
+/// controller rewrites an entry's key; the program retries a lookup that saw
+/// it odd or changed), the number of prefixes in the trie (0 = skip it), and
+/// the table's shape.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Meta {
+    pub seq: u64,
+    pub trie_prefixes: u64,
+    pub nbuckets: u32,
+    pub _pad: u32,
+    /// [`PIVOTS`], then 0.
+    pub pivots: [u8; 16],
+}
+
+impl V6Meta {
+    pub const fn new(nbuckets: u32) -> Self {
+        let mut pivots = [0u8; 16];
+        let mut i = 0;
+        while i < PIVOTS.len() {
+            pivots[i] = PIVOTS[i];
+            i += 1;
+        }
+        Self { seq: 0, trie_prefixes: 0, nbuckets, _pad: 0, pivots }
+    }
+}
+
+/// The pivots where the search for a prefix of length `len` turns towards
+/// longer lengths: a prefix needs a marker (itself cut to that length) at each,
+/// so the search finds its way to it. Returns the lengths and how many.
+pub const fn marker_lengths(len: u8) -> ([u8; DEPTH], usize) {
+    let mut out = [0u8; DEPTH];
+    let mut n = 0;
+    let (mut lo, mut hi) = (0usize, PIVOTS.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if PIVOTS[mid] == len {
+            break;
+        }
+        if PIVOTS[mid] < len {
+            out[n] = PIVOTS[mid];
+            n += 1;
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    (out, n)
+}
+
+/// Entry `way` of a bucket if it holds the key (`len`, `hi`, `lo`): its meta.
+/// Volatile reads: the controller writes the table while the program reads
+/// it, and the order of the reads is what the change sequence relies on.
+#[inline(always)]
+pub fn probe(b: &Bucket, len: u8, hi: u64, lo: u64) -> Option<u64> {
+    let mut w = 0;
+    while w < WAYS {
+        let e = w * ENTRY_WORDS;
+        // Safety: in-bounds reads of a borrowed array.
+        let m = unsafe { core::ptr::read_volatile(&b[e]) };
+        if meta_len(m) == len
+            && unsafe { core::ptr::read_volatile(&b[e + 1]) } == hi
+            && unsafe { core::ptr::read_volatile(&b[e + 2]) } == lo
+        {
+            return Some(m);
+        }
+        w += 1;
+    }
+    None
+}
+
+/// Longest hash-resident prefix covering the address (`hi`, `lo`): binary
+/// search over the pivot lengths (`pivots`, [`PIVOTS`] as the program reads them
+/// from `AG_V6_META`); a hit (prefix or marker) records the entry's best answer
+/// and goes longer, a miss goes shorter. Returns the meta word of the last hit
+/// (0 = none). `get` reads a bucket.
+#[inline(always)]
+pub fn search<'a>(hi: u64, lo: u64, pivots: &[u8; 16], nbuckets: u32, get: impl Fn(u32) -> Option<&'a Bucket>) -> u64 {
+    let mut best = 0u64;
+    let (mut l, mut h) = (0usize, PIVOTS.len());
+    let mut step = 0;
+    while step < DEPTH {
+        if l >= h {
+            break;
+        }
+        let mid = (l + h) / 2;
+        let len = pivots[mid & 15];
+        let (kh, kl) = masked(hi, lo, len);
+        let (b1, b2) = buckets(len, kh, kl, nbuckets);
+        let mut found = match get(b1) {
+            Some(b) => probe(b, len, kh, kl),
+            None => None,
+        };
+        if found.is_none() && b2 != b1 {
+            found = match get(b2) {
+                Some(b) => probe(b, len, kh, kl),
+                None => None,
+            };
+        }
+        match found {
+            Some(m) => {
+                best = m;
+                l = mid + 1;
+            }
+            None => h = mid,
+        }
+        step += 1;
+    }
+    best
+}
+
+/// A trie value: the prefix length (to compare with the hash table's answer)
+/// and the policy slot.
+#[inline(always)]
+pub const fn trie_value(len: u8, slot: u32) -> u64 {
+    (len as u64) << 32 | slot as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pivots_sorted_and_tree_depth() {
+        assert!(PIVOTS.windows(2).all(|w| w[0] < w[1]));
+        assert!(PIVOTS.len() < 1 << DEPTH);
+        assert!(PIVOTS.len() < 16, "the program masks the index with 15");
+        assert!(PIVOTS.contains(&127) && PIVOTS.contains(&128) && PIVOTS.contains(&48));
+    }
+
+    #[test]
+    fn markers_follow_the_search() {
+        assert_eq!(marker_lengths(60), ([0; DEPTH], 0), "the root needs no marker");
+        let (m, n) = marker_lengths(128);
+        assert_eq!(&m[..n], &[60, 112, 127]);
+        let (m, n) = marker_lengths(64);
+        assert_eq!(&m[..n], &[60]);
+        let (m, n) = marker_lengths(48);
+        assert_eq!(&m[..n], &[44]);
+        for &p in &PIVOTS {
+            assert!(marker_lengths(p).1 as u32 <= MAX_MARKERS);
+        }
+    }
+
+    #[test]
+    fn masks() {
+        let (hi, lo) = (0x2001_0db8_1234_5678, 0x9abc_def0_1122_3344);
+        assert_eq!(masked(hi, lo, 0), (0, 0));
+        assert_eq!(masked(hi, lo, 32), (0x2001_0db8_0000_0000, 0));
+        assert_eq!(masked(hi, lo, 48), (0x2001_0db8_1234_0000, 0));
+        assert_eq!(masked(hi, lo, 64), (hi, 0));
+        assert_eq!(masked(hi, lo, 65), (hi, 0x8000_0000_0000_0000));
+        assert_eq!(masked(hi, lo, 127), (hi, 0x9abc_def0_1122_3344));
+        assert_eq!(masked(hi, lo | 1, 127), (hi, 0x9abc_def0_1122_3344));
+        assert_eq!(masked(hi, lo, 128), (hi, lo));
+    }
+
+    #[test]
+    fn meta_round_trip() {
+        let m = meta(127, 64, 99_999);
+        assert_eq!((meta_len(m), meta_best_len(m), meta_slot(m)), (127, 64, 99_999));
+        assert_eq!(meta_len(0), 0, "an all-zero entry is empty");
+    }
+
+    #[test]
+    fn buckets_in_range_and_spread() {
+        let nb = 1000;
+        let mut hits = [0u32; 1000];
+        for i in 0..20_000u64 {
+            // /64s that differ only in a few bits, the hard case for a weak hash.
+            let (b1, b2) = buckets(64, 0x2001_0db8_0000_0000 | i << 8, 0, nb);
+            assert!(b1 < nb && b2 < nb);
+            hits[b1 as usize] += 1;
+            hits[b2 as usize] += 1;
+        }
+        let max = *hits.iter().max().unwrap();
+        assert!(max < 80, "40 expected per bucket, worst {max}");
+    }
+
+    #[test]
+    fn sizing() {
+        assert!(buckets_for(1) >= 2);
+        let b = buckets_for(100_000) as u64;
+        assert!(b * WAYS as u64 * 850 >= 400_000 * 1000);
+        assert_eq!(core::mem::size_of::<Bucket>(), 64);
+        assert_eq!(core::mem::size_of::<V6Meta>(), 40);
+    }
+}
