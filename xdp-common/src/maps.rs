@@ -42,7 +42,11 @@ pub const PORTS: &str = "AG_PORTS";
 pub const V4_L1: &str = "AG_V4_L1";
 /// IPv4 victims, level-2 chunks.
 pub const V4_L2: &str = "AG_V4_L2";
-/// IPv6 victim prefix -> policy slot (LPM trie).
+/// IPv6 victims at pivot lengths: the hash table's buckets (see module docs).
+pub const V6_BUCKETS: &str = "AG_V6_BUCKETS";
+/// IPv6 victims: the table's change sequence, shape and trie flag ([`crate::v6::V6Meta`]).
+pub const V6_META: &str = "AG_V6_META";
+/// IPv6 victim prefixes of other lengths -> (length << 32 | policy slot) (LPM trie).
 pub const V6_VICTIMS: &str = "AG_V6_VICTIMS";
 /// Policy slot -> [`crate::policy::Policy`].
 pub const POLICIES: &str = "AG_POLICIES";
@@ -75,6 +79,8 @@ pub const ALL: &[&str] = &[
     PORTS,
     V4_L1,
     V4_L2,
+    V6_BUCKETS,
+    V6_META,
     V6_VICTIMS,
     POLICIES,
     RULES,
@@ -102,6 +108,10 @@ pub const DEFAULT_RULES_PER_POLICY: u32 = 20;
 pub const DEFAULT_V4_CHUNKS: u32 = 64;
 pub const DEFAULT_MAX_V6_VICTIMS: u32 = 16384;
 pub const DEFAULT_MAX_ALLOW: u32 = 4096;
+
+/// `BPF_F_MMAPABLE`: the controller writes the IPv6 table through a shared
+/// mapping, word by word in the order the program's reads rely on.
+pub const MAP_MMAPABLE: u32 = 1 << 10;
 
 pub const V4_L1_ENTRIES: u32 = 1 << 16;
 pub const CHUNK_ENTRIES: u32 = 1 << 16;
