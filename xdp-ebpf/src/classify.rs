@@ -78,7 +78,8 @@ fn victim_slot_v6(l3: &L3) -> u32 {
     // Safety: as above.
     if unsafe { core::ptr::read_volatile(&meta.trie_prefixes) } != 0 {
         if let Some(v) = AG_V6_VICTIMS.get(key) {
-            if (*v >> 32) as u8 > v6::meta_best_len(best) {
+            // Lengths in the two are disjoint; a /0 in the trie beats "none".
+            if slot == NO_SLOT || (*v >> 32) as u8 > v6::meta_best_len(best) {
                 slot = *v as u32;
             }
         }
