@@ -184,13 +184,36 @@ pub fn probe(b: &Bucket, len: u8, hi: u64, lo: u64) -> Option<u64> {
     None
 }
 
-/// Longest hash-resident prefix covering the address (`hi`, `lo`): binary
-/// search over the pivot lengths (`pivots`, [`PIVOTS`] as the program reads them
-/// from `AG_V6_META`); a hit (prefix or marker) records the entry's best answer
-/// and goes longer, a miss goes shorter. Returns the meta word of the last hit
+/// The meta of key (`len`, `hi`, `lo`, already masked) if it is in the table:
+/// its two buckets, the second only if the first does not hold it.
+#[inline(always)]
+pub fn probe_key<'a>(len: u8, hi: u64, lo: u64, nbuckets: u32, get: &impl Fn(u32) -> Option<&'a Bucket>) -> Option<u64> {
+    let (b1, b2) = buckets(len, hi, lo, nbuckets);
+    let found = match get(b1) {
+        Some(b) => probe(b, len, hi, lo),
+        None => None,
+    };
+    if found.is_some() || b2 == b1 {
+        return found;
+    }
+    match get(b2) {
+        Some(b) => probe(b, len, hi, lo),
+        None => None,
+    }
+}
+
+/// Longest hash-resident prefix covering the address (`hi`, `lo`): a probe at
+/// /128, then a binary search over the pivot lengths (`pivots`, [`PIVOTS`] as
+/// the program reads them from `AG_V6_META`); a hit (prefix or marker) records
+/// the entry's best answer and goes longer, a miss goes shorter. Returns the meta word of the last hit
 /// (0 = none). `get` reads a bucket.
 #[inline(always)]
 pub fn search<'a>(hi: u64, lo: u64, pivots: &[u8; 16], nbuckets: u32, get: impl Fn(u32) -> Option<&'a Bucket>) -> u64 {
+    // Hosts first: a /128 entry is always a prefix (nothing is longer, so no
+    // marker sits there) and always the longest match: one probe.
+    if let Some(m) = probe_key(128, hi, lo, nbuckets, &get) {
+        return m;
+    }
     let mut best = 0u64;
     let (mut l, mut h) = (0usize, PIVOTS.len());
     let mut step = 0;
@@ -201,18 +224,7 @@ pub fn search<'a>(hi: u64, lo: u64, pivots: &[u8; 16], nbuckets: u32, get: impl 
         let mid = (l + h) / 2;
         let len = pivots[mid & 15];
         let (kh, kl) = masked(hi, lo, len);
-        let (b1, b2) = buckets(len, kh, kl, nbuckets);
-        let mut found = match get(b1) {
-            Some(b) => probe(b, len, kh, kl),
-            None => None,
-        };
-        if found.is_none() && b2 != b1 {
-            found = match get(b2) {
-                Some(b) => probe(b, len, kh, kl),
-                None => None,
-            };
-        }
-        match found {
+        match probe_key(len, kh, kl, nbuckets, &get) {
             Some(m) => {
                 best = m;
                 l = mid + 1;

@@ -76,7 +76,7 @@ fn victim_slot_v6(l3: &L3) -> u32 {
     }
     let mut slot = v6::meta_slot(best);
     // Safety: as above.
-    if unsafe { core::ptr::read_volatile(&meta.trie_prefixes) } != 0 {
+    if v6::meta_best_len(best) < 128 && unsafe { core::ptr::read_volatile(&meta.trie_prefixes) } != 0 {
         if let Some(v) = AG_V6_VICTIMS.get(key) {
             // Lengths in the two are disjoint; a /0 in the trie beats "none".
             if slot == NO_SLOT || (*v >> 32) as u8 > v6::meta_best_len(best) {
