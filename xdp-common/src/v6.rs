@@ -3,14 +3,24 @@
 //! the hash and the two candidate buckets, and the entry encoding. The layout
 //! and the reasoning are in [`crate::maps`]'s module docs.
 
-/// Prefix lengths held in the hash table (sorted). A binary search over this
-/// array is the search tree: 15 lengths, so at most 4 probes. Other lengths go
-/// to the LPM trie, consulted only while it holds something.
-pub const PIVOTS: [u8; 15] = [32, 36, 40, 44, 48, 52, 56, 60, 64, 80, 96, 112, 120, 127, 128];
-/// Probes of a lookup: the depth of the search tree over [`PIVOTS`].
-pub const DEPTH: usize = 4;
-/// Most markers a prefix needs: the right turns on the way to the deepest pivot.
-pub const MAX_MARKERS: u32 = DEPTH as u32 - 1;
+/// Prefix lengths held in the hash table besides /128 (sorted): the search
+/// tree. Other lengths go to the LPM trie, consulted only while it holds
+/// something. /128 is probed first and alone: nothing is longer, so a hit
+/// there is the answer and a /128 needs no markers.
+pub const TREE: [u8; 14] = [32, 36, 40, 44, 48, 52, 56, 60, 64, 80, 96, 112, 120, 127];
+/// The tree's root: /64, the commonest victim length after /128, so a /64
+/// with nothing longer inside it costs one probe after the /128 one.
+pub const ROOT: usize = 8;
+/// The host length, probed before the tree.
+pub const HOST: u8 = 128;
+/// Probes of the tree: its depth (root /64, then halving).
+pub const DEPTH: usize = 5;
+/// Most markers a prefix needs: the right turns on the way to its length.
+pub const MAX_MARKERS: u32 = max_markers();
+/// An entry's flag: no tree-length prefix longer than the entry lies under
+/// it, so the search can stop there (its best answer is final).
+pub const LEAF: u64 = 1 << 48;
+
 /// Entries per bucket; a bucket is one 64-byte cache line.
 pub const WAYS: usize = 2;
 /// u64 words per entry: meta, key high half, key low half, unused.
@@ -24,11 +34,11 @@ pub const LOAD_PER_MILLE: u64 = 850;
 /// Times the program retries a lookup that overlapped a change of the table.
 pub const RETRIES: usize = 4;
 
-/// Index of a pivot length in [`PIVOTS`], if it is one.
-pub const fn pivot_index(len: u8) -> Option<usize> {
+/// Index of a length in [`TREE`], if it is one.
+pub const fn tree_index(len: u8) -> Option<usize> {
     let mut i = 0;
-    while i < PIVOTS.len() {
-        if PIVOTS[i] == len {
+    while i < TREE.len() {
+        if TREE[i] == len {
             return Some(i);
         }
         i += 1;
@@ -38,7 +48,30 @@ pub const fn pivot_index(len: u8) -> Option<usize> {
 
 /// Whether prefixes of this length live in the hash table (else: the trie).
 pub const fn is_pivot(len: u8) -> bool {
-    pivot_index(len).is_some()
+    len == HOST || tree_index(len).is_some()
+}
+
+/// The tree node a search step visits in the index range `l..h`.
+#[inline(always)]
+pub const fn node(step: usize, l: usize, h: usize) -> usize {
+    if step == 0 {
+        ROOT
+    } else {
+        (l + h) / 2
+    }
+}
+
+const fn max_markers() -> u32 {
+    let mut max = 0;
+    let mut i = 0;
+    while i < TREE.len() {
+        let n = marker_lengths(TREE[i]).1 as u32;
+        if n > max {
+            max = n;
+        }
+        i += 1;
+    }
+    max
 }
 
 /// Buckets for a table that must hold `max_prefixes` prefixes in the worst
@@ -90,12 +123,13 @@ pub const fn buckets(len: u8, hi: u64, lo: u64, nbuckets: u32) -> (u32, u32) {
     (b1 as u32, b2 as u32)
 }
 
-/// An entry's meta word: its length (0 = empty entry), then the best
-/// hash-resident victim prefix covering it (length, policy slot; slot 0 =
-/// none). One u64, so the controller changes an entry's answer with one store.
+/// An entry's meta word: the [`LEAF`] flag, its length (0 = empty entry),
+/// then the best hash-resident victim prefix covering it (length, policy
+/// slot; slot 0 = none). One u64, so the controller changes an entry's
+/// answer with one store.
 #[inline(always)]
-pub const fn meta(len: u8, best_len: u8, best_slot: u32) -> u64 {
-    (len as u64) << 40 | (best_len as u64) << 32 | best_slot as u64
+pub const fn meta(len: u8, best_len: u8, best_slot: u32, leaf: bool) -> u64 {
+    (if leaf { LEAF } else { 0 }) | (len as u64) << 40 | (best_len as u64) << 32 | best_slot as u64
 }
 
 #[inline(always)]
@@ -124,7 +158,7 @@ pub struct V6Meta {
     pub trie_prefixes: u64,
     pub nbuckets: u32,
     pub _pad: u32,
-    /// [`PIVOTS`], then 0.
+    /// [`TREE`], then 0.
     pub pivots: [u8; 16],
 }
 
@@ -132,33 +166,39 @@ impl V6Meta {
     pub const fn new(nbuckets: u32) -> Self {
         let mut pivots = [0u8; 16];
         let mut i = 0;
-        while i < PIVOTS.len() {
-            pivots[i] = PIVOTS[i];
+        while i < TREE.len() {
+            pivots[i] = TREE[i];
             i += 1;
         }
         Self { seq: 0, trie_prefixes: 0, nbuckets, _pad: 0, pivots }
     }
 }
 
-/// The pivots where the search for a prefix of length `len` turns towards
-/// longer lengths: a prefix needs a marker (itself cut to that length) at each,
-/// so the search finds its way to it. Returns the lengths and how many.
+/// The tree lengths where the search for a prefix of length `len` turns
+/// towards longer lengths: a prefix needs a marker (itself cut to that
+/// length) at each, so the search finds its way to it. Returns the lengths
+/// and how many (none for /128, which is not in the tree).
 pub const fn marker_lengths(len: u8) -> ([u8; DEPTH], usize) {
     let mut out = [0u8; DEPTH];
     let mut n = 0;
-    let (mut lo, mut hi) = (0usize, PIVOTS.len());
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if PIVOTS[mid] == len {
+    if len == HOST {
+        return (out, 0);
+    }
+    let (mut l, mut h) = (0usize, TREE.len());
+    let mut step = 0;
+    while l < h && step < DEPTH {
+        let mid = node(step, l, h);
+        if TREE[mid] == len {
             break;
         }
-        if PIVOTS[mid] < len {
-            out[n] = PIVOTS[mid];
+        if TREE[mid] < len {
+            out[n] = TREE[mid];
             n += 1;
-            lo = mid + 1;
+            l = mid + 1;
         } else {
-            hi = mid;
+            h = mid;
         }
+        step += 1;
     }
     (out, n)
 }
@@ -209,24 +249,26 @@ pub fn probe_key<'a>(len: u8, hi: u64, lo: u64, nbuckets: u32, get: &impl Fn(u32
 /// (0 = none). `get` reads a bucket.
 #[inline(always)]
 pub fn search<'a>(hi: u64, lo: u64, pivots: &[u8; 16], nbuckets: u32, get: impl Fn(u32) -> Option<&'a Bucket>) -> u64 {
-    // Hosts first: a /128 entry is always a prefix (nothing is longer, so no
-    // marker sits there) and always the longest match: one probe.
-    if let Some(m) = probe_key(128, hi, lo, nbuckets, &get) {
+    // Hosts first: a /128 is always the longest match.
+    if let Some(m) = probe_key(HOST, hi, lo, nbuckets, &get) {
         return m;
     }
     let mut best = 0u64;
-    let (mut l, mut h) = (0usize, PIVOTS.len());
+    let (mut l, mut h) = (0usize, TREE.len());
     let mut step = 0;
     while step < DEPTH {
         if l >= h {
             break;
         }
-        let mid = (l + h) / 2;
+        let mid = node(step, l, h);
         let len = pivots[mid & 15];
         let (kh, kl) = masked(hi, lo, len);
         match probe_key(len, kh, kl, nbuckets, &get) {
             Some(m) => {
                 best = m;
+                if m & LEAF != 0 {
+                    break;
+                }
                 l = mid + 1;
             }
             None => h = mid,
@@ -248,25 +290,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pivots_sorted_and_tree_depth() {
-        assert!(PIVOTS.windows(2).all(|w| w[0] < w[1]));
-        assert!(PIVOTS.len() < 1 << DEPTH);
-        assert!(PIVOTS.len() < 16, "the program masks the index with 15");
-        assert!(PIVOTS.contains(&127) && PIVOTS.contains(&128) && PIVOTS.contains(&48));
+    fn tree_sorted_and_deep_enough() {
+        assert!(TREE.windows(2).all(|w| w[0] < w[1]));
+        assert!(TREE.len() < 16, "the program masks the index with 15");
+        assert_eq!(TREE[ROOT], 64);
+        assert!(is_pivot(127) && is_pivot(128) && is_pivot(48) && !is_pivot(65));
+        // Every tree length is reached within DEPTH steps.
+        for (i, &len) in TREE.iter().enumerate() {
+            let (mut l, mut h, mut found) = (0, TREE.len(), false);
+            for step in 0..DEPTH {
+                if l >= h {
+                    break;
+                }
+                let mid = node(step, l, h);
+                if mid == i {
+                    found = true;
+                    break;
+                }
+                if mid < i {
+                    l = mid + 1
+                } else {
+                    h = mid
+                }
+            }
+            assert!(found, "/{len} unreachable in {DEPTH} steps");
+        }
     }
 
     #[test]
     fn markers_follow_the_search() {
-        assert_eq!(marker_lengths(60), ([0; DEPTH], 0), "the root needs no marker");
-        let (m, n) = marker_lengths(128);
-        assert_eq!(&m[..n], &[60, 112, 127]);
-        let (m, n) = marker_lengths(64);
-        assert_eq!(&m[..n], &[60]);
+        assert_eq!(marker_lengths(64).1, 0, "the root needs no marker");
+        assert_eq!(marker_lengths(128).1, 0, "hosts are probed first");
+        let (m, n) = marker_lengths(127);
+        assert_eq!(&m[..n], &[64, 112]);
+        let (m, n) = marker_lengths(60);
+        assert_eq!(&m[..n], &[48, 56]);
         let (m, n) = marker_lengths(48);
-        assert_eq!(&m[..n], &[44]);
-        for &p in &PIVOTS {
-            assert!(marker_lengths(p).1 as u32 <= MAX_MARKERS);
-        }
+        assert_eq!(&m[..n], &[] as &[u8]);
+        assert_eq!(MAX_MARKERS, 2);
     }
 
     #[test]
@@ -284,8 +345,9 @@ mod tests {
 
     #[test]
     fn meta_round_trip() {
-        let m = meta(127, 64, 99_999);
-        assert_eq!((meta_len(m), meta_best_len(m), meta_slot(m)), (127, 64, 99_999));
+        let m = meta(127, 64, 99_999, true);
+        assert_eq!((meta_len(m), meta_best_len(m), meta_slot(m), m & LEAF != 0), (127, 64, 99_999, true));
+        assert_eq!(meta(64, 0, 0, false) & LEAF, 0);
         assert_eq!(meta_len(0), 0, "an all-zero entry is empty");
     }
 
@@ -308,7 +370,7 @@ mod tests {
     fn sizing() {
         assert!(buckets_for(1) >= 2);
         let b = buckets_for(100_000) as u64;
-        assert!(b * WAYS as u64 * 850 >= 400_000 * 1000);
+        assert!(b * WAYS as u64 * LOAD_PER_MILLE >= 100_000 * (1 + MAX_MARKERS as u64) * 1000);
         assert_eq!(core::mem::size_of::<Bucket>(), 64);
         assert_eq!(core::mem::size_of::<V6Meta>(), 40);
     }

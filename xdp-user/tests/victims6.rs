@@ -12,7 +12,8 @@ use common::*;
 
 /// The vectors whose rules tell the prefixes apart: each prefix gets its own
 /// pattern of Drop/Pass over them, so a packet's verdicts name the prefix.
-const VECTORS: &[(&str, u16)] = &[("memcached", 11211), ("chargen", 19), ("qotd", 17), ("ssdp", 1900), ("cldap", 389), ("ntp", 123), ("dns", 53)];
+const VECTORS: &[(&str, u16)] =
+    &[("memcached", 11211), ("chargen", 19), ("qotd", 17), ("ssdp", 1900), ("cldap", 389), ("ntp", 123), ("dns", 53)];
 
 fn pattern_policy(pattern: u32) -> ampguard::dataplane::rules::DpPolicy {
     let rules: Vec<(&str, ampguard::dataplane::rules::Rule)> =
@@ -47,8 +48,7 @@ fn every_length_longest_prefix_wins_through_the_program() {
     let mut f = Fixture::new();
     let base = u128::from("2001:db8:7700:1234:5678:9abc:def0:1357".parse::<Ipv6Addr>().unwrap());
     // Every pivot length (hash table) and lengths between them (trie).
-    let lens: Vec<u8> =
-        vec![0, 16, 31, 32, 33, 36, 40, 44, 47, 48, 52, 56, 57, 60, 63, 64, 65, 80, 96, 100, 112, 120, 125, 126, 127, 128];
+    let lens: Vec<u8> = vec![0, 16, 31, 32, 33, 36, 40, 44, 47, 48, 52, 56, 57, 60, 63, 64, 65, 80, 96, 100, 112, 120, 125, 126, 127, 128];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut rnd = move || {
         seed ^= seed << 13;

@@ -47,7 +47,7 @@ struct Entry {
 
 pub struct Victims6 {
     /// Hash-resident victim prefixes -> slot.
-    real: HashMap<Key, u32>,
+    real: BTreeMap<Key, u32>,
     /// Prefixes per length, to skip empty lengths in `best`.
     per_len: [u32; 129],
     /// Every key in the kernel table (prefixes and markers).
@@ -74,6 +74,11 @@ fn bucket_pair(k: Key, nbuckets: u32) -> (u32, u32) {
     v6::buckets(k.0, hi, lo, nbuckets)
 }
 
+/// Every hash-resident length: the tree's, then /128.
+fn lengths() -> impl DoubleEndedIterator<Item = u8> {
+    v6::TREE.iter().copied().chain(std::iter::once(v6::HOST))
+}
+
 /// The keys a prefix needs: its markers (shortest first), then itself.
 fn needed(addr: u128, len: u8) -> Vec<Key> {
     let (lens, n) = v6::marker_lengths(len);
@@ -83,7 +88,7 @@ fn needed(addr: u128, len: u8) -> Vec<Key> {
 impl Victims6 {
     pub fn new(nbuckets: u32) -> Self {
         Self {
-            real: HashMap::new(),
+            real: BTreeMap::new(),
             per_len: [0; 129],
             entries: BTreeMap::new(),
             table: vec![None; nbuckets as usize * v6::WAYS],
@@ -112,7 +117,7 @@ impl Victims6 {
 
     /// The longest victim prefix of length <= `upto` covering `addr`.
     fn best(&self, addr: u128, upto: u8) -> (u8, u32) {
-        for &l in v6::PIVOTS.iter().rev() {
+        for l in lengths().rev() {
             if l <= upto && self.per_len[l as usize] > 0 {
                 if let Some(&s) = self.real.get(&(l, addr & mask(l))) {
                     return (l, s);
@@ -122,9 +127,17 @@ impl Victims6 {
         (0, NO_SLOT)
     }
 
+    /// Whether no tree-length prefix longer than `k` lies under it (the
+    /// search may stop at `k`). /128s do not count: they are probed first.
+    fn leaf(&self, k: Key) -> bool {
+        let last = k.1 | !mask(k.0);
+        k.0 < v6::HOST
+            && !v6::TREE.iter().any(|&l| l > k.0 && self.per_len[l as usize] > 0 && self.real.range((l, k.1)..=(l, last)).next().is_some())
+    }
+
     fn meta_of(&self, k: Key) -> u64 {
         let (bl, bs) = self.best(k.1, k.0);
-        v6::meta(k.0, bl, bs)
+        v6::meta(k.0, bl, bs, self.leaf(k))
     }
 
     /// Add a prefix (at a pivot length) or change its slot.
@@ -180,6 +193,9 @@ impl Victims6 {
             self.put(k, &mut writes);
         }
         self.refresh_under(addr, len, own_is_fresh.then_some(key), &mut writes);
+        // Entries above that were leaves stop being ones before the prefix
+        // goes live (until then, stopping there gives the old answer).
+        self.refresh_above(addr, len, &fresh, &mut writes);
         if own_is_fresh {
             self.put(key, &mut writes);
         }
@@ -208,6 +224,8 @@ impl Victims6 {
             self.table[e.pos as usize] = None;
             writes.push(Write::Clear { pos: e.pos });
         }
+        // Entries above may be leaves now that the prefix is gone.
+        self.refresh_above(addr, len, &[], &mut writes);
         Some(writes)
     }
 
@@ -215,7 +233,7 @@ impl Victims6 {
     /// a change of that prefix; `skip`: an entry not written yet.
     fn refresh_under(&mut self, addr: u128, len: u8, skip: Option<Key>, writes: &mut Vec<Write>) {
         let last = addr | !mask(len);
-        for &q in v6::PIVOTS.iter().filter(|&&q| q >= len) {
+        for q in lengths().filter(|&q| q >= len) {
             let keys: Vec<Key> = self.entries.range((q, addr)..=(q, last)).map(|(k, _)| *k).filter(|k| Some(*k) != skip).collect();
             for k in keys {
                 let meta = self.meta_of(k);
@@ -224,6 +242,26 @@ impl Victims6 {
                     e.meta = meta;
                     writes.push(Write::Answer { pos: e.pos, meta });
                 }
+            }
+        }
+    }
+
+    /// The leaf flags of the entries covering the prefix at shorter tree
+    /// lengths, after a change of that prefix; `skip`: entries not written yet.
+    fn refresh_above(&mut self, addr: u128, len: u8, skip: &[Key], writes: &mut Vec<Write>) {
+        if len == v6::HOST {
+            return;
+        }
+        for &q in v6::TREE.iter().filter(|&&q| q < len) {
+            let k = (q, addr & mask(q));
+            if skip.contains(&k) || !self.entries.contains_key(&k) {
+                continue;
+            }
+            let meta = self.meta_of(k);
+            let e = self.entries.get_mut(&k).expect("checked");
+            if e.meta != meta {
+                e.meta = meta;
+                writes.push(Write::Answer { pos: e.pos, meta });
             }
         }
     }
@@ -373,7 +411,7 @@ mod tests {
         let mut t = Victims6::new(64);
         let mut k = Kernel::new(64);
         let a = ip("2001:db8:2::10");
-        for (i, &len) in v6::PIVOTS.iter().enumerate() {
+        for (i, len) in lengths().enumerate() {
             k.apply(&t.insert(a & mask(len), len, 1 + i as u32).unwrap());
         }
         assert_eq!(k.lookup(a), (128, 15));
@@ -390,7 +428,7 @@ mod tests {
         assert_eq!(k.lookup(a), (127, 14));
         assert_eq!(k.lookup(ip("2001:db8:2:0:1::")), (60, 8));
         assert_eq!(k.lookup(ip("2001:db8:ffff::")), (0, NO_SLOT));
-        for &len in v6::PIVOTS.iter().filter(|l| ![64u8, 128, 32].contains(l)) {
+        for len in lengths().filter(|l| ![64u8, 128, 32].contains(l)) {
             k.apply(&t.remove(a & mask(len), len).unwrap());
         }
         assert_eq!(t.entries(), 0, "no marker outlives its prefixes");
@@ -439,7 +477,8 @@ mod tests {
                 let (a, l) = live.swap_remove((r >> 8) as usize % live.len());
                 t.remove(a, l).unwrap()
             } else {
-                let len = v6::PIVOTS[(r >> 3) as usize % v6::PIVOTS.len()];
+                let all: Vec<u8> = lengths().collect();
+                let len = all[(r >> 3) as usize % all.len()];
                 let a = addr(&mut rng) & mask(len);
                 let w = t.insert(a, len, 1 + round % 500).unwrap();
                 if !live.contains(&(a, len)) {
@@ -477,18 +516,20 @@ mod tests {
         let mut k = Kernel::new(nb);
         let mut rng = Rng(7);
         let mut added = Vec::new();
+        let mut sixty_fours = HashSet::new();
         while added.len() < max as usize {
-            // /128s in distinct /60s: 3 markers each, none shared.
-            let a = ip("2001:db8::") | ((rng.next() as u128 & 0xf_ffff_ffff) << 68) | rng.next() as u128;
-            if added.iter().any(|&(b, _)| b >> 68 == a >> 68) {
+            // /127s in distinct /64s: the most markers (/64, /112), none shared.
+            let a = (ip("2001:db8::") | ((rng.next() as u128 & 0xffff_ffff) << 64) | rng.next() as u128) & mask(127);
+            if !sixty_fours.insert(a >> 64) {
                 continue;
             }
-            k.apply(&t.insert(a, 128, 1 + added.len() as u32).expect("sized for the worst case"));
-            added.push((a, 1 + added.len() as u32));
+            let slot = 1 + added.len() as u32;
+            k.apply(&t.insert(a, 127, slot).expect("sized for the worst case"));
+            added.push((a, slot));
         }
-        assert_eq!(t.entries(), 4 * max as usize);
+        assert_eq!(t.entries(), (1 + v6::MAX_MARKERS as usize) * max as usize);
         for &(a, s) in added.iter().step_by(97) {
-            assert_eq!(k.lookup(a), (128, s));
+            assert_eq!(k.lookup(a | 1), (127, s));
         }
     }
 
@@ -496,18 +537,20 @@ mod tests {
     fn table_full_is_an_error_and_changes_nothing() {
         let mut t = Victims6::new(1);
         let mut k = Kernel::new(1);
-        // One bucket, two entries: a /60 (no markers) and one more fit.
-        k.apply(&t.insert(ip("2001:db8::"), 60, 1).unwrap());
-        k.apply(&t.insert(ip("2001:db8:0:10::"), 60, 2).unwrap());
+        // One bucket, two entries: two /64s (the root: no markers) fill it.
+        k.apply(&t.insert(ip("2001:db8::"), 64, 1).unwrap());
+        k.apply(&t.insert(ip("2001:db8:0:1::"), 64, 2).unwrap());
         let before = k.buckets.clone();
-        assert_eq!(t.insert(ip("2001:db8::1"), 128, 3), Err(TableFull(1)));
+        // A /127 needs two more entries (a /112 marker and itself).
+        assert_eq!(t.insert(ip("2001:db8::"), 127, 3), Err(TableFull(1)));
         assert_eq!(t.len(), 2);
         assert_eq!(t.entries(), 2);
         assert_eq!(k.buckets, before);
-        assert_eq!(t.lookup(ip("2001:db8::1")), (60, 1));
-        assert_eq!(k.lookup(ip("2001:db8::1")), (60, 1));
-        k.apply(&t.remove(ip("2001:db8::"), 60).unwrap());
-        k.apply(&t.insert(ip("2001:db8:0:20::"), 60, 3).unwrap());
-        assert_eq!(k.lookup(ip("2001:db8:0:20::5")), (60, 3));
+        assert_eq!(t.lookup(ip("2001:db8::1")), (64, 1));
+        assert_eq!(k.lookup(ip("2001:db8::1")), (64, 1));
+        k.apply(&t.remove(ip("2001:db8::"), 64).unwrap());
+        k.apply(&t.insert(ip("2001:db8:0:2::"), 64, 3).unwrap());
+        assert_eq!(k.lookup(ip("2001:db8:0:2::5")), (64, 3));
+        assert_eq!(k.lookup(ip("2001:db8:0:1::5")), (64, 2));
     }
 }
