@@ -102,24 +102,21 @@ pub const fn masked(hi: u64, lo: u64, len: u8) -> (u64, u64) {
     }
 }
 
-/// 64-bit hash of a (length, masked prefix) key: multiply-shift of each half,
-/// then a finaliser (from splitmix64) so both 32-bit halves are usable.
+/// 64-bit hash of a (length, masked prefix) key: multiply-shift of each
+/// half (the high bits of a product depend on every bit of the factor).
 #[inline(always)]
 pub const fn hash(len: u8, hi: u64, lo: u64) -> u64 {
-    let mut h =
-        hi.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ lo.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ (len as u64).wrapping_mul(0x1656_67b1_9e37_79f9);
-    h ^= h >> 31;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^ (h >> 29)
+    hi.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ lo.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ (len as u64).wrapping_mul(0x1656_67b1_9e37_79f9)
 }
 
-/// The two candidate buckets of a key (they may coincide), by range reduction
-/// of each half of the hash (Lemire's multiply-shift, no division).
+/// The two candidate buckets of a key (they may coincide): the high half of
+/// the hash, and of the hash times another odd constant, each reduced to
+/// `0..nbuckets` by a multiply-shift (Lemire's range reduction, no division).
 #[inline(always)]
 pub const fn buckets(len: u8, hi: u64, lo: u64, nbuckets: u32) -> (u32, u32) {
     let h = hash(len, hi, lo);
     let b1 = ((h >> 32) * nbuckets as u64) >> 32;
-    let b2 = ((h & 0xffff_ffff) * nbuckets as u64) >> 32;
+    let b2 = ((h.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 32) * nbuckets as u64) >> 32;
     (b1 as u32, b2 as u32)
 }
 

@@ -219,7 +219,8 @@ fn measure_ipv6_cost() {
             ("IPv4 no vector (parse only)", P::udp4("198.51.100.7:4444", "203.0.113.10:4000").build(), XDP_PASS),
             ("IPv6 no vector (parse only)", P::udp6("[2001:db8:1::7]:4444", "[2001:db8:2::10]:4000").build(), XDP_PASS),
         ];
-        let (rounds, repeat) = (7, 1_000_000u32);
+        let rounds: usize = std::env::var("ROUNDS").map(|r| r.parse().expect("ROUNDS: a number")).unwrap_or(7);
+        let repeat = 1_000_000u32;
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); subjects.len() + 1];
         for round in 0..rounds {
             for k in 0..=subjects.len() {
