@@ -240,10 +240,11 @@ pub fn probe_key<'a>(len: u8, hi: u64, lo: u64, nbuckets: u32, get: &impl Fn(u32
 }
 
 /// Longest hash-resident prefix covering the address (`hi`, `lo`): a probe at
-/// /128, then a binary search over the pivot lengths (`pivots`, [`PIVOTS`] as
-/// the program reads them from `AG_V6_META`); a hit (prefix or marker) records
-/// the entry's best answer and goes longer, a miss goes shorter. Returns the meta word of the last hit
-/// (0 = none). `get` reads a bucket.
+/// /128, then a search down the tree (`pivots`: [`TREE`] as the program reads
+/// it from `AG_V6_META`, root [`ROOT`], then halving): a hit (prefix or
+/// marker) records the entry's best answer and goes longer, or stops if the
+/// entry is a [`LEAF`]; a miss goes shorter. Returns the meta word of the last
+/// hit (0 = none). `get` reads a bucket.
 #[inline(always)]
 pub fn search<'a>(hi: u64, lo: u64, pivots: &[u8; 16], nbuckets: u32, get: impl Fn(u32) -> Option<&'a Bucket>) -> u64 {
     // Hosts first: a /128 is always the longest match.

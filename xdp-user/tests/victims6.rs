@@ -85,7 +85,7 @@ fn every_length_longest_prefix_wins_through_the_program() {
             check(&mut f, probe_for(base, len), &format!("after removing {net}"));
         }
         for _ in 0..8 {
-            let near = base ^ (rnd() as u128) ^ ((rnd() as u128) << 64 & (1u128 << 90) - 1);
+            let near = base ^ (rnd() as u128) ^ (((rnd() as u128) << 64) & ((1u128 << 90) - 1));
             check(&mut f, Ipv6Addr::from(near), &format!("near, after removing {net}"));
         }
     }
