@@ -18,6 +18,7 @@ pub mod counters;
 pub mod maps;
 pub mod policy;
 pub mod signature;
+pub mod v6;
 pub mod vector;
 pub mod wire;
 

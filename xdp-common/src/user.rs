@@ -16,3 +16,4 @@ unsafe impl aya::Pod for Sample {}
 unsafe impl aya::Pod for RuleEntry {}
 unsafe impl aya::Pod for RuleCounts {}
 unsafe impl aya::Pod for CacheEntry {}
+unsafe impl aya::Pod for crate::v6::V6Meta {}

@@ -11,6 +11,7 @@ use xdp_common::{
     counters::{reason, CacheEntry, Counter, RuleCounts, VerdictCounters, CACHE_ENTRIES},
     maps::*,
     policy::{ClockCache, Config, Policy, RuleEntry, SamplerState},
+    v6::{buckets_for, Bucket, V6Meta},
     vector::MAX_VECTORS,
 };
 
@@ -42,9 +43,17 @@ pub static AG_V4_L1: Array<u64> = Array::with_max_entries(V4_L1_ENTRIES, 0);
 #[map]
 pub static AG_V4_L2: Array<u32> = Array::with_max_entries(DEFAULT_V4_CHUNKS * CHUNK_ENTRIES, 0);
 
-/// IPv6 victim prefix -> policy slot.
+/// IPv6 victims at pivot lengths: buckets of the hash table (xdp_common::v6).
 #[map]
-pub static AG_V6_VICTIMS: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_V6_VICTIMS, 0);
+pub static AG_V6_BUCKETS: Array<Bucket> = Array::with_max_entries(buckets_for(DEFAULT_MAX_V6_VICTIMS), MAP_MMAPABLE);
+
+/// IPv6 victims: change sequence, number of trie prefixes, table shape.
+#[map]
+pub static AG_V6_META: Array<V6Meta> = Array::with_max_entries(1, MAP_MMAPABLE);
+
+/// IPv6 victim prefixes of other lengths -> length << 32 | policy slot.
+#[map]
+pub static AG_V6_VICTIMS: LpmTrie<[u8; 16], u64> = LpmTrie::with_max_entries(DEFAULT_MAX_V6_VICTIMS, 0);
 
 /// Policy slot -> policy (mode, expiry, plain drops, rule entry per vector).
 #[map]

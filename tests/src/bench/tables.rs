@@ -7,7 +7,7 @@
 //! mostly /32s (hosts under attack), some /24 - /31 (customer subnets), a few
 //! /16 - /23 (whole customers). Every /16 that holds a prefix longer than /16
 //! costs one 256 KiB level-2 chunk, so `v4_chunks` is sized from the table.
-//! IPv6 victims are in 2001:db8::/32 (/48, /56, /64, /128). The allowlist holds
+//! IPv6 victims are in 2001:db8::/32 (/48, /56, /64, /127 point-to-point links, /128). The allowlist holds
 //! a provider's management and partner ranges (10/8, 172.16/12, fd00::/8) plus
 //! the lab client 192.0.2.10/32, the source of the "allowlisted" path.
 //!
@@ -146,7 +146,7 @@ fn gen_v4(rng: &mut Rng, total: usize) -> Vec<(IpNet, DpPolicy)> {
 }
 
 /// Prefix lengths and their shares of the IPv6 table (per 10,000).
-const V6_MIX: &[(u8, usize)] = &[(48, 200), (56, 800), (64, 5_000)]; // rest: /128
+const V6_MIX: &[(u8, usize)] = &[(48, 200), (56, 800), (64, 5_000), (127, 500)]; // rest: /128
 
 fn gen_v6(rng: &mut Rng, total: usize) -> Vec<(IpNet, DpPolicy)> {
     let base = u128::from(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0));

@@ -35,6 +35,8 @@ pub struct Capacity {
     pub max_rules: Option<u32>,
     /// IPv4 level-2 chunks (one per /16 that holds victims longer than /16).
     pub v4_chunks: u32,
+    /// IPv6 victim prefixes: sizes the hash table for the worst case (every
+    /// prefix with its most markers, `xdp_common::v6::buckets_for`) and the trie.
     pub max_v6_victims: u32,
     pub max_allow: u32,
 }
@@ -95,6 +97,7 @@ impl DataPlane {
             .map_max_entries(names::RULE_COUNTS, c.rule_entries())
             .map_max_entries(names::LIMITERS, c.max_limiters)
             .map_max_entries(names::V4_L2, c.v4_chunks * names::CHUNK_ENTRIES)
+            .map_max_entries(names::V6_BUCKETS, xdp_common::v6::buckets_for(c.max_v6_victims))
             .map_max_entries(names::V6_VICTIMS, c.max_v6_victims)
             .map_max_entries(names::ALLOW_V4, c.max_allow)
             .map_max_entries(names::ALLOW_V6, c.max_allow);

@@ -7,7 +7,8 @@
 //! - `slots`: policy slots, rule entries and limiter indexes, and
 //!   `upsert_policy`/`remove_policy`, whose reservation rolls back on error;
 //! - `victims`: victim prefix -> slot (IPv4 direct table painted from `victims4`,
-//!   IPv6 LPM trie);
+//!   IPv6 hash table at pivot lengths painted from `victims6`, IPv6 LPM trie for
+//!   other lengths);
 //! - `allowlist`: allowlisted source prefixes (LPM tries behind the `allowbits` bitmap);
 //! - `counters`: per-rule-entry (shared totals behind a per-CPU cache),
 //!   per-vector and no-policy counters.
@@ -25,6 +26,7 @@ mod settings;
 mod slots;
 mod victims;
 pub mod victims4;
+pub mod victims6;
 
 use aya::Ebpf;
 use xdp_common::vector::MAX_VECTORS;
