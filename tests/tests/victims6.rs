@@ -133,7 +133,7 @@ fn a_full_ipv6_table_refuses_with_the_capacity_error_and_keeps_the_rest() {
 /// BPF_PROG_TEST_RUN, with 10,000 and 100,000 IPv6 victim prefixes of mixed
 /// lengths (the bench's mix, tests/src/bench/tables.rs, plus /127 and /32 -
 /// /44 provider blocks) and 10,000 IPv4 ones. A measurement, not a check:
-/// `cargo test -p xdp-user --test victims6 -- --ignored --nocapture`.
+/// `cargo test -p ampguard-tests --test victims6 -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn measure_ipv6_cost() {
