@@ -189,10 +189,14 @@ fn run() -> Result<()> {
     let bench_v6: IpNet = cost::V6_DROP.parse().expect("bench victim");
     let v4_chunks = Tables::chunks_needed(t.v4.iter().map(|(n, _)| n).chain(bench_v4.iter()));
     let limiters = Tables::limiters_needed(t.v4.iter().chain(t.v6.iter()).map(|(_, p)| p)) + cost::BENCH_LIMITERS;
+    // Rule entries as an operator would size them for this mix: one per vector
+    // a policy names plus its shared pass, and room for the bench's own.
+    let rules: u32 = t.v4.iter().chain(t.v6.iter()).map(|(_, p)| p.rules.len() as u32 + 1).sum::<u32>() + 64 * 21;
     let capacity = Capacity {
         max_policies: 131_072,
         // Index 0 is reserved; headroom for a policy replacing its limiters.
         max_limiters: limiters + 64,
+        max_rules: Some(rules),
         v4_chunks,
         ..Capacity::default()
     };
