@@ -277,7 +277,7 @@ pub fn paths(s: &BenchSlots) -> Vec<Path> {
         },
         Path {
             label: "IPv6 attack, dropped",
-            what: "memcached [2001:db8:1::7]:11211 -> 2001:db8:2::10/128 (drop; LPM trie of 10,000)".into(),
+            what: "memcached [2001:db8:1::7]:11211 -> 2001:db8:2::10/128 (drop; the IPv6 hash table of 10,000 prefixes, /128 probed first)".into(),
             pkt: P::udp6("[2001:db8:1::7]:11211", "[2001:db8:2::10]:40001").payload(PAYLOAD_64).build(),
             expect: XDP_DROP,
             check: Check::Verdict { slot: s.v6, vector: memcached, verdict: verdict::DROPPED },
