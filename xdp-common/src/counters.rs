@@ -7,8 +7,9 @@
 //! totals are shared and each CPU writes back into them through a small cache,
 //! the pattern of the kernel's lib/percpu_counter.c:
 //!
-//! - `AG_RULE_COUNTS[cell]` ([`RuleCounts`]): the shared totals, with the
-//!   generation of the policy that owns the entry (0 = free).
+//! - `AG_RULE_COUNTS[cell]` ([`RuleCounts`]): the shared totals, 64 bytes (one
+//!   cache line); the generation of the policy that owns the entry (0 = free)
+//!   is in its rule, `AG_RULES[cell]`.
 //! - `AG_COUNT_CACHE` ([`CacheEntry`], per CPU, [`CACHE_ENTRIES`] entries,
 //!   direct-mapped by [`cache_index`]): the counts this CPU has not yet added
 //!   to the totals, for the one (cell, generation) it holds. A packet of that
@@ -79,14 +80,11 @@ pub struct VerdictCounters {
 }
 
 /// Shared totals of one rule entry (`AG_RULE_COUNTS`), folded in by every
-/// CPU with atomic adds.
+/// CPU with atomic adds, zeroed by the controller before it hands the entry
+/// to a policy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleCounts {
-    /// Generation of the policy that owns the entry; 0 = free. Written by the
-    /// controller when it hands the entry out or takes it back.
-    pub gen: u32,
-    pub _pad: u32,
     pub by_verdict: [Counter; verdict::COUNT],
 }
 
@@ -118,7 +116,7 @@ mod tests {
 
     #[test]
     fn layouts_are_what_the_program_and_memory_table_assume() {
-        assert_eq!(core::mem::size_of::<RuleCounts>(), 72);
+        assert_eq!(core::mem::size_of::<RuleCounts>(), 64);
         assert_eq!(core::mem::size_of::<CacheEntry>(), 80);
     }
 }

@@ -100,11 +100,17 @@ pub struct RuleEntry {
     pub rule: RuleCfg,
     /// For rules with `action::LIMIT` on either branch: index into `AG_LIMITERS`.
     pub limiter: u32,
-    pub _pad: u32,
+    /// Generation of the policy that owns the entry; 0 = free. The program
+    /// folds cached counts into `AG_RULE_COUNTS` only while this still equals
+    /// the generation they were cached under.
+    pub gen: u32,
 }
 
 impl RuleEntry {
-    pub const PASS: RuleEntry = RuleEntry { rule: RuleCfg::plain(action::PASS), limiter: 0, _pad: 0 };
+    /// The `pass` of the vectors a policy does not name.
+    pub const fn pass(gen: u32) -> Self {
+        RuleEntry { rule: RuleCfg::plain(action::PASS), limiter: 0, gen }
+    }
 }
 
 // A plain drop is a bit of a u32 per vector id.

@@ -262,9 +262,9 @@ fn count_rule(cell: u32, gen: u32, v: usize, len: u64) {
         compiler_fence(Ordering::SeqCst);
         let (old_cell, old_gen) = ((*e).cell, (*e).gen);
         if old_gen != 0 {
-            if let Some(t) = AG_RULE_COUNTS.get_ptr_mut(old_cell) {
+            if let (Some(r), Some(t)) = (AG_RULES.get_ptr(old_cell), AG_RULE_COUNTS.get_ptr_mut(old_cell)) {
                 // Only into the totals of the policy the counts belong to.
-                if read_volatile(&(*t).gen) == old_gen {
+                if read_volatile(&(*r).gen) == old_gen {
                     for i in 0..verdict::COUNT {
                         let c = (*e).by_verdict[i];
                         if c.packets != 0 {

@@ -302,7 +302,7 @@ impl Config {
         }
         if let Some(r) = c.max_rules {
             if !(2..=1 << 24).contains(&r) {
-                return bad(format!("capacity.max_rules {r} must be in 2..=16777216 (88 bytes each; unset: 20 per policy)"));
+                return bad(format!("capacity.max_rules {r} must be in 2..=16777216 (80 bytes each; unset: 20 per policy)"));
             }
         }
         if c.max_limiters < 2 || c.max_v6_victims == 0 || c.max_allow == 0 {

@@ -68,22 +68,19 @@ impl Counters {
         }
     }
 
-    /// Hand rule entries to the policy of generation `gen` (one write): their
-    /// totals start at zero, and only counts cached under `gen` are folded
-    /// into them.
-    pub(super) fn claim(&mut self, faults: &mut Faults, cells: &[u32], gen: u32) -> Result<(), DpError> {
+    /// Zero the totals of rule entries about to be handed to a policy (one
+    /// write). Only counts cached under its generation, which its rule entries
+    /// carry once written, are folded into them from then on.
+    pub(super) fn claim(&mut self, faults: &mut Faults, cells: &[u32]) -> Result<(), DpError> {
         faults.point()?;
-        let entries: Vec<_> = cells.iter().map(|c| (*c, RuleCounts { gen, ..Default::default() })).collect();
+        let entries: Vec<_> = cells.iter().map(|c| (*c, RuleCounts::default())).collect();
         batch::update_all(self.totals.map(), &entries)
     }
 
-    /// Take rule entries back (one write): from now on the program discards
-    /// what CPUs still cache for them instead of folding it in.
+    /// Forget what was read of rule entries taken back (their rule entries'
+    /// generation is cleared by the slots, so the program discards what CPUs
+    /// still cache for them instead of folding it in).
     pub(super) fn free(&mut self, cells: &[u32]) {
-        let entries: Vec<_> = cells.iter().map(|c| (*c, RuleCounts::default())).collect();
-        if let Err(e) = batch::update_all(self.totals.map(), &entries) {
-            tracing::warn!(?cells, "clearing the counters of freed rule entries: {e}");
-        }
         let mut settled = self.settled.lock().expect("not poisoned");
         if !settled.is_empty() {
             settled.retain(|(c, _), _| !cells.contains(c));
@@ -106,7 +103,7 @@ impl Counters {
             let totals = self.totals.get(&cell, 0)?;
             let b = self.cache.get(&idx, 0)?;
             let c = self.cache.get(&idx, 0)?;
-            let mut sum = if totals.gen == gen { VerdictCounters { by_verdict: totals.by_verdict } } else { VerdictCounters::default() };
+            let mut sum = VerdictCounters { by_verdict: totals.by_verdict };
             let mut settled = true;
             for ((a, b), c) in a.iter().zip(b.iter()).zip(c.iter()) {
                 if a.seq & 1 == 1 || ((mine(a) || mine(b) || mine(c)) && a.seq != c.seq) {

@@ -314,8 +314,8 @@ impl DataPlane {
         policy.cells = [pass_cell; MAX_VECTORS];
         let rules: HashMap<u8, _> = p.rules.iter().map(|(v, r)| (*v, r)).collect();
         let entry_of = |v: u8, limiter: u32| match rules.get(&v) {
-            Some(r) => RuleEntry { rule: r.cfg(), limiter, _pad: 0 },
-            None => RuleEntry::PASS,
+            Some(r) => RuleEntry { rule: r.cfg(), limiter, gen },
+            None => RuleEntry::pass(gen),
         };
         let mut limiters: Vec<(u8, u32)> = Vec::new();
         let mut limiter_of = |s: &mut Slots, faults: &mut Faults, v: u8, taken: &mut Reservation| -> Result<u32, DpError> {
@@ -337,7 +337,7 @@ impl DataPlane {
         // each in one write.
         let mut fresh_rules: Vec<(u32, RuleEntry)> = Vec::new();
         if fresh {
-            fresh_rules.push((pass_cell, RuleEntry::PASS));
+            fresh_rules.push((pass_cell, RuleEntry::pass(gen)));
         }
         for (v, _) in &p.rules {
             if held.iter().any(|(k, _)| k == v) {
@@ -350,7 +350,7 @@ impl DataPlane {
             policy.cells[*v as usize] = cell;
         }
         let new_cells: Vec<u32> = fresh_rules.iter().map(|(c, _)| *c).collect();
-        self.counters.claim(&mut self.faults, &new_cells, gen)?;
+        self.counters.claim(&mut self.faults, &new_cells)?;
         s.write_new_rules(&mut self.faults, &fresh_rules)?;
         // Entries the policy keeps (a vector it no longer names passes), then
         // the policy itself: one write each.
@@ -413,6 +413,11 @@ impl DataPlane {
         let mut cells: Vec<u32> = held_cells(&policy).into_iter().map(|(_, c)| c).collect();
         if policy.pass_cell != NO_CELL {
             cells.push(policy.pass_cell);
+        }
+        // Generation 0: what CPUs still cache for these entries is discarded.
+        let cleared: Vec<_> = cells.iter().map(|c| (*c, RuleEntry::pass(0))).collect();
+        if let Err(e) = batch::update_all(s.rule_map.map(), &cleared) {
+            tracing::warn!(?cells, "clearing the rule entries of a removed policy: {e}");
         }
         self.counters.free(&cells);
         for c in cells {
