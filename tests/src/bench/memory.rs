@@ -171,11 +171,6 @@ fn count_keys(fd: i32, key_size: u32) -> Result<u64> {
     }
 }
 
-fn fdinfo_memlock(fd: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("memlock:").and_then(|v| v.trim().parse().ok()))
-}
-
 /// Every map the program uses, read from the kernel; largest first.
 pub fn read(prog: &Xdp) -> Result<Vec<MapMem>> {
     let info = prog.info().context("program info")?;
@@ -203,7 +198,7 @@ pub fn read(prog: &Xdp) -> Result<Vec<MapMem>> {
             } else {
                 None
             },
-            memlock: fdinfo_memlock(raw),
+            memlock: super::sys::fdinfo_memlock(raw),
         });
     }
     out.sort_by_key(|b| std::cmp::Reverse(b.memlock));

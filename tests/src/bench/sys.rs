@@ -95,7 +95,7 @@ pub fn source_rev(explicit: Option<&str>) -> String {
 }
 
 /// `memlock` of a BPF object fd, from /proc/self/fdinfo (what bpftool prints).
-fn fdinfo_memlock(fd: i32) -> Option<u64> {
+pub(crate) fn fdinfo_memlock(fd: i32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
     text.lines().find_map(|l| l.strip_prefix("memlock:").and_then(|v| v.trim().parse().ok()))
 }
