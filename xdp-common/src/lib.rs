@@ -16,6 +16,7 @@
 pub mod bucket;
 pub mod counters;
 pub mod maps;
+pub mod meter;
 pub mod policy;
 pub mod signature;
 pub mod v6;

@@ -109,6 +109,17 @@ pub const VECTOR_COUNTERS: &str = "AG_VEC_COUNTERS";
 /// Per CPU: reason -> [`crate::counters::Counter`].
 pub const REASONS: &str = "AG_REASONS";
 
+/// Detection: the meters' settings ([`crate::meter::MeterCfg`], 1 entry).
+pub const METER_CFG: &str = "AG_METER_CFG";
+/// Detection: one bit per /24 of the protected networks (the allowlist bitmap's layout).
+pub const PROTECT_BITS: &str = "AG_PROTECT_BITS";
+/// Detection: per CPU, the discovery sketch ([`crate::meter::SketchCell`]s).
+pub const METER_SKETCH: &str = "AG_METER_SKETCH";
+/// Detection: tracked destination ([`crate::meter::MeterKey`]) -> its meters ([`crate::meter::Tracked`]).
+pub const METER_TRACKED: &str = "AG_METER_TRACKED";
+/// Detection: candidates for tracking ([`crate::meter::MeterEvent`], ring buffer).
+pub const METER_EVENTS: &str = "AG_METER_EVENTS";
+
 /// Every map, for pinning and adoption.
 pub const ALL: &[&str] = &[
     CONFIG,
@@ -131,6 +142,11 @@ pub const ALL: &[&str] = &[
     ALLOW_V6,
     VECTOR_COUNTERS,
     REASONS,
+    METER_CFG,
+    PROTECT_BITS,
+    METER_SKETCH,
+    METER_TRACKED,
+    METER_EVENTS,
 ];
 
 /// Name of the XDP program (its ELF symbol and bpftool name).

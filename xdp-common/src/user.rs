@@ -17,3 +17,8 @@ unsafe impl aya::Pod for RuleEntry {}
 unsafe impl aya::Pod for RuleCounts {}
 unsafe impl aya::Pod for CacheEntry {}
 unsafe impl aya::Pod for crate::v6::V6Meta {}
+unsafe impl aya::Pod for crate::meter::MeterKey {}
+unsafe impl aya::Pod for crate::meter::SketchCell {}
+unsafe impl aya::Pod for crate::meter::Tracked {}
+unsafe impl aya::Pod for crate::meter::MeterCfg {}
+unsafe impl aya::Pod for crate::meter::MeterEvent {}

@@ -3,7 +3,8 @@
 //! The pipeline, one stage per file, read top to bottom:
 //! parse (`parse.rs`) -> classify the vector and find the victim's policy
 //! (`classify.rs`) -> decide: allowlist, rule conditions (`signature.rs`),
-//! expiry, action (`verdict.rs`) -> count.
+//! expiry, action (`verdict.rs`) -> count, and meter what reaches the
+//! victim for built-in detection (`meter.rs`).
 //!
 //! Fail open: a packet the program cannot parse is passed and counted as
 //! `parse_error`; nothing is dropped unless a policy's rule says so.
@@ -19,6 +20,7 @@
 
 mod classify;
 mod maps;
+mod meter;
 mod parse;
 mod signature;
 mod verdict;

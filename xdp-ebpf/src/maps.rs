@@ -4,12 +4,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, PerCpuArray, RingBuf},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, PerCpuArray, RingBuf},
 };
 use xdp_common::{
     bucket::Limiter,
     counters::{reason, CacheEntry, Counter, RuleCounts, VerdictCounters, CACHE_ENTRIES},
     maps::*,
+    meter::{MeterCfg, MeterKey, SketchCell, Tracked, DEFAULT_MAX_TRACKED, DEFAULT_SKETCH_COLS, EVENTS_RING_BYTES, SKETCH_ROWS},
     policy::{ClockCache, Config, Policy, RuleEntry, SamplerState},
     v6::{buckets_for, Bucket, V6Meta},
     vector::MAX_VECTORS,
@@ -95,3 +96,23 @@ pub static AG_VEC_COUNTERS: PerCpuArray<VerdictCounters> = PerCpuArray::with_max
 /// Per CPU, reason -> packets/bytes that met no policy.
 #[map]
 pub static AG_REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(reason::COUNT as u32, 0);
+
+/// Detection's settings (xdp_common::meter). Written by the controller.
+#[map]
+pub static AG_METER_CFG: Array<MeterCfg> = Array::with_max_entries(1, 0);
+
+/// One bit per /24 of the protected networks (IPv4, then IPv6's top 24 bits).
+#[map]
+pub static AG_PROTECT_BITS: Array<u64> = Array::with_max_entries(ALLOW_BITS_WORDS, 0);
+
+/// Per CPU: the discovery sketch, SKETCH_ROWS rows of cols cells.
+#[map]
+pub static AG_METER_SKETCH: PerCpuArray<SketchCell> = PerCpuArray::with_max_entries(SKETCH_ROWS * DEFAULT_SKETCH_COLS, 0);
+
+/// Tracked destination -> its rule entries. Written by the controller.
+#[map]
+pub static AG_METER_TRACKED: HashMap<MeterKey, Tracked> = HashMap::with_max_entries(DEFAULT_MAX_TRACKED, 0);
+
+/// Destinations that reached the discovery trigger, for the controller.
+#[map]
+pub static AG_METER_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);

@@ -22,6 +22,7 @@ use xdp_common::{
 use crate::{
     classify::{port_vector, victim_slot},
     maps::*,
+    meter::meter,
     parse::{be16, parse, read, Parsed, L3},
     signature,
 };
@@ -47,13 +48,14 @@ pub fn decide(ctx: &XdpContext) -> u32 {
     }
 
     let slot = victim_slot(&l3);
-    if slot == NO_SLOT {
-        return pass(reason::NO_POLICY, len);
-    }
-    let Some(policy) = AG_POLICIES.get(slot) else { return pass(reason::NO_POLICY, len) };
-    if policy.mode == mode::UNUSED {
-        return pass(reason::NO_POLICY, len);
-    }
+    let found = if slot == NO_SLOT { None } else { AG_POLICIES.get(slot) };
+    let policy = match found {
+        Some(p) if p.mode != mode::UNUSED => p,
+        _ => {
+            meter(&l3, vector, len, None, false);
+            return pass(reason::NO_POLICY, len);
+        }
+    };
     if allowlisted(&l3) {
         return pass(reason::ALLOWLISTED, len);
     }
@@ -77,6 +79,7 @@ pub fn decide(ctx: &XdpContext) -> u32 {
     // The clock only where it is needed: a policy with an expiry, or a limit.
     let now = if policy.expires_ns != 0 || action == action::LIMIT { now_ns(cfg) } else { 0 };
     if policy.expired(now) {
+        meter(&l3, vector, len, cfg, true);
         return pass(reason::EXPIRED, len);
     }
 
@@ -104,6 +107,11 @@ pub fn decide(ctx: &XdpContext) -> u32 {
     count_vector(vector, v, len);
     if v != verdict::PASSED {
         sample(ctx, cfg, slot, vector as u8, v as u8, len);
+    }
+    // What reaches the victim is metered for detection; what a policy drops
+    // is in the policy's counters.
+    if v == verdict::PASSED || v == verdict::MONITORED {
+        meter(&l3, vector, len, cfg, true);
     }
     if v == verdict::DROPPED || v == verdict::RATE_LIMITED {
         XDP_DROP
@@ -189,7 +197,7 @@ fn conditions_hold(ctx: &XdpContext, rule: &RuleCfg, vector: u8, l4: Option<usiz
 /// updated one after the other in the same tick handler): expiry may be up to
 /// a tick late, and a bucket refills a tick later, never by less.
 #[inline(always)]
-fn now_ns(cfg: Option<&Config>) -> u64 {
+pub(crate) fn now_ns(cfg: Option<&Config>) -> u64 {
     if let Some(cfg) = cfg {
         if cfg.time_override_ns != 0 {
             return cfg.time_override_ns;
@@ -212,7 +220,7 @@ fn now_ns(cfg: Option<&Config>) -> u64 {
 /// attack source with one read of a cache-resident word; the /24 bitmap
 /// and the exact LPM trie decide the rest.
 #[inline(always)]
-fn allowlisted(l3: &L3) -> bool {
+pub(crate) fn allowlisted(l3: &L3) -> bool {
     if l3.v6 {
         let src = l3.src6();
         let b = maps::allow_bit_v6(u32::from_be_bytes([src[0], src[1], src[2], src[3]]));
@@ -244,7 +252,7 @@ fn pass(why: usize, len: u64) -> u32 {
 /// xdp_common::counters): a hit adds to the cached counts; a miss folds
 /// what the cache entry holds into the shared totals, then takes it over.
 #[inline(always)]
-fn count_rule(cell: u32, gen: u32, v: usize, len: u64) {
+pub(crate) fn count_rule(cell: u32, gen: u32, v: usize, len: u64) {
     if cell == NO_CELL {
         return;
     }

@@ -107,6 +107,8 @@ pub struct Config {
     pub profiles: BTreeMap<String, BTreeMap<String, LenientRuleSpec>>,
     /// Source prefixes no policy ever touches.
     pub allowlist: Vec<IpNet>,
+    /// Built-in detection (crate::detection).
+    pub detection: crate::detection::config::DetectionConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -155,6 +157,7 @@ impl Default for Config {
             vectors: Vec::new(),
             profiles: BTreeMap::new(),
             allowlist: Vec::new(),
+            detection: Default::default(),
         }
     }
 }
@@ -305,6 +308,12 @@ impl Config {
                 return bad(format!("capacity.max_rules {r} must be in 2..=16777216 (80 bytes each; unset: 20 per policy)"));
             }
         }
+        if !(1..=1 << 16).contains(&c.max_tracked) {
+            return bad(format!("capacity.max_tracked {} must be in 1..=65536 (2.5 KiB each)", c.max_tracked));
+        }
+        if !c.meter_columns.is_power_of_two() || !(64..=1 << 20).contains(&c.meter_columns) {
+            return bad(format!("capacity.meter_columns {} must be a power of two in 64..=1048576", c.meter_columns));
+        }
         if c.max_limiters < 2 || c.max_v6_victims == 0 || c.max_allow == 0 {
             return bad("capacity.max_limiters, max_v6_victims and max_allow must be positive".into());
         }
@@ -318,6 +327,14 @@ impl Config {
             crate::store::check_allow_breadth(self, p).or_else(|m| bad(format!("allowlist entry {p}: {m}")))?;
         }
         crate::store::check_allow_coverage(self, self.allowlist.iter()).or_else(|m| bad(format!("allowlist: {m}")))?;
+        let vectors = VectorTable::new(&self.vectors).map_err(|e| ConfigError::Invalid(format!("vectors: {e}")))?;
+        self.detection.validate(&vectors).map_err(ConfigError::Invalid)?;
+        if self.detection.enabled && self.detection.ban_ttl_secs > self.max_alert_ttl_secs.min(self.max_ttl_secs) {
+            return bad(format!(
+                "detection.ban_ttl_secs {} must not exceed max_alert_ttl_secs and max_ttl_secs (the detector's bans are held to the alerts' bounds)",
+                self.detection.ban_ttl_secs
+            ));
+        }
         Ok(())
     }
 }

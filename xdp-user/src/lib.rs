@@ -1,6 +1,6 @@
 //! ampguard's controller library: the data-plane handle (the only code that
-//! touches the maps), the policy store, the HTTP API, alert intake, the daemon
-//! and the CLI. The reference model is test support: behind the `model`
+//! touches the maps), the policy store, the HTTP API, alert intake, built-in
+//! detection, the daemon and the CLI. The reference model is test support: behind the `model`
 //! feature (the tests/ crate turns it on), not in the shipped binary.
 
 pub mod alerts;
@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod detection;
 pub(crate) mod logging;
 pub(crate) mod memory;
 /// The XDP decision as plain Rust, for the differential and verdict tests.

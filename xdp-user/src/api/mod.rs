@@ -39,6 +39,8 @@ pub struct AppState {
     pub enforcement: std::sync::Mutex<crate::daemon::enforcement::Enforcement>,
     pub metrics: metrics::ProcessMetrics,
     pub capture: Arc<crate::capture::CaptureHub>,
+    /// What built-in detection sees (GET /v1/detection).
+    pub detection: Arc<std::sync::Mutex<crate::detection::DetectionStatus>>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -183,6 +185,7 @@ pub fn router(app: Shared, max_body: usize, body_timeout: std::time::Duration) -
         .route("/v1/allowlist", get(allowlist::list).post(allowlist::create))
         .route("/v1/allowlist/{id}", axum::routing::delete(allowlist::delete))
         .route("/v1/counters", get(policies::counters))
+        .route("/v1/detection", get(status::detection))
         .route("/v1/capture", get(capture::capture))
         .route("/v1/alerts", post(alerts::generic))
         .route("/v1/alerts/fastnetmon", post(alerts::fastnetmon))

@@ -38,10 +38,26 @@ pub async fn status(State(app): State<Shared>) -> Result<Json<Value>, ApiError> 
         "allowlist": {"entries": store.allowlist().len() + store.config().allowlist.len(), "capacity": cap.max_allow},
         "state_file": store.state_path(),
         "pin_dir": app.enforcement.lock().expect("not poisoned").pin_dir(),
+        "detection": detection_summary(&app),
         "unmatched_packets": reason::NAMES.iter().zip(reasons.iter())
             .map(|(n, c)| (n.to_string(), json!({"packets": c.packets, "bytes": c.bytes})))
             .collect::<serde_json::Map<_, _>>(),
     })))
+}
+
+/// Built-in detection in one line of status: on or off, mode, what it sees now.
+fn detection_summary(app: &Shared) -> Value {
+    let d = app.detection.lock().expect("not poisoned");
+    if !d.enabled {
+        return json!({"enabled": false});
+    }
+    json!({"enabled": true, "mode": d.mode, "networks": d.networks, "tracked": d.tracked, "under_attack": d.under_attack})
+}
+
+/// GET /v1/detection: the destinations detection measures, busiest first,
+/// whether or not a policy covers them.
+pub async fn detection(State(app): State<Shared>) -> Json<crate::detection::DetectionStatus> {
+    Json(app.detection.lock().expect("not poisoned").clone())
 }
 
 pub async fn vectors(State(app): State<Shared>) -> Json<Value> {

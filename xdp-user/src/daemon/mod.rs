@@ -152,12 +152,17 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // Fresh maps, filled from the state file while the previous program (if
     // any) keeps enforcing through its pinned link.
+    cfg.capacity.detection = cfg.detection.enabled;
     let dp = DataPlane::load(&cfg.capacity).map_err(|e| {
         anyhow::anyhow!("{e}; loading XDP needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON (+ CAP_SYS_ADMIN to mount bpffs)")
     })?;
     let started = Instant::now();
     let mut store = Store::open(cfg.clone(), dp)?;
     tracing::info!(policies = store.policies().len(), state = %store.state_path().display(), "state loaded into fresh maps");
+
+    let vectors = store.vectors().clone();
+    crate::detection::program(store.dataplane_mut(), &cfg.detection, &vectors)?;
+    let meter_events = if cfg.detection.enabled { Some(store.dataplane_mut().take_meter_events()?) } else { None };
 
     let enforcement = Enforcement::start(store.dataplane_mut().program_mut(), &cfg.interfaces, cfg.xdp_mode, &cfg.pin_dir, &cfg.state_dir)?;
     store.dataplane().pin_maps(&cfg.pin_dir.join("maps"))?;
@@ -166,6 +171,11 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
 
     crate::memory::give_back();
     let persist = Arc::new(crate::store::persist::Persister::new(store.generation(), store.state_file(), store.snapshot_due()));
+    let metrics = crate::api::metrics::ProcessMetrics::default();
+    let names: Vec<String> = store.vectors().all().iter().map(|v| v.name.clone()).collect();
+    let detection_metrics = crate::detection::DetectionMetrics::register(&metrics.registry, &names);
+    let detection_status = Arc::new(std::sync::Mutex::new(Default::default()));
+    let detection = crate::detection::Detection::new(cfg.detection.clone(), &store, detection_status.clone(), detection_metrics)?;
     let app = Arc::new(AppState {
         store: Arc::new(tokio::sync::Mutex::new(store)),
         persist: persist.clone(),
@@ -173,13 +183,17 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         alert_token,
         started,
         enforcement: std::sync::Mutex::new(enforcement),
-        metrics: Default::default(),
+        metrics,
         capture: Default::default(),
+        detection: detection_status,
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         tokio::spawn(app.capture.clone().run(samples));
         tokio::spawn(persist.run(app.store.clone()));
+        if let Some(ring) = meter_events {
+            tokio::spawn(detection.run(app.clone(), ring));
+        }
         serve(app.clone(), cfg.clone()).await
     })?;
 

@@ -73,6 +73,11 @@ impl Counters {
     /// carry once written, are folded into them from then on.
     pub(super) fn claim(&mut self, faults: &mut Faults, cells: &[u32]) -> Result<(), DpError> {
         faults.point()?;
+        self.zero(cells)
+    }
+
+    /// Zero the shared totals of rule entries (see `claim`).
+    pub(super) fn zero(&mut self, cells: &[u32]) -> Result<(), DpError> {
         let entries: Vec<_> = cells.iter().map(|c| (*c, RuleCounts::default())).collect();
         batch::update_all(self.totals.map(), &entries)
     }
@@ -94,7 +99,7 @@ impl Counters {
     /// moved counts into the totals after they were read, or counted them in
     /// both: read again. Otherwise B's counts plus the totals are a
     /// consistent sum (folds only move counts from a cache into the totals).
-    fn rule_counts(&self, cell: u32, gen: u32) -> Result<VerdictCounters, DpError> {
+    pub(super) fn rule_counts(&self, cell: u32, gen: u32) -> Result<VerdictCounters, DpError> {
         let idx = cache_index(cell);
         let mine = |e: &CacheEntry| e.cell == cell && e.gen == gen;
         let mut last = VerdictCounters::default();

@@ -14,10 +14,16 @@ use aya::{
     programs::Xdp,
     EbpfLoader,
 };
-use xdp_common::{maps as names, policy::Config};
+use xdp_common::{
+    maps as names,
+    meter::{MeterCfg, EVENTS_RING_BYTES, SKETCH_ROWS},
+    policy::Config,
+    vector::MAX_VECTORS,
+};
 
 use super::{
-    allowlist::Allowlist, counters::Counters, settings::Settings, slots::Slots, victims::Victims, DataPlane, DpError, Faults, XDP_OBJECT,
+    allowlist::Allowlist, counters::Counters, meters::Meters, settings::Settings, slots::Slots, victims::Victims, DataPlane, DpError,
+    Faults, XDP_OBJECT,
 };
 
 /// Sizes of the tables (the maps are created with these): the config's
@@ -39,6 +45,17 @@ pub struct Capacity {
     /// prefix with its most markers, `xdp_common::v6::buckets_for`) and the trie.
     pub max_v6_victims: u32,
     pub max_allow: u32,
+    /// Destinations built-in detection meters exactly at once (32 rule
+    /// entries, 2.5 KiB, each); used only while detection is enabled.
+    pub max_tracked: u32,
+    /// Columns of each row of detection's discovery sketch (a power of two;
+    /// 8 bytes x 2 rows each, per CPU).
+    pub meter_columns: u32,
+    /// Whether the detection maps get their configured sizes (set from
+    /// `[detection] enabled`, not from `[capacity]`): off, they take a few
+    /// bytes and the program meters nothing.
+    #[serde(skip)]
+    pub detection: bool,
 }
 
 impl Default for Capacity {
@@ -50,6 +67,9 @@ impl Default for Capacity {
             v4_chunks: names::DEFAULT_V4_CHUNKS,
             max_v6_victims: names::DEFAULT_MAX_V6_VICTIMS,
             max_allow: names::DEFAULT_MAX_ALLOW,
+            max_tracked: xdp_common::meter::DEFAULT_MAX_TRACKED,
+            meter_columns: xdp_common::meter::DEFAULT_SKETCH_COLS,
+            detection: false,
         }
     }
 }
@@ -66,9 +86,34 @@ impl Capacity {
         self.max_rules.unwrap_or(self.max_policies.saturating_mul(names::DEFAULT_RULES_PER_POLICY))
     }
 
-    /// Entries of the rule tables (entry 0 included, never handed out).
+    /// Rule entries for policies (entry 0 included, never handed out); the
+    /// detection meters' follow them in the same tables.
     pub(super) fn rule_entries(&self) -> u32 {
         self.max_rules().saturating_add(1)
+    }
+
+    /// Rule entries of the detection meters (MAX_VECTORS per tracked destination).
+    pub(super) fn meter_cells(&self) -> u32 {
+        if self.detection {
+            self.max_tracked.saturating_mul(MAX_VECTORS as u32)
+        } else {
+            0
+        }
+    }
+
+    /// Size of `AG_RULES` and `AG_RULE_COUNTS`.
+    fn rule_table(&self) -> u32 {
+        self.rule_entries().saturating_add(self.meter_cells())
+    }
+
+    /// (protect bitmap words, sketch cells, tracked entries, event ring bytes):
+    /// the configured sizes with detection on, the least the kernel takes off.
+    fn detection_maps(&self) -> (u32, u32, u32, u32) {
+        if self.detection {
+            (names::ALLOW_BITS_WORDS, SKETCH_ROWS * self.meter_columns, self.max_tracked, EVENTS_RING_BYTES)
+        } else {
+            (1, SKETCH_ROWS, 1, 4096)
+        }
     }
 }
 
@@ -90,11 +135,16 @@ impl DataPlane {
     /// Load the program and create its maps. The program is loaded into the
     /// kernel but not attached.
     pub fn load(c: &Capacity) -> Result<Self, DpError> {
+        let (protect_words, sketch_cells, tracked, events_bytes) = c.detection_maps();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::POLICIES, c.policy_slots())
-            .map_max_entries(names::RULES, c.rule_entries())
-            .map_max_entries(names::RULE_COUNTS, c.rule_entries())
+            .map_max_entries(names::RULES, c.rule_table())
+            .map_max_entries(names::RULE_COUNTS, c.rule_table())
+            .map_max_entries(names::PROTECT_BITS, protect_words)
+            .map_max_entries(names::METER_SKETCH, sketch_cells)
+            .map_max_entries(names::METER_TRACKED, tracked)
+            .map_max_entries(names::METER_EVENTS, events_bytes)
             .map_max_entries(names::LIMITERS, c.max_limiters)
             .map_max_entries(names::V4_L2, c.v4_chunks * names::CHUNK_ENTRIES)
             .map_max_entries(names::V6_BUCKETS, xdp_common::v6::buckets_for(c.max_v6_victims))
@@ -106,7 +156,10 @@ impl DataPlane {
         program.load()?;
         let mut settings = Settings::take(&mut ebpf)?;
         settings.config.set(0, Config::DEFAULT, 0)?;
+        let mut meters = Meters::take(&mut ebpf, c)?;
+        meters.cfg.set(0, MeterCfg::OFF, 0)?;
         Ok(Self {
+            meters,
             settings,
             slots: Slots::take(&mut ebpf, c)?,
             victims: Victims::take(&mut ebpf, c)?,
@@ -126,6 +179,7 @@ impl DataPlane {
             .or_else(|| self.victims.map_named(name))
             .or_else(|| self.allow.map_named(name))
             .or_else(|| self.counters.map_named(name))
+            .or_else(|| self.meters.map_named(name))
     }
 
     /// Pin every map under `dir` (replacing pins of a previous run), so

@@ -11,7 +11,9 @@
 //!   other lengths);
 //! - `allowlist`: allowlisted source prefixes (LPM tries behind the `allowbits` bitmap);
 //! - `counters`: per-rule-entry (shared totals behind a per-CPU cache),
-//!   per-vector and no-policy counters.
+//!   per-vector and no-policy counters;
+//! - `meters`: built-in detection's protected networks, sketch settings and
+//!   tracked destinations (xdp_common::meter).
 
 pub(crate) mod allowbits;
 mod allowlist;
@@ -20,6 +22,7 @@ mod batch;
 mod counters;
 mod linkinfo;
 mod loader;
+pub(crate) mod meters;
 pub(crate) mod netdev;
 pub mod rules;
 mod settings;
@@ -31,7 +34,7 @@ pub mod victims6;
 use aya::Ebpf;
 use xdp_common::vector::MAX_VECTORS;
 
-use self::{allowlist::Allowlist, counters::Counters, settings::Settings, slots::Slots, victims::Victims};
+use self::{allowlist::Allowlist, counters::Counters, meters::Meters, settings::Settings, slots::Slots, victims::Victims};
 pub use self::{counters::PolicyCounts, loader::Capacity};
 
 /// The XDP object built by build.rs.
@@ -70,6 +73,7 @@ pub struct DataPlane {
     victims: Victims,
     allow: Allowlist,
     counters: Counters,
+    meters: Meters,
     faults: Faults,
 }
 

@@ -183,13 +183,19 @@ impl Slots {
         batch::update_all(self.rule_map.map(), entries)
     }
 
+    /// Rule entries of detection's meters: `pass` under `gen` (0 frees them), in one write.
+    pub(super) fn write_meter_rules(&mut self, cells: std::ops::Range<u32>, gen: u32) -> Result<(), DpError> {
+        let entries: Vec<_> = cells.map(|c| (c, RuleEntry::pass(gen))).collect();
+        batch::update_all(self.rule_map.map(), &entries)
+    }
+
     /// The policy in a slot, as the program reads it.
     pub(super) fn policy_at(&self, slot: u32) -> Result<Policy, DpError> {
         Ok(self.policy_map.get(&slot, 0)?)
     }
 
     /// A generation no policy of this data plane has had.
-    fn next_gen(&mut self) -> u32 {
+    pub(super) fn next_gen(&mut self) -> u32 {
         self.gen = self.gen.wrapping_add(1).max(1);
         self.gen
     }

@@ -60,14 +60,17 @@ impl PolicyRecord {
     }
 }
 
-/// Who made a policy: the API, or an alert (which an unban may then remove).
-/// Written as the string it always was: `"api"`, or the alert source's label
-/// (`"fastnetmon_script"`, `"fastnetmon_json"`, `"generic"`).
+/// Who made a policy: the API, an alert (which an unban may then remove), or
+/// ampguard's own detector. Written as the string it always was: `"api"`,
+/// the alert source's label (`"fastnetmon_script"`, `"fastnetmon_json"`,
+/// `"generic"`), or `"detector"`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum Origin {
     Api,
     Alert(AlertSource),
+    /// Built-in detection (`[detection]`); counted as an alert's (its quota and budget).
+    Detector,
     /// A name this version does not know (a file edited by hand or written by
     /// a later version): kept as written, and counted as an alert's, as any
     /// source but "api" always was.
@@ -79,6 +82,7 @@ impl Origin {
         match self {
             Origin::Api => "api",
             Origin::Alert(s) => s.as_str(),
+            Origin::Detector => "detector",
             Origin::Other(s) => s,
         }
     }
@@ -93,6 +97,7 @@ impl From<String> for Origin {
     fn from(s: String) -> Self {
         match s.as_str() {
             "api" => Origin::Api,
+            "detector" => Origin::Detector,
             label => AlertSource::from_label(label).map_or(Origin::Other(s), Origin::Alert),
         }
     }
@@ -258,6 +263,7 @@ mod tests {
             (Origin::Alert(AlertSource::FastnetmonScript), "fastnetmon_script"),
             (Origin::Alert(AlertSource::FastnetmonJson), "fastnetmon_json"),
             (Origin::Alert(AlertSource::Generic), "generic"),
+            (Origin::Detector, "detector"),
             (Origin::Other("noc-script".into()), "noc-script"),
         ] {
             assert_eq!(serde_json::to_value(&o).unwrap(), serde_json::json!(text));
