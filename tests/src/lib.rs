@@ -2,6 +2,7 @@
 //! integration tests and the demo share.
 
 pub mod daemon;
+pub mod fastnetmon;
 pub mod lab;
 
 /// Panics with a clear message unless running as root. Every privileged test

@@ -164,29 +164,36 @@ fn a_flood_below_the_threshold_changes_nothing_but_is_shown_with_its_rate() {
     // 400 pps: above the sketch's trigger (a quarter of memcached's 1,000), below the threshold.
     let sink = UdpSink::bind(&lab.edge, sa(VICTIM)).unwrap();
     let mc = payloads::memcached_value_reply();
-    let mut seen = None;
-    let (_, sent) = {
+    // Meanwhile, 2 s in: what the API, `top` and `status` show.
+    let (sent, (seen, top)) = std::thread::scope(|s| {
+        let look = s.spawn(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            let seen = d.call("GET", "/v1/detection", None).unwrap().1;
+            let out = d.cli(&["top", "--iterations", "1", "--interval", "0.2"], None).unwrap();
+            let status = d.cli(&["status"], None).unwrap();
+            (seen, (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&status.stdout).to_string()))
+        });
         let t0 = Instant::now();
         let mut sent = 0;
         while t0.elapsed() < Duration::from_secs(3) {
             sent += send_udp_payload(&lab.wan, sa("198.51.100.7:11211"), sa(VICTIM), 2, &mc).unwrap();
             std::thread::sleep(Duration::from_millis(5));
-            if seen.is_none() && t0.elapsed() > Duration::from_secs(2) {
-                seen = Some(d.call("GET", "/v1/detection", None).unwrap().1);
-            }
         }
-        (t0, sent)
-    };
+        (sent, look.join().unwrap())
+    });
     let arrived = sink.drain(Duration::from_millis(300), Duration::from_secs(10));
     assert_eq!(arrived, sent, "nothing dropped");
     assert!(detector_policies(&d).is_empty());
-    let seen = seen.unwrap();
     let dest = &seen["destinations"][0];
     assert_eq!(dest["destination"], "203.0.113.10/32", "{seen}");
     let pps = dest["pps"].as_f64().unwrap();
     assert!((150.0..=500.0).contains(&pps), "measured {pps} pps of ~{} sent a second: {seen}", sent / 3);
     assert_eq!(dest["under_attack"], false);
     assert_eq!(dest["vectors"][0][0], "memcached");
+    // The operator sees it too, though no policy covers it.
+    let (top, status) = top;
+    assert!(top.contains("built-in detection (mitigate)") && top.contains("203.0.113.10/32") && top.contains("memcached"), "{top}");
+    assert!(status.contains("built-in detection: mitigate on 203.0.113.0/24, 2001:db8:2::/48"), "{status}");
 }
 
 #[test]

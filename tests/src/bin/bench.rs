@@ -39,6 +39,7 @@ use bench::{
     live::{self, Live, LiveConfig, Receiver},
     memory,
     peer::{Bpffs, XdpFilter},
+    reaction,
     report::{self, EveryCoreSection, LiveSection, MemorySection, Report},
     sys,
     tables::{self, Tables},
@@ -46,11 +47,13 @@ use bench::{
 
 const USAGE: &str = "usage: bench [--out FILE] [--only PART]... [--rounds N] [--repeat N] [--live-rounds N] [--live-secs S]
              [--batch N] [--cpu N] [--skip-live] [--skip-every-core] [--skip-control] [--bans N] [--api-secs S]
-             [--command TEXT] [--rev TEXT]
+             [--attacks N] [--command TEXT] [--rev TEXT]
   --out FILE        where to write the report (default BENCHMARKS.md)
   --only PART       run only these parts (repeatable): part1 (test_run costs, the peer, where the time
                     goes), live (part 2 on one core), every-core (part 2 on every CPU), memory (the
-                    maps' memory table), control (part 3); the rest is reported as not run
+                    maps' memory table), control (part 3), reaction (part 4: built-in detection's
+                    and FastNetMon's time to the first drop; alone, printed, BENCHMARKS.md untouched);
+                    the rest is reported as not run
   --rounds N        rounds of part 1, median taken (default 15)
   --repeat N        BPF_PROG_TEST_RUN repeats per call in part 1 (default 2000000)
   --live-rounds N   rounds of part 2, median taken (default 9)
@@ -62,6 +65,7 @@ const USAGE: &str = "usage: bench [--out FILE] [--only PART]... [--rounds N] [--
   --skip-control    no part 3 (control plane)
   --bans N          ban alerts timed in part 3 (default 200)
   --api-secs S      how long part 3 keeps adding policies through the API (default 150)
+  --attacks N       attacks timed per detector in part 4 (default 20)
   --command TEXT    the command line to record in the report
   --rev TEXT        the source revision to record (default: git of the workspace)";
 
@@ -78,6 +82,8 @@ struct Args {
     every_core: bool,
     memory: bool,
     control: bool,
+    reaction: bool,
+    attacks: usize,
     bans: usize,
     api_secs: f64,
     command: String,
@@ -99,6 +105,8 @@ fn parse_args() -> Result<Args> {
         every_core: true,
         memory: true,
         control: true,
+        reaction: true,
+        attacks: 20,
         bans: 200,
         api_secs: 150.0,
         command: "sudo cargo xtask bench".into(),
@@ -126,6 +134,7 @@ fn parse_args() -> Result<Args> {
             "--skip-every-core" => a.every_core = false,
             "--skip-control" => a.control = false,
             "--bans" => a.bans = value()?.parse()?,
+            "--attacks" => a.attacks = value()?.parse()?,
             "--api-secs" => a.api_secs = value()?.parse()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -136,8 +145,8 @@ fn parse_args() -> Result<Args> {
     }
     if !only.is_empty() {
         for o in &only {
-            if !["part1", "live", "every-core", "memory", "control"].contains(&o.as_str()) {
-                bail!("--only {o:?}: the parts are part1, live, every-core, memory, control\n{USAGE}");
+            if !["part1", "live", "every-core", "memory", "control", "reaction"].contains(&o.as_str()) {
+                bail!("--only {o:?}: the parts are part1, live, every-core, memory, control, reaction\n{USAGE}");
             }
         }
         let has = |p: &str| only.iter().any(|o| o == p);
@@ -146,6 +155,7 @@ fn parse_args() -> Result<Args> {
         a.every_core &= has("every-core");
         a.memory = has("memory");
         a.control &= has("control");
+        a.reaction = has("reaction");
     }
     if a.rounds == 0 || a.live_rounds == 0 || a.repeat < 1000 || !(1..=256).contains(&a.batch) {
         bail!("rounds must be >= 1, repeat >= 1000 (repeat=1 adds ~90 ns of timer overhead), batch 1..=256");
@@ -177,6 +187,18 @@ fn run() -> Result<()> {
     let rev = sys::source_rev(args.rev.as_deref());
     sys::pin_to_cpu(args.cpu)?;
     eprintln!("bench: kernel {}, {}, pinned to CPU {}", machine.kernel, machine.cpu_model, args.cpu);
+
+    // Part 4 first: it needs none of the tables below.
+    let reaction = if args.reaction {
+        let r = reaction::measure(args.attacks)?;
+        if !(args.part1 || args.live || args.every_core || args.memory || args.control) {
+            println!("{}", report::render_reaction(&r, &rev));
+            return Ok(());
+        }
+        Some(r)
+    } else {
+        None
+    };
 
     let mut base = Ebpf::load(BASELINE_OBJECT).context("loading the baseline programs")?;
     for name in ["xdp_pass", "xdp_count_drop", "xdp_gen_tx"] {
@@ -384,6 +406,7 @@ fn run() -> Result<()> {
         progs,
         maps,
         control,
+        reaction,
         notes,
     };
     std::fs::write(&args.out, report.render()).with_context(|| format!("writing {}", args.out))?;

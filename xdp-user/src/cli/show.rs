@@ -87,6 +87,19 @@ pub fn status(api: &ApiArgs) -> anyhow::Result<()> {
         s(&p["capacity"])
     );
     println!("allowlist: {} entries of {}", s(&r["allowlist"]["entries"]), s(&r["allowlist"]["capacity"]));
+    let d = &r["detection"];
+    if d["enabled"] == true {
+        let nets: Vec<String> = d["networks"].as_array().cloned().unwrap_or_default().iter().map(s).collect();
+        println!(
+            "built-in detection: {} on {}; {} destinations tracked, {} under attack (`ampguard top` shows them)",
+            s(&d["mode"]),
+            nets.join(", "),
+            s(&d["tracked"]),
+            s(&d["under_attack"])
+        );
+    } else if d.is_object() {
+        println!("built-in detection: off ([detection] enabled = false)");
+    }
     println!("state file: {}, pins: {}", s(&r["state_file"]), s(&r["pin_dir"]));
     println!("traffic that met no policy, by reason (packets since the daemon started):");
     let rows: Vec<Vec<String>> = r["unmatched_packets"]

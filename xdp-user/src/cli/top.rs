@@ -1,5 +1,7 @@
 //! `ampguard top`: victims under attack, live, refreshed every second, with
-//! the dropped, limited and passed rates per vector (what iftop is to bandwidth).
+//! the dropped, limited and passed rates per vector (what iftop is to
+//! bandwidth); with built-in detection on, also the destinations it measures,
+//! whether or not a policy covers them.
 
 use std::{collections::HashMap, io::IsTerminal, time::Duration};
 
@@ -51,6 +53,8 @@ pub fn run(args: TopArgs, api: &ApiArgs) -> anyhow::Result<()> {
     loop {
         std::thread::sleep(Duration::from_secs_f64(args.interval));
         let cur = c.request("GET", "/v1/counters", None)?;
+        // An older daemon has no /v1/detection: then there is no such section.
+        let detected = c.request("GET", "/v1/detection", None).ok().filter(|d| d["enabled"] == true);
         let dt = (cur["uptime_ms"].as_u64().unwrap_or(0).saturating_sub(prev["uptime_ms"].as_u64().unwrap_or(0))) as f64 / 1000.0;
         let (a, b) = (snapshot(&prev), snapshot(&cur));
         // Per (policy, victim, vector): dropped, limited, passed, monitored pps, dropped bit/s.
@@ -76,9 +80,16 @@ pub fn run(args: TopArgs, api: &ApiArgs) -> anyhow::Result<()> {
                     })
                 })
                 .collect();
-            println!("{}", json!({"interval_secs": dt, "victims": victims}));
+            let mut line = json!({"interval_secs": dt, "victims": victims});
+            if let Some(d) = &detected {
+                line["detected"] = d["destinations"].clone();
+            }
+            println!("{line}");
         } else {
             table(&rows, dt, tty);
+            if let Some(d) = &detected {
+                detection_table(d, args.rows);
+            }
         }
         prev = cur;
         n += 1;
@@ -105,4 +116,47 @@ fn table(rows: &[(&Key, [f64; 5])], dt: f64, tty: bool) {
         })
         .collect();
     print_table(&["VICTIM", "VECTOR", "DROP PPS", "DROP MBIT/S", "LIMITED PPS", "MONITORED PPS", "PASSED PPS", "POLICY"], &rows);
+}
+
+/// The destinations built-in detection measures, busiest first.
+fn detection_table(d: &Value, max: usize) {
+    println!();
+    println!(
+        "built-in detection ({}): destinations by measured amplification traffic, {} tracked, {} under attack",
+        d["mode"].as_str().unwrap_or("?"),
+        d["tracked"],
+        d["under_attack"]
+    );
+    let list = d["destinations"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("(no protected destination receives amplification traffic right now)");
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .take(max)
+        .map(|x| {
+            let vectors: Vec<String> = x["vectors"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|v| format!("{} {:.0}", super::client::clean(v[0].as_str().unwrap_or("?")), v[1].as_f64().unwrap_or(0.0)))
+                .collect();
+            let state = match (x["under_attack"] == true, x["below_secs"].as_f64()) {
+                (true, Some(b)) => format!("ending ({b:.0}/{} s below)", x["hold_secs"]),
+                (true, None) => "ATTACK".into(),
+                _ => "-".into(),
+            };
+            vec![
+                super::client::clean(x["destination"].as_str().unwrap_or("?")),
+                format!("{:.0}", x["pps"].as_f64().unwrap_or(0.0)),
+                format!("{:.1}", x["bps"].as_f64().unwrap_or(0.0) / 1e6),
+                vectors.join(", "),
+                state,
+                super::client::clean(x["measured_by"].as_str().unwrap_or("?")),
+            ]
+        })
+        .collect();
+    print_table(&["DESTINATION", "PPS", "MBIT/S", "TOP VECTORS (PPS)", "STATE", "MEASURED BY"], &rows);
 }
