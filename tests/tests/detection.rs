@@ -317,3 +317,59 @@ fn the_webhook_and_the_notify_command_hear_of_the_ban_and_the_unban() {
     assert!(m.contains("ampguard_detection_notifications_total{kind=\"command\",result=\"sent\"} 2"), "{m}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_spoofed_storm_across_a_protected_48_neither_grows_the_meters_nor_hides_a_real_victim() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let extra = "[capacity]\nmax_tracked = 64\n[detection]\nenabled = true\nnetworks = [\"2001:db8:2::/48\"]\nhold_secs = 30\n";
+    let (lab, d) = lab_with_daemon("detstorm", extra);
+    // The wan side reaches the whole /48 through the edge's address.
+    lab.wan.ip(&["-6", "route", "add", "2001:db8:2::/48", "via", "2001:db8:2::1", "dev", "wan0"]).unwrap();
+    let victim = "[2001:db8:2::10]:40000";
+    let sink = UdpSink::bind(&lab.edge, sa(victim)).unwrap();
+    let mc = payloads::memcached_value_reply();
+    let stop = AtomicBool::new(false);
+    let (storm_sent, (flood_start, flood_sent), got) = std::thread::scope(|s| {
+        let rx = s.spawn(|| arrivals(&sink, &stop, Duration::from_secs(20)));
+        // 60,000 replies, each to a random /64 of the /48 (not the victim's), within 4 s.
+        let storm = s.spawn(|| {
+            let sock = lab.wan.enter(|| std::net::UdpSocket::bind("[2001:db8:1::1]:11211")).unwrap().unwrap();
+            let (mut rng, mut sent, t) = (0x9e37_79b9_7f4a_7c15u64, 0, Instant::now());
+            while sent < 60_000 && t.elapsed() < Duration::from_secs(4) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let dst = format!("[2001:db8:2:{:x}::{:x}]:40000", (rng as u16) | 1, (rng >> 16) as u16);
+                if sock.send_to(&mc, sa(&dst)).is_ok() {
+                    sent += 1;
+                }
+                if sent % 64 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let flood = {
+            let t0 = Instant::now();
+            let mut sent = 0;
+            while t0.elapsed() < Duration::from_secs(3) {
+                sent += send_udp_payload(&lab.wan, sa("[2001:db8:1::7]:11211"), sa(victim), 25, &mc).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (t0, sent)
+        };
+        let storm_sent = storm.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        (storm_sent, flood, rx.join().unwrap())
+    });
+    let leaked = got.iter().filter(|(t, _)| t.duration_since(flood_start) > Duration::from_millis(1_500)).count();
+    eprintln!("storm {storm_sent} packets; victim flood {flood_sent} sent, {} arrived, {leaked} after 1.5 s", got.len());
+    assert!(storm_sent > 20_000, "the storm ran: {storm_sent}");
+    assert_eq!(leaked, 0, "the victim's flood still arrived 1.5 s in, under the storm; log:\n{}", d.log());
+    let p = detector_policies(&d);
+    assert_eq!(p.len(), 1, "only the victim is banned, no storm destination: {p:?}");
+    assert_eq!(p[0]["victim"], "2001:db8:2::/64");
+    let (_, det) = d.call("GET", "/v1/detection", None).unwrap();
+    assert!(det["tracked"].as_u64().unwrap() <= 64, "within capacity.max_tracked: {det}");
+}

@@ -41,7 +41,22 @@ impl Reaction {
     }
 }
 
+/// One packet's cost with detection off and on (BPF_PROG_TEST_RUN), ns over bare.
+pub struct MeterCost {
+    pub label: &'static str,
+    pub off_ns: f64,
+    pub on_ns: f64,
+}
+
 pub struct ReactionSection {
+    /// What metering costs per packet, medians over rounds, ns over a bare XDP_PASS.
+    pub meter_cost: Vec<MeterCost>,
+    pub meter_rounds: usize,
+    /// Kernel memory of every map with detection off and on (default
+    /// capacity otherwise), for (possible CPUs here, 2, 64, 128): (cpus, off, on) bytes.
+    pub memory: Vec<(u64, u64, u64)>,
+    /// The same measured here (memlock, summed): off, on.
+    pub memlock_here: (u64, u64),
     pub attacks: usize,
     pub pps: f64,
     pub results: Vec<Reaction>,
@@ -199,7 +214,89 @@ impl Drop for Fnm {
     }
 }
 
+/// The maps' memory with detection off and on (the meters are fixed-size:
+/// a storm of any size changes none of it; tests/tests/meters.rs and
+/// detection.rs check that nothing grows).
+fn detection_memory() -> Result<(Vec<(u64, u64, u64)>, (u64, u64))> {
+    use ampguard::dataplane::{Capacity, DataPlane};
+    let read = |detection: bool| -> Result<Vec<super::memory::MapMem>> {
+        let mut dp = DataPlane::load(&Capacity { detection, ..Capacity::default() })?;
+        if detection {
+            dp.set_protected(&["203.0.113.0/24".parse()?, "2001:db8:2::/48".parse()?])?;
+        }
+        super::memory::read(dp.program())
+    };
+    let (off, on) = (read(false)?, read(true)?);
+    let possible = super::memory::possible_cpus()?;
+    let total = |m: &[super::memory::MapMem], n: u64| m.iter().map(|x| x.bytes(n)).sum::<u64>();
+    let here = |m: &[super::memory::MapMem]| m.iter().filter_map(|x| x.memlock).sum::<u64>();
+    let mut cpus = vec![possible, 2, 64, 128];
+    cpus.sort_unstable();
+    cpus.dedup();
+    let rows = cpus.iter().map(|&n| (n, total(&off, n), total(&on, n))).collect();
+    Ok((rows, (here(&off), here(&on))))
+}
+
+/// Metering's cost under test_run: the same packets through two data planes
+/// with the same policy, detection off and on (203.0.113.0/24 protected),
+/// interleaved, `rounds` medians, as ns over the bare program.
+fn meter_cost(rounds: usize) -> Result<Vec<MeterCost>> {
+    use ampguard::dataplane::{
+        rules::{DpPolicy, Mode, Rule},
+        Capacity, DataPlane, BASELINE_OBJECT,
+    };
+    use ampguard_test_support::packet::PacketBuilder as P;
+    let mut base = aya::Ebpf::load(BASELINE_OBJECT)?;
+    let bare: &mut aya::programs::Xdp = base.program_mut("xdp_pass").context("xdp_pass")?.try_into()?;
+    bare.load()?;
+    let load = |detection: bool| -> Result<DataPlane> {
+        let mut dp = DataPlane::load(&Capacity { detection, ..Capacity::default() })?;
+        dp.set_vectors(&ampguard::vectors::default_port_table())?;
+        let mc = ampguard::vectors::id_of("memcached").context("memcached")?;
+        let drop = DpPolicy { mode: Mode::Enforce, expires_ns: 0, rules: [(mc, Rule::Drop)].into_iter().collect() };
+        dp.upsert_policy("203.0.113.10/32".parse()?, &drop)?;
+        if detection {
+            dp.set_protected(&["203.0.113.0/24".parse()?])?;
+            let c = ampguard::detection::config::DetectionConfig::default();
+            let t = c.thresholds(&ampguard::vectors::VectorTable::default());
+            dp.set_meter_cfg(ampguard::detection::meter_cfg_for(&t, 2))?;
+            dp.track(xdp_common::meter::MeterKey::v4(u32::from(std::net::Ipv4Addr::new(203, 0, 113, 30))))?;
+        }
+        Ok(dp)
+    };
+    let (off, on) = (load(false)?, load(true)?);
+    let paths: [(&'static str, Vec<u8>); 3] = [
+        ("attack, dropped by a policy", P::udp4("198.51.100.7:11211", "203.0.113.10:40001").payload(64).build()),
+        ("attack, no policy: the sketch", P::udp4("198.51.100.7:11211", "203.0.113.20:40001").payload(64).build()),
+        ("attack, no policy: a tracked destination's exact meter", P::udp4("198.51.100.7:11211", "203.0.113.30:40001").payload(64).build()),
+    ];
+    let repeat = 2_000_000;
+    let bare: &aya::programs::Xdp = base.program("xdp_pass").context("xdp_pass")?.try_into()?;
+    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); paths.len()];
+    for _ in 0..rounds {
+        for (i, (_, pkt)) in paths.iter().enumerate() {
+            let b = super::cost::run(bare, pkt, repeat)?.1;
+            let a = super::cost::run(off.program(), pkt, repeat)?.1;
+            let c = super::cost::run(on.program(), pkt, repeat)?.1;
+            samples[i].0.push(a - b);
+            samples[i].1.push(c - b);
+        }
+    }
+    Ok(paths
+        .iter()
+        .zip(samples)
+        .map(|((label, _), (a, c))| MeterCost { label, off_ns: percentile(&a, 0.5), on_ns: percentile(&c, 0.5) })
+        .collect())
+}
+
 pub fn measure(attacks: usize) -> Result<ReactionSection> {
+    let meter_rounds = 9;
+    eprintln!("bench: detection, metering's cost under test_run ({meter_rounds} rounds)");
+    let meter_cost = meter_cost(meter_rounds)?;
+    for m in &meter_cost {
+        eprintln!("  {:<56} off {:+.1} ns, on {:+.1} ns over bare", m.label, m.off_ns, m.on_ns);
+    }
+    let (memory, memlock_here) = detection_memory()?;
     let lab = Lab::new("react").context("creating the lab")?;
     add_victims(&lab, 2 * attacks)?;
     let detection_toml = "[detection]\nenabled = true\nnetworks = [\"203.0.113.0/24\"]\nban_ttl_secs = 600\n".to_string();
@@ -219,5 +316,5 @@ pub fn measure(attacks: usize) -> Result<ReactionSection> {
         results.push(run_attacks(&lab, "FastNetMon -> notify script -> ampguard", attacks..2 * attacks, &mut rates)?);
         drop(fnm);
     }
-    Ok(ReactionSection { attacks, pps: percentile(&rates, 0.5), results, detection_toml })
+    Ok(ReactionSection { meter_cost, meter_rounds, memory, memlock_here, attacks, pps: percentile(&rates, 0.5), results, detection_toml })
 }

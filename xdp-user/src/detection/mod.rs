@@ -66,6 +66,11 @@ pub fn program(dp: &mut DataPlane, c: &DetectionConfig, store_vectors: &crate::v
     dp.set_meter_cfg(weights::meter_cfg(&c.thresholds(store_vectors), cpus))
 }
 
+/// The sketch's settings for `cpus` CPUs (for the bench; the daemon uses `program`).
+pub fn meter_cfg_for(t: &config::Thresholds, cpus: u32) -> xdp_common::meter::MeterCfg {
+    weights::meter_cfg(t, cpus)
+}
+
 /// What the API and metrics read of the detector.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DetectionStatus {
