@@ -197,9 +197,15 @@ fn a_flood_below_the_threshold_changes_nothing_but_is_shown_with_its_rate() {
 }
 
 #[test]
-fn report_mode_detects_and_logs_but_changes_nothing() {
+fn report_mode_detects_logs_and_notifies_but_changes_nothing() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (lab, d) = lab_with_daemon("detrep", &detection("report", 1));
+    let dir = std::env::temp_dir().join(format!("ag-det-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log, script) = (dir.join("calls.log"), dir.join("notify.sh"));
+    std::fs::write(&script, format!("#!/bin/sh\necho \"ARGV $*\" >> {0}\ncat > /dev/null\n", log.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let extra = format!("{}[detection.notify]\ncommand = \"{}\"\n", detection("report", 1), script.display());
+    let (lab, d) = lab_with_daemon("detrep", &extra);
     let run = attack(&lab, 5_000, Duration::from_secs(2));
     assert_eq!(run.memcached.len(), run.flood_sent, "report mode drops nothing");
     assert!(detector_policies(&d).is_empty());
@@ -208,6 +214,19 @@ fn report_mode_detects_and_logs_but_changes_nothing() {
     assert!(m.as_str().unwrap().contains("ampguard_detections_total{mode=\"report\",vector=\"memcached\"} 1"), "{m}");
     let (_, s) = d.call("GET", "/v1/status", None).unwrap();
     assert_eq!(s["detection"]["mode"], "report", "{s}");
+    // Told anyway: the attack, then its end (so something downstream can act on it).
+    let t = Instant::now();
+    let calls = loop {
+        let c = std::fs::read_to_string(&log).unwrap_or_default();
+        if c.lines().count() >= 2 || t.elapsed() > Duration::from_secs(8) {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let actions: Vec<&str> = calls.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    assert_eq!(actions, ["ban", "unban"], "{calls}");
+    assert!(calls.starts_with("ARGV 203.0.113.10 incoming "), "{calls}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
