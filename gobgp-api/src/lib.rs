@@ -7,5 +7,6 @@ pub mod apipb {
     tonic::include_proto!("apipb");
 }
 
+pub use prost;
 pub use prost_types;
 pub use tonic;

@@ -7,6 +7,7 @@
 //! `fdatasync` covers every change made while the previous one was written.
 
 mod alerts;
+mod flowspec;
 pub(crate) mod bounds;
 pub mod codec;
 pub mod files;
