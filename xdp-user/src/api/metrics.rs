@@ -288,8 +288,12 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
         let routes = gauge(&scrape, "ampguard_flowspec_routes", "Flowspec routes from the BGP speaker, by what became of them", &["state"]);
         routes.with_label_values(&["installed"]).set(fs.installed as i64);
         routes.with_label_values(&["refused"]).set(fs.refused as i64);
-        let refused =
-            gauge(&scrape, "ampguard_flowspec_refused_routes", "Flowspec routes refused, by reason (see /v1/status flowspec.routes)", &["reason"]);
+        let refused = gauge(
+            &scrape,
+            "ampguard_flowspec_refused_routes",
+            "Flowspec routes refused, by reason (see /v1/status flowspec.routes)",
+            &["reason"],
+        );
         for (reason, n) in &fs.refused_by_reason {
             refused.with_label_values(&[reason]).set(*n as i64);
         }

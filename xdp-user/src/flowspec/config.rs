@@ -52,7 +52,13 @@ pub struct FlowspecConfig {
 
 impl Default for FlowspecConfig {
     fn default() -> Self {
-        Self { enabled: false, gobgp: "127.0.0.1:50051".parse().unwrap(), networks: Vec::new(), validate: Validate::default(), grace_secs: 30 }
+        Self {
+            enabled: false,
+            gobgp: "127.0.0.1:50051".parse().unwrap(),
+            networks: Vec::new(),
+            validate: Validate::default(),
+            grace_secs: 30,
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use gobgp_api::{
     apipb::{self, family, gobgp_api_client::GobgpApiClient, watch_event_request, watch_event_response},
     prost_types::Any,
 };
-use ipnet::IpNet;
 use gobgp_api::{prost::Message, tonic};
+use ipnet::IpNet;
 use tokio::sync::mpsc;
 
 use super::{
@@ -37,10 +37,16 @@ pub struct Received {
 #[derive(Debug)]
 pub enum Event {
     /// (Re)connected: the whole table, replacing what was known.
-    Snapshot { routes: Vec<Received>, peers: Vec<(String, bool)> },
+    Snapshot {
+        routes: Vec<Received>,
+        peers: Vec<(String, bool)>,
+    },
     Path(Received),
     /// A peer's session went up (Established) or down.
-    Peer { peer: String, up: bool },
+    Peer {
+        peer: String,
+        up: bool,
+    },
     /// The stream ended or the speaker cannot be reached.
     Lost(String),
 }
@@ -97,17 +103,17 @@ async fn session(cfg: &FlowspecConfig, tx: &mpsc::Sender<Event>) -> Result<(), S
     let req = apipb::WatchEventRequest {
         peer: Some(watch_event_request::Peer {}),
         table: Some(watch_event_request::Table {
-            filters: vec![watch_event_request::table::Filter { r#type: watch_event_request::table::filter::Type::Best as i32, init: false }],
+            filters: vec![watch_event_request::table::Filter {
+                r#type: watch_event_request::table::filter::Type::Best as i32,
+                init: false,
+            }],
         }),
     };
     let mut stream = client.watch_event(req).await.map_err(|e| format!("WatchEvent: {}", e.message()))?.into_inner();
     let mut routes = Vec::new();
     for (afi, _) in FLOWSPEC_FAMILIES {
-        let req = apipb::ListPathRequest {
-            table_type: apipb::TableType::Global as i32,
-            family: Some(fs_family(afi)),
-            ..Default::default()
-        };
+        let req =
+            apipb::ListPathRequest { table_type: apipb::TableType::Global as i32, family: Some(fs_family(afi)), ..Default::default() };
         let mut s = client.list_path(req).await.map_err(|e| format!("ListPath: {}", e.message()))?.into_inner();
         while let Some(d) = s.message().await.map_err(|e| format!("ListPath: {}", e.message()))? {
             for p in d.destination.map(|d| d.paths).unwrap_or_default() {
@@ -145,7 +151,11 @@ async fn session(cfg: &FlowspecConfig, tx: &mpsc::Sender<Event>) -> Result<(), S
 }
 
 fn peer_state(p: &apipb::Peer) -> Option<(String, bool)> {
-    let addr = p.conf.as_ref().map(|c| c.neighbor_address.clone()).filter(|a| !a.is_empty())
+    let addr = p
+        .conf
+        .as_ref()
+        .map(|c| c.neighbor_address.clone())
+        .filter(|a| !a.is_empty())
         .or_else(|| p.state.as_ref().map(|s| s.neighbor_address.clone()))?;
     let up = p.state.as_ref().is_some_and(|s| s.session_state == apipb::peer_state::SessionState::Established as i32);
     Some((peer_name(&addr), up))
@@ -172,7 +182,8 @@ pub fn decode_route(p: &apipb::Path) -> Result<Route, Refusal> {
         if any_is(r, "apipb.FlowSpecIPPrefix") {
             let pfx: apipb::FlowSpecIpPrefix = decode(r)?;
             let prefix = format!("{}/{}", pfx.prefix.split('/').next().unwrap_or(""), pfx.prefix_len);
-            let prefix: IpNet = prefix.parse().map_err(|_| Refusal { reason: Reason::Invalid, message: format!("bad prefix {:?}", pfx.prefix) })?;
+            let prefix: IpNet =
+                prefix.parse().map_err(|_| Refusal { reason: Reason::Invalid, message: format!("bad prefix {:?}", pfx.prefix) })?;
             components.push(Component::Prefix { kind: pfx.r#type as u8, prefix: prefix.trunc(), offset: pfx.offset as u8 });
         } else if any_is(r, "apipb.FlowSpecComponent") {
             let c: apipb::FlowSpecComponent = decode(r)?;
@@ -302,7 +313,12 @@ pub fn check_origin(mode: Validate, flow: &Origin, best: Option<&Origin>, more_s
     Ok(())
 }
 
-async fn unicast(client: &mut Client, v6: bool, prefix: &str, kind: apipb::table_lookup_prefix::Type) -> Result<Vec<(IpNet, Origin)>, String> {
+async fn unicast(
+    client: &mut Client,
+    v6: bool,
+    prefix: &str,
+    kind: apipb::table_lookup_prefix::Type,
+) -> Result<Vec<(IpNet, Origin)>, String> {
     let afi = if v6 { family::Afi::Ip6 } else { family::Afi::Ip } as i32;
     let req = apipb::ListPathRequest {
         table_type: apipb::TableType::Global as i32,
@@ -345,7 +361,10 @@ async fn received(client: &mut Client, mode: Validate, p: &apipb::Path) -> Recei
     let route = decode_route(p);
     let key = match &route {
         Ok(r) => rfc8955::canonical(r),
-        Err(_) => format!("undecodable {}", p.nlri.as_ref().map(|n| n.value.iter().map(|b| format!("{b:02x}")).collect::<String>()).unwrap_or_default()),
+        Err(_) => format!(
+            "undecodable {}",
+            p.nlri.as_ref().map(|n| n.value.iter().map(|b| format!("{b:02x}")).collect::<String>()).unwrap_or_default()
+        ),
     };
     let valid = match (&route, p.is_withdraw) {
         (Ok(r), false) => validate(client, mode, p, r).await,
@@ -398,14 +417,19 @@ mod tests {
         let any = |name: &str, m: Vec<u8>| Any { type_url: format!("type.googleapis.com/apipb.{name}"), value: m };
         let nlri = apipb::FlowSpecNlri {
             rules: vec![
-                any("FlowSpecIPPrefix", apipb::FlowSpecIpPrefix { r#type: 1, prefix_len: 32, prefix: "203.0.113.10".into(), offset: 0 }.encode_to_vec()),
                 any(
-                    "FlowSpecComponent",
-                    apipb::FlowSpecComponent { r#type: 3, items: vec![apipb::FlowSpecComponentItem { op: 0x81, value: 17 }] }.encode_to_vec(),
+                    "FlowSpecIPPrefix",
+                    apipb::FlowSpecIpPrefix { r#type: 1, prefix_len: 32, prefix: "203.0.113.10".into(), offset: 0 }.encode_to_vec(),
                 ),
                 any(
                     "FlowSpecComponent",
-                    apipb::FlowSpecComponent { r#type: 6, items: vec![apipb::FlowSpecComponentItem { op: 0x91, value: 11211 }] }.encode_to_vec(),
+                    apipb::FlowSpecComponent { r#type: 3, items: vec![apipb::FlowSpecComponentItem { op: 0x81, value: 17 }] }
+                        .encode_to_vec(),
+                ),
+                any(
+                    "FlowSpecComponent",
+                    apipb::FlowSpecComponent { r#type: 6, items: vec![apipb::FlowSpecComponentItem { op: 0x91, value: 11211 }] }
+                        .encode_to_vec(),
                 ),
             ],
         };

@@ -19,11 +19,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use ipnet::IpNet;
 use xdp_common::vector::FRAGMENT;
 
-use crate::{
-    dataplane::rules::Verb,
-    profiles::RuleSpec,
-    vectors::VectorTable,
-};
+use crate::{dataplane::rules::Verb, profiles::RuleSpec, vectors::VectorTable};
 
 /// Component types (RFC 8955 section 4.2.2, RFC 8956 section 3).
 pub const DST_PREFIX: u8 = 1;
@@ -327,7 +323,13 @@ pub fn canonical(route: &Route) -> String {
             Component::Items { kind, items } => {
                 let _ = write!(out, " {}", component_name(*kind));
                 for (n, it) in items.iter().enumerate() {
-                    let sep = if n == 0 { " " } else if it.op & OP_AND != 0 { "&" } else { " " };
+                    let sep = if n == 0 {
+                        " "
+                    } else if it.op & OP_AND != 0 {
+                        "&"
+                    } else {
+                        " "
+                    };
                     let _ = write!(out, "{sep}{}", op_text(*kind, it.op));
                     let _ = write!(out, "{}", it.value);
                 }
@@ -386,7 +388,10 @@ pub fn map_route(route: &Route, vectors: &VectorTable) -> Result<Mapped, Refusal
         let items = match c {
             Component::Prefix { kind: DST_PREFIX, prefix, offset } => {
                 if *offset != 0 {
-                    return refuse(Reason::NoDestination, format!("destination {prefix} has offset {offset}; ampguard matches whole prefixes"));
+                    return refuse(
+                        Reason::NoDestination,
+                        format!("destination {prefix} has offset {offset}; ampguard matches whole prefixes"),
+                    );
                 }
                 victim = Some(*prefix);
                 continue;
@@ -481,7 +486,9 @@ pub fn map_route(route: &Route, vectors: &VectorTable) -> Result<Mapped, Refusal
     match &protocol {
         Some(p) if p.as_slice() == [17] => {}
         Some(p) => return refuse(Reason::NotUdp, format!("protocol {}: ampguard acts on UDP (17) only", describe(p))),
-        None => return refuse(Reason::NotUdp, "no protocol: the route matches every protocol; ampguard acts on UDP only (add protocol udp)"),
+        None => {
+            return refuse(Reason::NotUdp, "no protocol: the route matches every protocol; ampguard acts on UDP only (add protocol udp)")
+        }
     }
     let Some(ports) = sport else {
         return refuse(Reason::SourcePort, "no source port: ampguard acts on UDP from its vectors' source ports only");
@@ -496,16 +503,22 @@ pub fn map_route(route: &Route, vectors: &VectorTable) -> Result<Mapped, Refusal
             let missing: Vec<u64> = v.ports.iter().map(|p| u64::from(*p)).filter(|p| ports.binary_search(p).is_err()).collect();
             return refuse(
                 Reason::SourcePort,
-                format!("source-port: vector {} also has port(s) {} the route does not name; ampguard cannot split a vector", v.name, describe(&missing)),
+                format!(
+                    "source-port: vector {} also has port(s) {} the route does not name; ampguard cannot split a vector",
+                    v.name,
+                    describe(&missing)
+                ),
             );
         }
         names.push(v.name.clone());
     }
     let covered: usize = vectors.all().iter().filter(|v| names.contains(&v.name)).map(|v| v.ports.len()).sum();
     if covered != ports.len() {
-        let stray: Vec<u64> =
-            ports.iter().copied().filter(|p| vectors.name_of_port(*p as u16).is_none()).collect();
-        return refuse(Reason::SourcePort, format!("source-port {}: in no vector (the data plane only classifies vector ports)", describe(&stray)));
+        let stray: Vec<u64> = ports.iter().copied().filter(|p| vectors.name_of_port(*p as u16).is_none()).collect();
+        return refuse(
+            Reason::SourcePort,
+            format!("source-port {}: in no vector (the data plane only classifies vector ports)", describe(&stray)),
+        );
     }
     let rule = match &length {
         None => rule,
@@ -544,8 +557,12 @@ fn action_rule(actions: &[Action]) -> Result<RuleSpec, Refusal> {
             // Terminal or not: ampguard's routes never overlap (one rule per vector and victim).
             Action::TrafficAction { .. } => {}
             Action::Redirect(to) => return refuse(Reason::Redirect, format!("redirect to {to}: ampguard can only drop or rate-limit")),
-            Action::Remark(dscp) => return refuse(Reason::Remark, format!("traffic-marking DSCP {dscp}: ampguard can only drop or rate-limit")),
-            Action::Unknown(t) => return refuse(Reason::UnknownAction, format!("Flowspec action community {t:#06x} is not one ampguard knows")),
+            Action::Remark(dscp) => {
+                return refuse(Reason::Remark, format!("traffic-marking DSCP {dscp}: ampguard can only drop or rate-limit"))
+            }
+            Action::Unknown(t) => {
+                return refuse(Reason::UnknownAction, format!("Flowspec action community {t:#06x} is not one ampguard knows"))
+            }
         }
     }
     rule.ok_or_else(|| Refusal {
@@ -569,10 +586,7 @@ fn size_rule(rule: RuleSpec, lens: &[u64], v6: bool) -> Result<RuleSpec, Refusal
         return refuse(Reason::PacketLength, format!("packet-length {}: shorter than the IP and UDP headers", describe(lens)));
     }
     let max = hi - overhead;
-    let (min_bytes, max_bytes) = (
-        (min > 0).then_some(min as u16),
-        (max < 65535 - overhead).then_some(max as u16),
-    );
+    let (min_bytes, max_bytes) = ((min > 0).then_some(min as u16), (max < 65535 - overhead).then_some(max as u16));
     if min_bytes.is_none() && max_bytes.is_none() {
         return Ok(rule);
     }
@@ -661,7 +675,8 @@ mod tests {
         let rule = &m.rules["memcached"];
         assert_eq!((rule.action, rule.min_bytes, rule.max_bytes, rule.otherwise), (Verb::Drop, Some(1000), None, Some(Verb::Pass)));
         // `>` 1027 is the same set.
-        let m2 = map(&route(vec![dst("203.0.113.10/32"), udp(), sport(&[11211]), comp(PACKET_LEN, &[it(OP_GT, 1027)])], discard())).unwrap();
+        let m2 =
+            map(&route(vec![dst("203.0.113.10/32"), udp(), sport(&[11211]), comp(PACKET_LEN, &[it(OP_GT, 1027)])], discard())).unwrap();
         assert_eq!(m, m2);
         // IPv6: the length excludes the fixed header.
         let r6 = Route { v6: true, components: vec![dst("2001:db8::10/128"), udp(), sport(&[11211]), at_least], actions: discard() };
@@ -703,7 +718,11 @@ mod tests {
             (route(vec![udp(), sport(&[11211])], discard()), Reason::NoDestination),
             (
                 route(
-                    vec![Component::Prefix { kind: DST_PREFIX, prefix: "2001:db8::/64".parse().unwrap(), offset: 8 }, udp(), sport(&[11211])],
+                    vec![
+                        Component::Prefix { kind: DST_PREFIX, prefix: "2001:db8::/64".parse().unwrap(), offset: 8 },
+                        udp(),
+                        sport(&[11211]),
+                    ],
                     discard(),
                 ),
                 Reason::NoDestination,
@@ -742,6 +761,18 @@ mod tests {
             assert_eq!(got.as_ref().map_err(|e| e.reason), Err(want), "{}: {got:?}", canonical(&r));
             assert!(!got.unwrap_err().message.is_empty());
         }
+    }
+
+    #[test]
+    fn a_vector_is_named_whole_or_refused() {
+        let cfg = [crate::config::VectorConfig { name: "game".into(), ports: vec![27015, 27016], amplification: None }];
+        let vectors = VectorTable::new(&cfg).unwrap();
+        let both = route(vec![dst("203.0.113.10/32"), udp(), comp(SRC_PORT, &[it(GE, 27015), it(OP_AND | LE, 27016)])], discard());
+        assert_eq!(map_route(&both, &vectors).unwrap().rules.keys().collect::<Vec<_>>(), ["game"]);
+        let one = route(vec![dst("203.0.113.10/32"), udp(), sport(&[27015])], discard());
+        let e = map_route(&one, &vectors).unwrap_err();
+        assert_eq!(e.reason, Reason::SourcePort);
+        assert!(e.message.contains("27016"), "{}", e.message);
     }
 
     #[test]

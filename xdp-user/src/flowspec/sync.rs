@@ -299,7 +299,14 @@ impl Sync {
                         changed = true;
                     }
                     for k in keys {
-                        out.push(RouteStatus { route: k, peer: peer.clone(), state: "installed", policy: Some(p.id.clone()), reason: None, message: None });
+                        out.push(RouteStatus {
+                            route: k,
+                            peer: peer.clone(),
+                            state: "installed",
+                            policy: Some(p.id.clone()),
+                            reason: None,
+                            message: None,
+                        });
                     }
                 }
                 Err(e) => {
@@ -336,7 +343,13 @@ impl Sync {
         let status = Status {
             enabled: true,
             speaker: self.cfg.gobgp.to_string(),
-            session: if self.connected { "connected" } else if self.lost_since.is_some() { "lost" } else { "connecting" },
+            session: if self.connected {
+                "connected"
+            } else if self.lost_since.is_some() {
+                "lost"
+            } else {
+                "connecting"
+            },
             error: self.error.clone(),
             validate: self.cfg.validate.as_str(),
             grace_secs: self.cfg.grace_secs,
@@ -354,7 +367,9 @@ impl Sync {
         for r in now {
             if self.last.get(&r.route) != Some(r) {
                 match r.state {
-                    "installed" => tracing::info!(route = %r.route, peer = %r.peer, policy = r.policy.as_deref(), "flowspec: route installed"),
+                    "installed" => {
+                        tracing::info!(route = %r.route, peer = %r.peer, policy = r.policy.as_deref(), "flowspec: route installed")
+                    }
                     _ => tracing::warn!(
                         route = %r.route,
                         peer = %r.peer,
@@ -429,4 +444,3 @@ pub fn peer_of(o: &Origin) -> Option<&str> {
         _ => None,
     }
 }
-

@@ -44,7 +44,8 @@ impl Store {
                     return Ok(p);
                 }
                 self.alert_budget()?;
-                let rec = PolicyRecord { victim, rules, source: origin, comment: req.comment, updated_at: self.clock.now(), ..(*p).clone() };
+                let rec =
+                    PolicyRecord { victim, rules, source: origin, comment: req.comment, updated_at: self.clock.now(), ..(*p).clone() };
                 self.commit(rec)
             }
             None => {

@@ -7,10 +7,10 @@
 //! `fdatasync` covers every change made while the previous one was written.
 
 mod alerts;
-mod flowspec;
 pub(crate) mod bounds;
 pub mod codec;
 pub mod files;
+mod flowspec;
 pub(crate) mod persist;
 pub mod record;
 pub(crate) mod table;

@@ -77,7 +77,9 @@ pub enum Origin {
     Other(String),
     /// A Flowspec route from this BGP peer ("local": the speaker's own RIB),
     /// written "flowspec:192.0.2.1". Held to the alerts' limits.
-    Flowspec { peer: String },
+    Flowspec {
+        peer: String,
+    },
 }
 
 impl Origin {
