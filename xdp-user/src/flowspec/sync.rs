@@ -120,6 +120,10 @@ pub struct Sync {
     started: Instant,
     /// Some withdrawn route is held (reconcile again soon).
     held: bool,
+    /// What each victim's policy was last made from (rules, peer, comment)
+    /// and its id: unchanged, the store is not asked again (a reconcile a
+    /// second costs a comparison per victim, not a validation).
+    applied: HashMap<IpNet, (BTreeMap<String, RuleSpec>, String, String, String)>,
 }
 
 impl Sync {
@@ -134,6 +138,7 @@ impl Sync {
             last: HashMap::new(),
             started: now,
             held: false,
+            applied: HashMap::new(),
         }
     }
 
@@ -290,14 +295,31 @@ impl Sync {
                 }
             }
         }
+        self.applied.retain(|v, _| want.contains_key(v));
         for (victim, (rules, peer, keys)) in want {
             let comment = format!("flowspec: {}", keys.join("; "));
+            let same = self.applied.get(&victim).filter(|(r, p, c, _)| *r == rules && *p == peer && *c == comment);
+            if let Some(id) = same.map(|a| a.3.clone()).filter(|id| store.policy(id).is_ok_and(|p| p.victim == victim)) {
+                for k in keys {
+                    out.push(RouteStatus {
+                        route: k,
+                        peer: peer.clone(),
+                        state: "installed",
+                        policy: Some(id.clone()),
+                        reason: None,
+                        message: None,
+                    });
+                }
+                continue;
+            }
+            self.applied.remove(&victim);
             let before = store.policy_by_victim(&victim).cloned();
-            match store.put_flowspec(victim, rules, &peer, &comment) {
+            match store.put_flowspec(victim, rules.clone(), &peer, &comment) {
                 Ok(p) => {
                     if before.as_ref() != Some(&p) {
                         changed = true;
                     }
+                    self.applied.insert(victim, (rules, peer.clone(), comment, p.id.clone()));
                     for k in keys {
                         out.push(RouteStatus {
                             route: k,
