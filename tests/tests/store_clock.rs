@@ -119,3 +119,50 @@ fn a_repeated_ban_extends_to_a_later_expiry_and_never_shortens_one() {
     let r = s.apply_alert(&ban("203.0.113.20", Some(300))).unwrap();
     assert_eq!((r.result, s.policy(&op.id).unwrap().expires_at), ("ignored", None));
 }
+
+/// Flowspec policies (store/flowspec.rs): held to the alerts' share, never
+/// changed by an alert's ban or unban, and never allowed to touch a policy of
+/// another origin.
+#[test]
+fn flowspec_policies_alerts_and_operators_leave_each_other_alone() {
+    use std::collections::BTreeMap;
+
+    use ampguard::{dataplane::rules::Verb, profiles::RuleSpec};
+    let (mut s, _clock) = store("flowspec", |c| {
+        c.max_alert_policies = Some(2);
+        c.min_prefix_len_v4 = 28;
+    });
+    let drop = |v: &str| BTreeMap::from([(v.to_string(), RuleSpec::simple(Verb::Drop))]);
+    let fs = s.put_flowspec("203.0.113.10/32".parse().unwrap(), drop("memcached"), "192.0.2.1", "flowspec: r1").unwrap();
+    assert_eq!(fs.source, Origin::Flowspec { peer: "192.0.2.1".into() });
+    assert_eq!(String::from(fs.source.clone()), "flowspec:192.0.2.1");
+    assert_eq!(Origin::from("flowspec:192.0.2.1".to_string()), fs.source, "read back from the state files");
+    assert_eq!(fs.expires_at, None, "lives as long as the route");
+    // The same route again changes nothing (same id, same record).
+    let again = s.put_flowspec("203.0.113.10/32".parse().unwrap(), drop("memcached"), "192.0.2.1", "flowspec: r1").unwrap();
+    assert_eq!(again, fs);
+
+    // An alert's unban does not remove it, a ban does not change it.
+    let mut unban = ban("203.0.113.10", None);
+    unban.action = AlertAction::Unban;
+    assert_eq!(s.apply_alert(&unban).unwrap().result, "ignored");
+    let b = s.apply_alert(&ban("203.0.113.10", Some(60))).unwrap();
+    assert_eq!(b.result, "ignored", "{}", b.message);
+    assert_eq!(**s.policy(&fs.id).unwrap(), *fs);
+
+    // An operator's victim: refused, the operator's policy unchanged.
+    let op = s.create_policy(request("203.0.113.20", 0), Origin::Api).unwrap();
+    let e = s.put_flowspec("203.0.113.20/32".parse().unwrap(), drop("memcached"), "192.0.2.1", "x").unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    assert_eq!(s.remove_flowspec(&op.id).unwrap_err().code(), "invalid");
+    assert_eq!(**s.policy(&op.id).unwrap(), *op);
+
+    // The alerts' share holds routes too: 2 (one alert, one route), then full.
+    s.apply_alert(&ban("203.0.113.30", Some(60))).unwrap();
+    let e = s.put_flowspec("203.0.113.40/32".parse().unwrap(), drop("ntp"), "192.0.2.1", "x").unwrap_err();
+    assert!(matches!(e, StoreError::Full(_)), "{e}");
+    // Broader than min_prefix_len_v4 (28 here): refused, as a policy without force.
+    s.remove_flowspec(&fs.id).unwrap();
+    let e = s.put_flowspec("203.0.113.0/24".parse().unwrap(), drop("ntp"), "192.0.2.1", "x").unwrap_err();
+    assert!(matches!(e, StoreError::TooBroad(_)), "{e}");
+}

@@ -109,6 +109,8 @@ pub struct Config {
     pub allowlist: Vec<IpNet>,
     /// Built-in detection (crate::detection).
     pub detection: crate::detection::config::DetectionConfig,
+    /// Flowspec routes from a BGP speaker (flowspec/config.rs).
+    pub flowspec: crate::flowspec::config::FlowspecConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -158,6 +160,7 @@ impl Default for Config {
             profiles: BTreeMap::new(),
             allowlist: Vec::new(),
             detection: Default::default(),
+            flowspec: Default::default(),
         }
     }
 }
@@ -256,6 +259,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.flowspec.validate().map_err(ConfigError::Invalid)?;
         if self.max_connections == 0 || self.max_connections > 65536 {
             return bad(format!("max_connections = {} must be in 1..=65536", self.max_connections));
         }

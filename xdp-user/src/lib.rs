@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod detection;
+pub mod flowspec;
 pub(crate) mod logging;
 pub(crate) mod memory;
 /// The XDP decision as plain Rust, for the differential and verdict tests.

@@ -41,6 +41,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("strace", "checking the daemon's system calls against the unit's SystemCallFilter (tests/tests/deploy.rs)"),
     ("e2fsprogs", "chattr: the fault tests make a state file immutable to fail its writes (tests/tests/faults.rs)"),
     ("g++", "C++ compiler: the fuzz targets link libFuzzer, which libfuzzer-sys builds from source"),
+    ("gobgpd", "gobgpd and the gobgp CLI (3.x): the BGP speakers of the Flowspec lab test (tests/tests/flowspec.rs)"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -282,6 +282,25 @@ pub async fn metrics(State(app): State<Shared>) -> Response {
         bytes.with_label_values(&["journal"]).set(st.journal_bytes.load(Relaxed) as i64);
         bytes.with_label_values(&["snapshot"]).set(st.snapshot_bytes.load(Relaxed) as i64);
     }
+    {
+        // Flowspec intake (flowspec/sync.rs): every state and reason from the first scrape.
+        let fs = app.flowspec.get();
+        let routes = gauge(&scrape, "ampguard_flowspec_routes", "Flowspec routes from the BGP speaker, by what became of them", &["state"]);
+        routes.with_label_values(&["installed"]).set(fs.installed as i64);
+        routes.with_label_values(&["refused"]).set(fs.refused as i64);
+        let refused = gauge(
+            &scrape,
+            "ampguard_flowspec_refused_routes",
+            "Flowspec routes refused, by reason (see /v1/status flowspec.routes)",
+            &["reason"],
+        );
+        for (reason, n) in &fs.refused_by_reason {
+            refused.with_label_values(&[reason]).set(*n as i64);
+        }
+        let session = IntGauge::new("ampguard_flowspec_session_up", "1 while the gRPC watch on the BGP speaker runs").expect("metric");
+        session.set(i64::from(fs.session == "connected"));
+        scrape.register(Box::new(session)).expect("unique");
+    }
     let up = IntGauge::new("ampguard_uptime_seconds", "Seconds since the daemon started").expect("metric");
     up.set(app.started.elapsed().as_secs() as i64);
     scrape.register(Box::new(up)).expect("unique");

@@ -41,6 +41,8 @@ pub struct AppState {
     pub capture: Arc<crate::capture::CaptureHub>,
     /// What built-in detection sees (GET /v1/detection).
     pub detection: Arc<std::sync::Mutex<crate::detection::DetectionStatus>>,
+    /// Flowspec intake's state, for /v1/status and /metrics.
+    pub flowspec: Arc<crate::flowspec::sync::Shared>,
 }
 
 pub type Shared = Arc<AppState>;

@@ -39,6 +39,7 @@ pub async fn status(State(app): State<Shared>) -> Result<Json<Value>, ApiError> 
         "state_file": store.state_path(),
         "pin_dir": app.enforcement.lock().expect("not poisoned").pin_dir(),
         "detection": detection_summary(&app),
+        "flowspec": app.flowspec.get(),
         "unmatched_packets": reason::NAMES.iter().zip(reasons.iter())
             .map(|(n, c)| (n.to_string(), json!({"packets": c.packets, "bytes": c.bytes})))
             .collect::<serde_json::Map<_, _>>(),

@@ -101,6 +101,33 @@ pub fn status(api: &ApiArgs) -> anyhow::Result<()> {
         println!("built-in detection: off ([detection] enabled = false)");
     }
     println!("state file: {}, pins: {}", s(&r["state_file"]), s(&r["pin_dir"]));
+    let fs = &r["flowspec"];
+    if fs["enabled"] == true {
+        println!(
+            "flowspec: speaker {} {}{}, {} routes installed, {} refused (validate {}, grace {}s)",
+            s(&fs["speaker"]),
+            s(&fs["session"]),
+            fs["error"].as_str().map(|e| format!(" ({})", super::client::clean(e))).unwrap_or_default(),
+            s(&fs["installed"]),
+            s(&fs["refused"]),
+            s(&fs["validate"]),
+            s(&fs["grace_secs"])
+        );
+        let rows: Vec<Vec<String>> = fs["routes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|rt| {
+                let what = match rt["state"].as_str() {
+                    Some("installed") => s(&rt["policy"]),
+                    _ => format!("{}: {}", s(&rt["reason"]), s(&rt["message"])),
+                };
+                vec![s(&rt["route"]), s(&rt["peer"]), s(&rt["state"]), what]
+            })
+            .collect();
+        print_table(&["FLOWSPEC ROUTE", "PEER", "STATE", "POLICY OR WHY"], &rows);
+    }
     println!("traffic that met no policy, by reason (packets since the daemon started):");
     let rows: Vec<Vec<String>> = r["unmatched_packets"]
         .as_object()

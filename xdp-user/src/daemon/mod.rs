@@ -186,6 +186,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         capture: Default::default(),
         detection: detection_status,
+        flowspec: Arc::new(crate::flowspec::sync::Shared::new(&cfg.flowspec)),
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
@@ -193,6 +194,13 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(persist.run(app.store.clone()));
         if let Some(ring) = meter_events {
             tokio::spawn(detection.run(app.clone(), ring));
+        }
+        if !cfg.flowspec.enabled && crate::flowspec::sync::remove_orphans(&mut *app.store.lock().await) > 0 {
+            app.persist.kick();
+        }
+        if cfg.flowspec.enabled {
+            tracing::info!(speaker = %cfg.flowspec.gobgp, networks = ?cfg.flowspec.networks, "flowspec: taking routes from gobgpd");
+            tokio::spawn(crate::flowspec::sync::run(cfg.flowspec.clone(), app.clone()));
         }
         serve(app.clone(), cfg.clone()).await
     })?;

@@ -29,7 +29,7 @@ impl Store {
     /// Alerts may change at most `max_alerts_per_minute` policies a minute, all
     /// sources together: the `source` of an alert is whatever its sender says,
     /// so a budget per claimed source would multiply for a lying sender.
-    fn alert_budget(&mut self) -> Result<(), StoreError> {
+    pub(super) fn alert_budget(&mut self) -> Result<(), StoreError> {
         let limit = self.cfg.max_alerts_per_minute;
         if !self.alert_window.take(self.clock.instant(), limit) {
             return Err(StoreError::RateLimited(format!(
@@ -51,7 +51,7 @@ impl Store {
             }
         }
         match alert.action {
-            AlertAction::Unban => self.unban(&victim, "an alert", Origin::is_alert),
+            AlertAction::Unban => self.unban(&victim, "an alert", Origin::is_alerts_own),
             AlertAction::Ban => {
                 let ttl = alert.ttl_secs.unwrap_or(self.cfg.alert_ttl_secs);
                 self.ban(victim, origin, &alert.vectors, ttl, alert.comment.as_deref())
@@ -94,6 +94,14 @@ impl Store {
             return Err(invalid(format!("alert ttl_secs {ttl} must be in 1..={max} (max_alert_ttl_secs)")));
         }
         let existing = self.state.policies.by_victim(&victim).cloned();
+        if let Some(p) = existing.as_ref().filter(|p| matches!(p.source, Origin::Flowspec { .. })) {
+            // The route owns it: its withdraw must leave exactly what was announced.
+            return Ok(AlertOutcome {
+                result: "ignored",
+                policy: Some(p.clone()),
+                message: format!("policy {} for {victim} comes from {}; a ban does not change it", p.id, made_by(&p.source)),
+            });
+        }
         let by_alerts = self.state.policies.by_alerts();
         if existing.is_none() && by_alerts >= self.cfg.alert_policy_limit() {
             return Err(StoreError::Full(format!(
@@ -162,6 +170,7 @@ fn made_by(o: &Origin) -> String {
     match o {
         Origin::Api => "the API".into(),
         Origin::Detector => "the detector".into(),
+        Origin::Flowspec { peer } => format!("a Flowspec route (from {peer})"),
         o => format!("an alert ({o})"),
     }
 }

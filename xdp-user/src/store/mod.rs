@@ -10,6 +10,7 @@ mod alerts;
 pub(crate) mod bounds;
 pub mod codec;
 pub mod files;
+mod flowspec;
 pub(crate) mod persist;
 pub mod record;
 pub(crate) mod table;

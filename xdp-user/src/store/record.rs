@@ -75,16 +75,28 @@ pub enum Origin {
     /// a later version): kept as written, and counted as an alert's, as any
     /// source but "api" always was.
     Other(String),
+    /// A Flowspec route from this BGP peer ("local": the speaker's own RIB),
+    /// written "flowspec:192.0.2.1". Held to the alerts' limits.
+    Flowspec {
+        peer: String,
+    },
 }
 
 impl Origin {
-    pub fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Origin::Api => "api",
-            Origin::Alert(s) => s.as_str(),
-            Origin::Detector => "detector",
-            Origin::Other(s) => s,
+            Origin::Api => "api".into(),
+            Origin::Alert(s) => s.as_str().into(),
+            Origin::Detector => "detector".into(),
+            Origin::Other(s) => s.as_str().into(),
+            Origin::Flowspec { peer } => format!("flowspec:{peer}").into(),
         }
+    }
+
+    /// What an alert's unban may remove: anything but the API's and a
+    /// Flowspec route's (which goes only with its route).
+    pub fn is_alerts_own(&self) -> bool {
+        self.is_alert() && !matches!(self, Origin::Flowspec { .. })
     }
 
     /// Made by an alert (anything but the API).
@@ -98,6 +110,7 @@ impl From<String> for Origin {
         match s.as_str() {
             "api" => Origin::Api,
             "detector" => Origin::Detector,
+            label if label.starts_with("flowspec:") => Origin::Flowspec { peer: label["flowspec:".len()..].to_string() },
             label => AlertSource::from_label(label).map_or(Origin::Other(s), Origin::Alert),
         }
     }
@@ -107,14 +120,14 @@ impl From<Origin> for String {
     fn from(o: Origin) -> String {
         match o {
             Origin::Other(s) => s,
-            o => o.as_str().to_string(),
+            o => o.as_str().into_owned(),
         }
     }
 }
 
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.as_str())
     }
 }
 
