@@ -109,6 +109,8 @@ pub struct Config {
     pub allowlist: Vec<IpNet>,
     /// Built-in detection (crate::detection).
     pub detection: crate::detection::config::DetectionConfig,
+    /// The API over HTTPS, client certificates, plain HTTP off loopback (daemon/tls.rs).
+    pub tls: crate::daemon::tls::TlsConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -158,6 +160,7 @@ impl Default for Config {
             profiles: BTreeMap::new(),
             allowlist: Vec::new(),
             detection: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -335,6 +338,7 @@ impl Config {
                 self.detection.ban_ttl_secs
             ));
         }
+        self.tls.validate(self.listen).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }
