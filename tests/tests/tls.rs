@@ -171,7 +171,10 @@ fn cli(lab: &Lab, d: &Daemon, args: &[&str]) -> Output {
 }
 
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    // Shown with --nocapture: what an operator reads.
+    eprintln!("cli stderr: {}", e.trim());
+    e
 }
 
 fn s(p: &Path) -> &str {
@@ -428,4 +431,8 @@ fn plain_http_off_loopback_only_with_the_explicit_flag() {
     assert!(d.log().contains("plain HTTP off loopback"), "{}", d.log());
     let out = in_ns(&lab.wan, "curl", &["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://203.0.113.1:9470/healthz"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200");
+    // https:// against it: the CLI says the daemon speaks no TLS.
+    let o = cli(&lab, &d, &["status"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("does not speak TLS"), "{}", stderr(&o));
 }
