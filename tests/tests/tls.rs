@@ -200,7 +200,8 @@ fn https_with_the_right_ca_only_and_the_token_still_required() {
     assert_eq!((code, exit), (0, 60), "{err}");
     assert_eq!(curl(&lab, "/healthz", &[]).1, 60);
     // Plain HTTP to the TLS port gets no HTTP answer.
-    let out = in_ns(&lab.wan, "curl", &["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://203.0.113.1:9470/healthz"]);
+    let out =
+        in_ns(&lab.wan, "curl", &["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://203.0.113.1:9470/healthz"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "000");
 
     // The CLI: --ca-file works; without it, or with the other CA, a one-line error that names the flag.
@@ -354,7 +355,8 @@ fn sighup_reloads_the_certificate_keeps_open_connections_and_enforcement_and_ref
     let pki = Pki::new("hup");
     pki.install(&pki.server);
     let d = start(&lab, &pki, "", false);
-    let (st, v) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10/32", "rules": {"memcached": {"action": "drop"}}}"#)).unwrap();
+    let (st, v) =
+        d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10/32", "rules": {"memcached": {"action": "drop"}}}"#)).unwrap();
     assert_eq!(st, 201, "{v}");
     let pid = d.pid().unwrap() as i32;
     let before = file_fingerprint(&pki.server.cert);
@@ -429,7 +431,8 @@ fn plain_http_off_loopback_only_with_the_explicit_flag() {
     let d = Daemon::start_at(&lab, "[tls]\nallow_plaintext_off_loopback = true", &["--listen", ADDR], "http://203.0.113.1:9470", None)
         .expect("starts with the flag");
     assert!(d.log().contains("plain HTTP off loopback"), "{}", d.log());
-    let out = in_ns(&lab.wan, "curl", &["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://203.0.113.1:9470/healthz"]);
+    let out =
+        in_ns(&lab.wan, "curl", &["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://203.0.113.1:9470/healthz"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200");
     // https:// against it: the CLI says the daemon speaks no TLS.
     let o = cli(&lab, &d, &["status"]);

@@ -64,7 +64,8 @@ impl Client {
         } else {
             ""
         };
-        anyhow::Error::new(e).context(format!("cannot reach the ampguard API at {} (is the daemon running? --api / AMPGUARD_API){hint}", self.base))
+        anyhow::Error::new(e)
+            .context(format!("cannot reach the ampguard API at {} (is the daemon running? --api / AMPGUARD_API){hint}", self.base))
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
@@ -131,9 +132,7 @@ fn tls_config(args: &ApiArgs) -> anyhow::Result<Option<ureq::tls::TlsConfig>> {
     if args.ca_file.is_none() && args.cert.is_none() {
         return Ok(None);
     }
-    let read = |flag: &str, path: &std::path::Path| {
-        std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
-    };
+    let read = |flag: &str, path: &std::path::Path| std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()));
     let certs = |flag: &str, path: &std::path::Path| -> anyhow::Result<Vec<ureq::tls::Certificate<'static>>> {
         let pem = read(flag, path)?;
         let ders = CertificateDer::pem_slice_iter(&pem)

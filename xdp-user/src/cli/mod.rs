@@ -26,7 +26,7 @@ pub(crate) struct Cli {
 /// Where the daemon's API is and how to authenticate.
 #[derive(Args, Clone, Debug)]
 pub(crate) struct ApiArgs {
-    /// Base URL of the daemon's API: http://... or https://... (a daemon with [tls]).
+    /// Base URL of the daemon's API: http://... or https://... (a daemon serving TLS).
     #[arg(long, env = "AMPGUARD_API", default_value = "http://127.0.0.1:9470", global = true)]
     pub api: String,
     /// File holding the bearer token (the daemon's token_file).

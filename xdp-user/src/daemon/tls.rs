@@ -55,7 +55,9 @@ impl TlsConfig {
             _ => {}
         }
         if self.client_ca_file.is_some() && !self.enabled() {
-            return Err("tls.client_ca_file needs tls.cert_file and tls.key_file: client certificates are checked in a TLS handshake".into());
+            return Err(
+                "tls.client_ca_file needs tls.cert_file and tls.key_file: client certificates are checked in a TLS handshake".into()
+            );
         }
         if !self.enabled() && !is_loopback(listen) && !self.allow_plaintext_off_loopback {
             return Err(format!(
@@ -138,7 +140,8 @@ pub fn load(cfg: &TlsConfig) -> Result<(Arc<ServerConfig>, Loaded), TlsError> {
     let chain = read_certs("cert_file", cert_path)?;
     let key = read_key("key_file", key_path)?;
     let provider = provider();
-    let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().expect("ring supports TLS 1.2 and 1.3");
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().expect("ring supports TLS 1.2 and 1.3");
     let builder = match &cfg.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(ca_path) => {
@@ -146,9 +149,9 @@ pub fn load(cfg: &TlsConfig) -> Result<(Arc<ServerConfig>, Loaded), TlsError> {
             for c in read_certs("client_ca_file", ca_path)? {
                 roots.add(c).map_err(|e| TlsError::Invalid { key: "client_ca_file", path: ca_path.clone(), message: e.to_string() })?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().map_err(|e| {
-                TlsError::Invalid { key: "client_ca_file", path: ca_path.clone(), message: e.to_string() }
-            })?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Invalid { key: "client_ca_file", path: ca_path.clone(), message: e.to_string() })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -320,7 +323,8 @@ mod tests {
         assert!(e.contains("not a loopback address") && e.contains("allow_plaintext_off_loopback"), "{e}");
         let c = crate::config::Config::parse("listen = \"203.0.113.1:9470\"\n[tls]\nallow_plaintext_off_loopback = true").unwrap();
         assert!(!c.tls.enabled());
-        let c = crate::config::Config::parse("[tls]\ncert_file = \"/etc/ampguard/tls/api.crt\"\nkey_file = \"/etc/ampguard/tls/api.key\"").unwrap();
+        let c = crate::config::Config::parse("[tls]\ncert_file = \"/etc/ampguard/tls/api.crt\"\nkey_file = \"/etc/ampguard/tls/api.key\"")
+            .unwrap();
         assert!(c.tls.enabled() && c.tls.client_ca_file.is_none());
         let e = crate::config::Config::parse("[tls]\ncert_fil = \"/x\"").unwrap_err().to_string();
         assert!(e.contains("cert_fil"), "{e}");
