@@ -434,6 +434,10 @@ fn plain_http_off_loopback_only_with_the_explicit_flag() {
     let out =
         in_ns(&lab.wan, "curl", &["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://203.0.113.1:9470/healthz"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200");
+    // SIGHUP without [tls]: logged, and it no longer ends the daemon (its default action).
+    unsafe { libc::kill(d.pid().unwrap() as i32, libc::SIGHUP) };
+    wait_for_log(&d, "SIGHUP: nothing to reload", 1);
+    assert_eq!(d.call("GET", "/healthz", None).unwrap().0, 200);
     // https:// against it: the CLI says the daemon speaks no TLS.
     let o = cli(&lab, &d, &["status"]);
     assert!(!o.status.success());
