@@ -103,8 +103,15 @@ impl Daemon {
 
     /// [`Daemon::start_with_args`], the tests reaching its API at `api` (e.g.
     /// `https://203.0.113.1:9470`, with `--listen` in `args`) with `tls`.
-    pub fn start_at(lab: &Lab, extra: &str, args: &[&str], api: &str, tls: Option<ureq::tls::TlsConfig>) -> Result<Daemon> {
-        let mut d = Self::prepare(lab, extra, Launch::default(), args, &[])?;
+    pub fn start_at(
+        lab: &Lab,
+        extra: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        api: &str,
+        tls: Option<ureq::tls::TlsConfig>,
+    ) -> Result<Daemon> {
+        let mut d = Self::prepare(lab, extra, Launch::default(), args, env)?;
         d.api = api.to_string();
         d.tls = tls;
         d.spawn()?;

@@ -137,7 +137,9 @@ impl Drop for Pki {
 
 fn start(lab: &Lab, pki: &Pki, extra: &str, client_ca: bool) -> Daemon {
     let extra = format!("{extra}\n{}", pki.tls_section(client_ca));
-    Daemon::start_at(lab, &extra, &["--listen", ADDR], API, Some(pki.agent_tls(client_ca))).expect("daemon with TLS")
+    // Failed handshakes are DEBUG lines of the accept loop.
+    let env = [("RUST_LOG", "info,ampguard::daemon::server=debug")];
+    Daemon::start_at(lab, &extra, &["--listen", ADDR], &env, API, Some(pki.agent_tls(client_ca))).expect("daemon with TLS")
 }
 
 fn in_ns(ns: &Netns, prog: &str, args: &[&str]) -> Output {
@@ -239,7 +241,7 @@ fn an_expired_server_certificate_is_refused() {
     // The daemon serves what it is given (it does not judge dates); clients refuse it.
     let insecure = ureq::tls::TlsConfig::builder().disable_verification(true).build();
     let extra = pki.tls_section(false);
-    let d = Daemon::start_at(&lab, &extra, &["--listen", ADDR], API, Some(insecure)).expect("daemon");
+    let d = Daemon::start_at(&lab, &extra, &["--listen", ADDR], &[], API, Some(insecure)).expect("daemon");
     let (code, exit, err) = curl(&lab, "/healthz", &["--cacert", s(&pki.ca.pem.cert)]);
     assert_eq!((code, exit), (0, 60), "{err}");
     assert!(err.contains("expired"), "{err}");
@@ -266,6 +268,8 @@ fn client_certificates_from_the_client_ca_only_and_beside_the_token() {
     assert_eq!(code, 0, "no client certificate: no HTTP answer at all ({err})");
     let (code, _, err) = curl(&lab, "/healthz", &["--cacert", ca, "--cert", other_cert, "--key", other_key, "-H", &auth]);
     assert_eq!(code, 0, "a client certificate of another CA: no HTTP answer ({err})");
+    let failed = d.log().lines().filter(|l| l.contains("TLS handshake failed") && l.contains("peer=198.51.100.1:")).count();
+    assert!(failed >= 2, "both refused handshakes are DEBUG lines naming the client:\n{}", d.log());
 
     let ok = cli(&lab, &d, &["status", "--ca-file", ca, "--cert", cert, "--key", key]);
     assert!(ok.status.success(), "{}", stderr(&ok));
@@ -429,7 +433,7 @@ fn plain_http_off_loopback_only_with_the_explicit_flag() {
     let e = Daemon::start_with_args(&lab, "", &["--listen", ADDR], &[]).err().expect("refused").to_string();
     assert!(e.contains("listen = \"203.0.113.1:9470\" is not a loopback address"), "{e}");
     assert!(e.contains("tls.cert_file") && e.contains("allow_plaintext_off_loopback"), "{e}");
-    let d = Daemon::start_at(&lab, "[tls]\nallow_plaintext_off_loopback = true", &["--listen", ADDR], "http://203.0.113.1:9470", None)
+    let d = Daemon::start_at(&lab, "[tls]\nallow_plaintext_off_loopback = true", &["--listen", ADDR], &[], "http://203.0.113.1:9470", None)
         .expect("starts with the flag");
     assert!(d.log().contains("plain HTTP off loopback"), "{}", d.log());
     let out =
