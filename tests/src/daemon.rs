@@ -72,6 +72,10 @@ pub struct Daemon {
     pub token_file: PathBuf,
     pub token: String,
     pub port: u16,
+    /// The API's base URL for [`Daemon::call`] and [`Daemon::cli`] (default `http://127.0.0.1:PORT`).
+    pub api: String,
+    /// TLS settings of [`Daemon::call`]'s client (CA, client certificate), for an `https://` api.
+    pub tls: Option<ureq::tls::TlsConfig>,
     /// Extra arguments to `ampguard run` and environment of the daemon.
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -97,7 +101,30 @@ impl Daemon {
         Self::start_full(lab, extra, Launch::default(), args, env)
     }
 
+    /// [`Daemon::start_with_args`], the tests reaching its API at `api` (e.g.
+    /// `https://203.0.113.1:9470`, with `--listen` in `args`) with `tls`.
+    pub fn start_at(
+        lab: &Lab,
+        extra: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        api: &str,
+        tls: Option<ureq::tls::TlsConfig>,
+    ) -> Result<Daemon> {
+        let mut d = Self::prepare(lab, extra, Launch::default(), args, env)?;
+        d.api = api.to_string();
+        d.tls = tls;
+        d.spawn()?;
+        Ok(d)
+    }
+
     fn start_full(lab: &Lab, extra: &str, launch: Launch, args: &[&str], env: &[(&str, &str)]) -> Result<Daemon> {
+        let mut d = Self::prepare(lab, extra, launch, args, env)?;
+        d.spawn()?;
+        Ok(d)
+    }
+
+    fn prepare(lab: &Lab, extra: &str, launch: Launch, args: &[&str], env: &[(&str, &str)]) -> Result<Daemon> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let tag = format!("ag-test-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
@@ -121,9 +148,8 @@ impl Daemon {
         )?;
         let args = args.iter().map(|a| a.to_string()).collect();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut d = Daemon { launch, ns: lab.edge.clone(), dir, pin_dir, config, token_file, token, port, args, env, child: None };
-        d.spawn()?;
-        Ok(d)
+        let api = format!("http://127.0.0.1:{port}");
+        Ok(Daemon { launch, ns: lab.edge.clone(), dir, pin_dir, config, token_file, token, port, api, tls: None, args, env, child: None })
     }
 
     /// The command that starts `ampguard ARGS` the way `self.launch` says.
@@ -249,13 +275,17 @@ impl Daemon {
     }
 
     pub fn call_with(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Result<(u16, Value)> {
-        let url = format!("http://127.0.0.1:{}{}", self.port, path);
+        let url = format!("{}{}", self.api, path);
+        let tls = self.tls.clone();
         let body = body.map(str::to_string);
         let token = token.map(str::to_string);
         let method = method.to_string();
         self.ns.enter(move || -> Result<(u16, Value)> {
-            let agent: ureq::Agent =
-                ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(5))).build().into();
+            let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(5)));
+            if let Some(tls) = tls {
+                config = config.tls_config(tls);
+            }
+            let agent: ureq::Agent = config.build().into();
             let auth = token.map(|t| format!("Bearer {t}"));
             let mut req = ureq::http::Request::builder().method(method.as_str()).uri(&url);
             if let Some(a) = &auth {
@@ -277,7 +307,7 @@ impl Daemon {
         cmd.arg(format!("--net=/var/run/netns/{}", self.ns.name))
             .arg(ampguard_bin())
             .args(args)
-            .env("AMPGUARD_API", format!("http://127.0.0.1:{}", self.port))
+            .env("AMPGUARD_API", &self.api)
             .env("AMPGUARD_TOKEN_FILE", &self.token_file)
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())

@@ -111,6 +111,8 @@ pub struct Config {
     pub detection: crate::detection::config::DetectionConfig,
     /// Flowspec routes from a BGP speaker (flowspec/config.rs).
     pub flowspec: crate::flowspec::config::FlowspecConfig,
+    /// The API over HTTPS, client certificates, plain HTTP off loopback (daemon/tls.rs).
+    pub tls: crate::daemon::tls::TlsConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -161,6 +163,7 @@ impl Default for Config {
             allowlist: Vec::new(),
             detection: Default::default(),
             flowspec: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -339,6 +342,7 @@ impl Config {
                 self.detection.ban_ttl_secs
             ));
         }
+        self.tls.validate(self.listen).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

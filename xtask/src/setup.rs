@@ -34,6 +34,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("tshark", "reading the comments of `ampguard capture`'s pcapng (tests/tests/capture_top.rs)"),
     ("jq", "reading ampguard's JSON output in scripts"),
     ("curl", "talking to the daemon's HTTP endpoints from scripts"),
+    ("openssl", "openssl s_client and x509: the TLS tests read the certificate the daemon serves (tests/tests/tls.rs)"),
     ("bpftool", "detaching the XDP link by hand in the fault tests (tests/tests/faults.rs)"),
     ("prometheus", "prometheus and promtool: the observability tests scrape the daemon and check deploy/'s config and alert rules"),
     ("fastnetmon", "the detector the FastNetMon end-to-end test runs inside the lab (tests/tests/observability.rs)"),

@@ -15,6 +15,8 @@ pub struct Client {
     token: String,
     token_file: PathBuf,
     agent: ureq::Agent,
+    /// Whether a client certificate is offered (--cert).
+    client_cert: bool,
 }
 
 /// An error answer of the API, its message reworded for the command line.
@@ -34,12 +36,36 @@ impl Client {
             })?
             .trim()
             .to_string();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(10)))
-            .build()
-            .into();
-        Ok(Self { base: args.api.trim_end_matches('/').to_string(), token, token_file: args.token_file.clone(), agent })
+        let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(std::time::Duration::from_secs(10)));
+        if let Some(tls) = tls_config(args)? {
+            config = config.tls_config(tls);
+        }
+        Ok(Self {
+            base: args.api.trim_end_matches('/').to_string(),
+            token,
+            token_file: args.token_file.clone(),
+            agent: config.build().into(),
+            client_cert: args.cert.is_some(),
+        })
+    }
+
+    /// Why the API could not be reached, in the CLI's words: TLS failures say
+    /// which side's certificate is wrong and which flag fixes it.
+    fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
+        if let Some(t) = rustls_error(&e) {
+            if let Some(why) = explain_tls(t, &self.base, self.client_cert) {
+                return anyhow::anyhow!("TLS with the ampguard API at {} failed: {why} ({t})", self.base);
+            }
+        }
+        let refused = matches!(&e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused)
+            || matches!(&e, ureq::Error::ConnectionFailed);
+        let hint = if self.base.starts_with("http://") && !refused {
+            "; if the daemon has [tls] in its config, use --api https://..."
+        } else {
+            ""
+        };
+        anyhow::Error::new(e)
+            .context(format!("cannot reach the ampguard API at {} (is the daemon running? --api / AMPGUARD_API){hint}", self.base))
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
@@ -53,8 +79,7 @@ impl Client {
             ("PATCH", Some(b)) => self.agent.patch(&url).header("Authorization", &auth).send_json(b),
             _ => unreachable!("client method"),
         };
-        let mut res =
-            res.with_context(|| format!("cannot reach the ampguard API at {} (is the daemon running? --api / AMPGUARD_API)", self.base))?;
+        let mut res = res.map_err(|e| self.unreachable(e))?;
         let status = res.status().as_u16();
         let text = res.body_mut().read_to_string().unwrap_or_default();
         let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
@@ -72,7 +97,7 @@ impl Client {
             .timeout_global(Some(std::time::Duration::from_secs(330)))
             .build()
             .call()
-            .with_context(|| format!("cannot reach the ampguard API at {}", self.base))?;
+            .map_err(|e| self.unreachable(e))?;
         let status = res.status().as_u16();
         let samples = res.headers().get("x-ampguard-samples").and_then(|v| v.to_str().ok()).map(String::from);
         let body = res.body_mut().with_config().limit(64 * 1024 * 1024).read_to_vec()?;
@@ -98,6 +123,76 @@ impl Client {
         let message = clean(&reword(status, &code, &msg, &self.token_file));
         ApiFailure { status, code, message }
     }
+}
+
+/// The TLS settings of --ca-file, --cert and --key (None: ureq's defaults,
+/// the built-in public roots and no client certificate).
+fn tls_config(args: &ApiArgs) -> anyhow::Result<Option<ureq::tls::TlsConfig>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    if args.ca_file.is_none() && args.cert.is_none() {
+        return Ok(None);
+    }
+    let read = |flag: &str, path: &std::path::Path| std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()));
+    let certs = |flag: &str, path: &std::path::Path| -> anyhow::Result<Vec<ureq::tls::Certificate<'static>>> {
+        let pem = read(flag, path)?;
+        let ders = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{flag} {} is not a PEM certificate file", path.display()))?;
+        anyhow::ensure!(!ders.is_empty(), "{flag} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display());
+        Ok(ders.iter().map(|d| ureq::tls::Certificate::from_der(d.as_ref()).to_owned()).collect())
+    };
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(ca) = &args.ca_file {
+        tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs("--ca-file", ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        let chain = certs("--cert", cert)?;
+        let key = ureq::tls::PrivateKey::from_pem(&read("--key", key)?)
+            .map_err(|e| anyhow::anyhow!("--key {} holds no PEM private key: {e}", key.display()))?;
+        tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
+    }
+    Ok(Some(tls.build()))
+}
+
+/// The rustls error inside a failed call, if TLS is what failed.
+fn rustls_error(e: &ureq::Error) -> Option<&rustls::Error> {
+    match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    }
+}
+
+/// A TLS failure as the operator fixes it.
+fn explain_tls(e: &rustls::Error, base: &str, sent_cert: bool) -> Option<String> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    Some(match e {
+        E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "the server's certificate is not trusted: pass --ca-file (or AMPGUARD_CA_FILE) with the CA that signed the daemon's tls.cert_file".into()
+        }
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the server's certificate has expired: renew the daemon's tls.cert_file and reload it (systemctl reload ampguard, or SIGHUP)".into()
+        }
+        E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the server's certificate is not valid yet: check the clocks of both machines".into()
+        }
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            format!("the server's certificate is not valid for the host in --api {base}: use a name or address its subjectAltName lists")
+        }
+        E::InvalidCertificate(_) => "the server's certificate is refused".into(),
+        E::AlertReceived(A::CertificateRequired) => {
+            "the daemon requires a client certificate (its tls.client_ca_file is set): pass --cert and --key (or AMPGUARD_CERT_FILE and AMPGUARD_KEY_FILE)".into()
+        }
+        E::AlertReceived(A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::CertificateExpired | A::DecryptError)
+            if sent_cert =>
+        {
+            "the daemon refused the client certificate given with --cert: it is not signed by a CA in the daemon's tls.client_ca_file, or it has expired".into()
+        }
+        E::InvalidMessage(_) => {
+            format!("the API at {base} does not speak TLS: if the daemon has no [tls] in its config, use http://")
+        }
+        _ => return None,
+    })
 }
 
 /// An API message in the words of the command line.

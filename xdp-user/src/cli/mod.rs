@@ -26,12 +26,21 @@ pub(crate) struct Cli {
 /// Where the daemon's API is and how to authenticate.
 #[derive(Args, Clone, Debug)]
 pub(crate) struct ApiArgs {
-    /// Base URL of the daemon's API.
+    /// Base URL of the daemon's API: http://... or https://... (a daemon serving TLS).
     #[arg(long, env = "AMPGUARD_API", default_value = "http://127.0.0.1:9470", global = true)]
     pub api: String,
     /// File holding the bearer token (the daemon's token_file).
     #[arg(long, env = "AMPGUARD_TOKEN_FILE", default_value = "/etc/ampguard/token", global = true)]
     pub token_file: PathBuf,
+    /// With an https:// --api: trust the CA certificates (PEM) in this file instead of the built-in public roots.
+    #[arg(long, env = "AMPGUARD_CA_FILE", global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM chain, leaf first) for a daemon with tls.client_ca_file; needs --key.
+    #[arg(long, env = "AMPGUARD_CERT_FILE", global = true, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM); needs --cert.
+    #[arg(long, env = "AMPGUARD_KEY_FILE", global = true, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Print JSON instead of text (every client subcommand; `top`: one document a line per refresh).
     #[arg(long, global = true)]
     pub json: bool,

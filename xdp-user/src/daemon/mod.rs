@@ -8,12 +8,13 @@
 //! One file per concern: `pins.rs` (where pins go so they outlive the
 //! process), `lock.rs` (one daemon per state and pin directory),
 //! `enforcement.rs` (links held, watchdog checks, operator detach),
-//! `server.rs` (the API's bounded accept loop).
+//! `server.rs` (the API's bounded accept loop), `tls.rs` (HTTPS, reloaded on SIGHUP).
 
 pub(crate) mod enforcement;
 pub(crate) mod lock;
 pub mod pins;
 mod server;
+pub mod tls;
 
 use std::{
     net::SocketAddr,
@@ -135,6 +136,10 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     if cfg.interfaces.is_empty() {
         bail!("no interface to protect: give --iface IF or `interfaces` in the config");
     }
+    // Again, for a --listen given on the command line.
+    cfg.tls.validate(cfg.listen).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Before any link is touched: bad certificate files stop the start here.
+    let tls = cfg.tls.enabled().then(|| tls::Acceptor::new(cfg.tls.clone()).map(Arc::new)).transpose()?;
     let token_file = cfg.token_file.clone().unwrap_or_else(|| "/etc/ampguard/token".into());
     let token = read_token(&token_file)?;
     let alert_token = cfg.alert_token_file.as_deref().map(read_token).transpose()?;
@@ -202,7 +207,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::info!(speaker = %cfg.flowspec.gobgp, networks = ?cfg.flowspec.networks, "flowspec: taking routes from gobgpd");
             tokio::spawn(crate::flowspec::sync::run(cfg.flowspec.clone(), app.clone()));
         }
-        serve(app.clone(), cfg.clone()).await
+        serve(app.clone(), cfg.clone(), tls).await
     })?;
 
     if args.detach_on_exit {
@@ -222,15 +227,39 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(app: api::Shared, cfg: Config) -> anyhow::Result<()> {
+async fn serve(app: api::Shared, cfg: Config, tls: Option<Arc<tls::Acceptor>>) -> anyhow::Result<()> {
+    // Before the API answers: SIGHUP's default action would end the daemon.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    tracing::info!("API listening on http://{}", cfg.listen);
+    match &tls {
+        Some(t) => {
+            let l = t.loaded();
+            tracing::info!(fingerprint = %l.fingerprint, client_auth = l.client_auth, "API listening on https://{}", cfg.listen)
+        }
+        None if !tls::is_loopback(cfg.listen) => tracing::warn!(
+            "API listening on http://{} in plain HTTP off loopback (tls.allow_plaintext_off_loopback): the bearer token crosses the network in the clear",
+            cfg.listen
+        ),
+        None => tracing::info!("API listening on http://{}", cfg.listen),
+    }
+    let reloader = {
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match &tls {
+                    Some(t) => t.reload_and_log(),
+                    None => tracing::info!("SIGHUP: nothing to reload (no [tls] in the config)"),
+                }
+            }
+        })
+    };
     let router = api::router(app.clone(), cfg.max_body_bytes, Duration::from_secs(cfg.body_timeout_secs));
 
     let sweeper = tokio::spawn(sweep(app.clone()));
     let watchdog = tokio::spawn(watch_links(app.clone()));
     let limits = server::Limits { max_connections: cfg.max_connections, header_timeout: Duration::from_secs(cfg.header_timeout_secs) };
-    server::serve(listener, router, limits, shutdown_signal()).await?;
+    server::serve(listener, router, limits, tls, shutdown_signal()).await?;
+    reloader.abort();
     sweeper.abort();
     watchdog.abort();
     Ok(())

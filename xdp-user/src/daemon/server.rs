@@ -8,6 +8,12 @@
 //! send each request's headers within `header_timeout_secs` (hyper's header
 //! read timeout, which also closes a keep-alive connection idle that long),
 //! and bodies must arrive within `body_timeout_secs` (api::router).
+//!
+//! With TLS the handshake runs in the connection's task, holding its permit,
+//! and must finish within `header_timeout_secs` too: a client that opens a
+//! connection and never completes the handshake is closed like an idle one.
+//! Each connection takes the TLS config current when it was accepted, so a
+//! reload (SIGHUP) changes new handshakes and leaves open connections alone.
 
 use std::{
     future::Future,
@@ -32,7 +38,13 @@ pub struct Limits {
 /// How long connections still open at shutdown get to finish.
 const DRAIN: Duration = Duration::from_secs(5);
 
-pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<Arc<super::tls::Acceptor>>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -61,10 +73,24 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let watcher = graceful.watcher();
+        let http = http.clone();
+        let tls = tls.as_ref().map(|t| t.current());
+        let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
             // Errors here are the client's (reset, timeout, bad request): nothing to report.
-            let _ = conn.await;
+            match tls {
+                None => {
+                    let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await;
+                }
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake not finished within header_timeout_secs; closed"),
+                },
+            }
             drop(permit);
         });
     }
