@@ -109,6 +109,8 @@ pub struct Config {
     pub allowlist: Vec<IpNet>,
     /// Built-in detection (crate::detection).
     pub detection: crate::detection::config::DetectionConfig,
+    /// `[xdp_dispatcher]`: run as one program of libxdp's dispatcher (opt-in).
+    pub xdp_dispatcher: crate::dataplane::dispatcher::DispatcherConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -158,6 +160,7 @@ impl Default for Config {
             profiles: BTreeMap::new(),
             allowlist: Vec::new(),
             detection: Default::default(),
+            xdp_dispatcher: Default::default(),
         }
     }
 }
