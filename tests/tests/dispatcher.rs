@@ -24,7 +24,7 @@ use std::{
 
 use ampguard::dataplane::dispatcher::freplace_supported;
 use ampguard_tests::{
-    daemon::{flood_while, Daemon, Flood},
+    daemon::{flood_while, start_timeout, Daemon, Flood},
     lab::{deliver, sa, Lab},
     require_root,
 };
@@ -182,7 +182,8 @@ fn ampguard_first_then_xdp_filter_and_a_restart_lets_nothing_through() {
 
     // A restart (SIGKILL, a new daemon with a new program) under a bounded
     // flood: the new program joins the chain before the old one leaves.
-    let flood = Flood { burst: 50, gap: Duration::from_millis(5), max: Duration::from_secs(8) };
+    // Long enough to cover the whole restart, also on a slow (emulated) machine.
+    let flood = Flood { burst: 50, gap: Duration::from_millis(5), max: Duration::from_secs(8) + start_timeout() };
     let (flowed, ()) = flood_while(&lab, &[MEMCACHED, ORDINARY], flood, || {
         std::thread::sleep(Duration::from_millis(300));
         d.kill9_and_restart(Duration::from_millis(500)).expect("restart");

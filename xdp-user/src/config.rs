@@ -299,6 +299,7 @@ impl Config {
                 self.alert_ttl_secs
             ));
         }
+        self.xdp_dispatcher.validate().map_err(ConfigError::Invalid)?;
         let c = &self.capacity;
         if c.max_policies < 2 || c.max_policies > 1 << 20 {
             return bad(format!("capacity.max_policies {} must be in 2..=1048576", c.max_policies));

@@ -46,6 +46,19 @@ pub struct DispatcherConfig {
     pub priority: u32,
 }
 
+impl DispatcherConfig {
+    /// The priority is encoded as the length of a BTF array (libxdp's
+    /// format), which the kernel bounds; no real chain needs more.
+    pub const MAX_PRIORITY: u32 = 100_000;
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.priority > Self::MAX_PRIORITY {
+            return Err(format!("xdp_dispatcher.priority = {} must be in 0..={}", self.priority, Self::MAX_PRIORITY));
+        }
+        Ok(())
+    }
+}
+
 impl Default for DispatcherConfig {
     fn default() -> Self {
         // Before most others by default: dropping a flood early spares the programs after it.
@@ -153,13 +166,14 @@ impl Component {
         target.load().map_err(|e| load_err(format!("the load target: {e}")))?;
         let target_fd = target.fd().map_err(|e| load_err(e.to_string()))?.try_clone().map_err(|e| load_err(e.to_string()))?;
 
+        let object = run_config::with_run_config(XDP_OBJECT, names::PROGRAM, priority).map_err(load_err)?;
         let paths: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, scratch.join(n))).collect();
         let mut loader = EbpfLoader::new();
         loader.extension(names::PROGRAM);
         for (n, p) in &paths {
             loader.map_pin_path(n, p.as_path());
         }
-        let mut ebpf = loader.load(XDP_OBJECT).map_err(|e| load_err(e.to_string()))?;
+        let mut ebpf = loader.load(object.bytes()).map_err(|e| load_err(e.to_string()))?;
         let prog: &mut Extension = ebpf
             .program_mut(names::PROGRAM)
             .ok_or_else(|| load_err("no program".into()))?
@@ -186,12 +200,18 @@ impl Component {
         Ok(ext(&self.ebpf).fd().map_err(|e| DispatchError::Load(e.to_string()))?.as_fd())
     }
 
+    /// libxdp reads the priority and chain-call actions of a program given by
+    /// fd from its BTF (`run_config` put them there): its setters refuse loaded programs.
     fn libxdp_program(&self) -> Result<libxdp::Program, DispatchError> {
-        let mut p = libxdp::Program::from_fd(self.fd()?)?;
-        p.set_priority(self.priority)?;
-        p.chain_on_pass_only()?;
-        // ampguard's program is built for multi-buffer frames (`#[xdp(frags)]`).
-        p.set_frags(true)?;
+        let p = libxdp::Program::from_fd(self.fd()?)?;
+        if p.priority() != self.priority || p.chain_call_actions() != ["XDP_PASS"] {
+            return Err(DispatchError::Load(format!(
+                "libxdp reads priority {} and chain-call actions {:?} from the program's BTF, not {} and [XDP_PASS]",
+                p.priority(),
+                p.chain_call_actions(),
+                self.priority
+            )));
+        }
         Ok(p)
     }
 }
@@ -359,5 +379,208 @@ pub fn programs_on(ifindex: u32) -> Result<Option<libxdp::Dispatcher>, LibxdpErr
 impl From<DispatchError> for DpError {
     fn from(e: DispatchError) -> Self {
         DpError::Io(std::io::Error::other(e.to_string()))
+    }
+}
+
+/// libxdp's run configuration (`.xdp_run_config`, protocol.org "Processing
+/// program metadata") written into a copy of an object's BTF: a DATASEC
+/// holding `_<program>`, a struct whose `priority` and `XDP_PASS` members
+/// point to arrays whose lengths are the values. The kernel keeps the
+/// program's BTF, which is where libxdp reads it for a program given by fd.
+pub(crate) mod run_config {
+    const BTF_KIND_INT: u32 = 1;
+    const BTF_KIND_PTR: u32 = 2;
+    const BTF_KIND_ARRAY: u32 = 3;
+    const BTF_KIND_STRUCT: u32 = 4;
+    const BTF_KIND_VAR: u32 = 14;
+    const BTF_KIND_DATASEC: u32 = 15;
+    pub(crate) const SECTION: &str = ".xdp_run_config";
+
+    /// An object's bytes, 8-byte aligned (the ELF parser wants aligned data).
+    pub struct Object {
+        words: Vec<u64>,
+        len: usize,
+    }
+
+    impl Object {
+        pub fn bytes(&self) -> &[u8] {
+            // Safety: `words` holds at least `len` initialised bytes.
+            unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+        }
+    }
+
+    fn u16_at(b: &[u8], o: usize) -> Result<u16, String> {
+        b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]])).ok_or_else(|| format!("truncated at {o}"))
+    }
+    fn u32_at(b: &[u8], o: usize) -> Result<u32, String> {
+        b.get(o..o + 4).map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes"))).ok_or_else(|| format!("truncated at {o}"))
+    }
+    fn u64_at(b: &[u8], o: usize) -> Result<u64, String> {
+        b.get(o..o + 8).map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes"))).ok_or_else(|| format!("truncated at {o}"))
+    }
+
+    /// (offset of the section header, offset, size) of the ELF64 section `name`.
+    pub(crate) fn section(elf: &[u8], name: &str) -> Result<(usize, usize, usize), String> {
+        if elf.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
+            return Err("not a little-endian ELF64 object".into());
+        }
+        let shoff = u64_at(elf, 0x28)? as usize;
+        let shentsize = u16_at(elf, 0x3a)? as usize;
+        let shnum = u16_at(elf, 0x3c)? as usize;
+        let strndx = u16_at(elf, 0x3e)? as usize;
+        let hdr = |i: usize| shoff + i * shentsize;
+        let strtab = u64_at(elf, hdr(strndx) + 24)? as usize;
+        for i in 0..shnum {
+            let n = u32_at(elf, hdr(i))? as usize;
+            let s = elf.get(strtab + n..).ok_or("a section name past the end")?;
+            let end = s.iter().position(|c| *c == 0).ok_or("an unterminated section name")?;
+            if &s[..end] == name.as_bytes() {
+                return Ok((hdr(i), u64_at(elf, hdr(i) + 24)? as usize, u64_at(elf, hdr(i) + 32)? as usize));
+            }
+        }
+        Err(format!("no section {name}"))
+    }
+
+    /// Every type of a BTF blob: (kind, name offset, offset of the type).
+    pub(crate) fn types(btf: &[u8]) -> Result<Vec<(u32, u32, usize)>, String> {
+        let hdr_len = u32_at(btf, 4)? as usize;
+        let (type_off, type_len) = (u32_at(btf, 8)? as usize, u32_at(btf, 12)? as usize);
+        let (mut o, end) = (hdr_len + type_off, hdr_len + type_off + type_len);
+        let mut v = Vec::new();
+        while o < end {
+            let (name, info) = (u32_at(btf, o)?, u32_at(btf, o + 4)?);
+            let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+            let extra = match kind {
+                1 | 14 | 17 => 4,
+                3 => 12,
+                4 | 5 | 15 | 19 => 12 * vlen,
+                6 | 13 => 8 * vlen,
+                2 | 7..=12 | 16 | 18 => 0,
+                k => return Err(format!("BTF kind {k} unknown")),
+            };
+            v.push((kind, name, o));
+            o += 12 + extra;
+        }
+        Ok(v)
+    }
+
+    /// `elf` with `_<program>` in `.xdp_run_config`: priority `priority`,
+    /// the chain going on after XDP_PASS only.
+    pub fn with_run_config(elf: &[u8], program: &str, priority: u32) -> Result<Object, String> {
+        let bad = |e: String| format!("writing libxdp's run configuration into the object's BTF: {e}");
+        let (shdr, off, size) = section(elf, ".BTF").map_err(bad)?;
+        let btf = elf.get(off..off + size).ok_or_else(|| bad("the .BTF section is past the end".into()))?;
+        let hdr_len = u32_at(btf, 4).map_err(bad)? as usize;
+        let (type_off, type_len) = (u32_at(btf, 8).map_err(bad)? as usize, u32_at(btf, 12).map_err(bad)? as usize);
+        let (str_off, str_len) = (u32_at(btf, 16).map_err(bad)? as usize, u32_at(btf, 20).map_err(bad)? as usize);
+        let n = types(btf).map_err(bad)?.len() as u32;
+
+        let mut strings = btf[hdr_len + str_off..hdr_len + str_off + str_len].to_vec();
+        let mut string = |s: &str| {
+            let at = strings.len() as u32;
+            strings.extend_from_slice(s.as_bytes());
+            strings.push(0);
+            at
+        };
+        let (int, prio, pass) = (string("int"), string("priority"), string("XDP_PASS"));
+        let (var, sec) = (string(&format!("_{program}")), string(SECTION));
+        let mut t: Vec<u32> = Vec::new();
+        let info = |kind: u32, vlen: u32| (kind << 24) | vlen;
+        let id = |k: u32| n + k;
+        // 1: int; 2: int[priority]; 3: ptr to 2; 4: int[1]; 5: ptr to 4;
+        // 6: struct { priority: 3, XDP_PASS: 5 }; 7: var _<program>: 6; 8: the datasec.
+        t.extend([int, info(BTF_KIND_INT, 0), 4, (1 << 24) | 32]);
+        t.extend([0, info(BTF_KIND_ARRAY, 0), 0, id(1), id(1), priority]);
+        t.extend([0, info(BTF_KIND_PTR, 0), id(2)]);
+        t.extend([0, info(BTF_KIND_ARRAY, 0), 0, id(1), id(1), 1]);
+        t.extend([0, info(BTF_KIND_PTR, 0), id(4)]);
+        t.extend([0, info(BTF_KIND_STRUCT, 2), 16, prio, id(3), 0, pass, id(5), 64]);
+        t.extend([var, info(BTF_KIND_VAR, 0), id(6), 1]);
+        t.extend([sec, info(BTF_KIND_DATASEC, 1), 16, id(7), 0, 16]);
+
+        let mut types_bytes = btf[hdr_len + type_off..hdr_len + type_off + type_len].to_vec();
+        types_bytes.extend(t.iter().flat_map(|w| w.to_le_bytes()));
+        let mut new = btf[..hdr_len].to_vec();
+        new[8..12].copy_from_slice(&0u32.to_le_bytes());
+        new[12..16].copy_from_slice(&(types_bytes.len() as u32).to_le_bytes());
+        new[16..20].copy_from_slice(&(types_bytes.len() as u32).to_le_bytes());
+        new[20..24].copy_from_slice(&(strings.len() as u32).to_le_bytes());
+        new.extend(types_bytes);
+        new.extend(strings);
+
+        // The new BTF goes at the end; the section header points to it.
+        let mut out = elf.to_vec();
+        out.resize(out.len().next_multiple_of(8), 0);
+        let at = out.len() as u64;
+        out.extend(&new);
+        out[shdr + 24..shdr + 32].copy_from_slice(&at.to_le_bytes());
+        out[shdr + 32..shdr + 40].copy_from_slice(&(new.len() as u64).to_le_bytes());
+        let mut words = vec![0u64; out.len().div_ceil(8)];
+        // Safety: `words` has room for every byte of `out`.
+        unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), words.as_mut_ptr().cast::<u8>(), out.len()) };
+        Ok(Object { words, len: out.len() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_mode_is_opt_in_and_its_table_is_checked() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.xdp_dispatcher, DispatcherConfig { enabled: false, priority: 10 });
+        let c = Config::parse("[xdp_dispatcher]\nenabled = true\npriority = 35\n").unwrap();
+        assert_eq!(c.xdp_dispatcher, DispatcherConfig { enabled: true, priority: 35 });
+        let e = Config::parse("[xdp_dispatcher]\nenabled = true\nprio = 35\n").unwrap_err().to_string();
+        assert!(e.contains("prio"), "{e}");
+        let e = Config::parse("[xdp_dispatcher]\npriority = -1\n").unwrap_err().to_string();
+        assert!(e.contains("priority"), "{e}");
+        let e = Config::parse("[xdp_dispatcher]\npriority = 100001\n").unwrap_err().to_string();
+        assert!(e.contains("xdp_dispatcher.priority = 100001 must be in 0..=100000"), "{e}");
+    }
+
+    #[test]
+    fn the_run_config_is_in_the_btf_as_libxdp_reads_it() {
+        let o = run_config::with_run_config(XDP_OBJECT, names::PROGRAM, 35).unwrap();
+        let elf = o.bytes();
+        let (_, off, size) = run_config::section(elf, ".BTF").unwrap();
+        let btf = &elf[off..off + size];
+        let u32_at = |o: usize| u32::from_le_bytes(btf[o..o + 4].try_into().unwrap());
+        let (hdr, str_off) = (u32_at(4) as usize, u32_at(16) as usize);
+        let name = |n: u32| {
+            let s = &btf[hdr + str_off + n as usize..];
+            String::from_utf8_lossy(&s[..s.iter().position(|c| *c == 0).unwrap()]).into_owned()
+        };
+        let types = run_config::types(btf).unwrap();
+        let by_id = |id: u32| types[id as usize - 1];
+        // The original types are all still there (the program's function among them).
+        let original = run_config::types(&XDP_OBJECT[run_config::section(XDP_OBJECT, ".BTF").unwrap().1..]).unwrap();
+        assert_eq!(types.len(), original.len() + 8);
+        assert!(types.iter().any(|(k, n, _)| *k == 12 && name(*n) == names::PROGRAM));
+        // DATASEC .xdp_run_config -> VAR _ampguard -> STRUCT { priority: *[int; 35], XDP_PASS: *[int; 1] }.
+        let (kind, n, o) = *types.last().unwrap();
+        assert_eq!((kind, name(n).as_str()), (15, run_config::SECTION));
+        let (kind, n, o) = by_id(u32_at(o + 12));
+        assert_eq!((kind, name(n)), (14, format!("_{}", names::PROGRAM)));
+        let (kind, _, s) = by_id(u32_at(o + 8));
+        assert_eq!(kind, 4);
+        let member = |i: usize| {
+            let (ptr, _, p) = by_id(u32_at(s + 12 + 12 * i + 4));
+            assert_eq!(ptr, 2);
+            let (arr, _, a) = by_id(u32_at(p + 8));
+            assert_eq!(arr, 3);
+            (name(u32_at(s + 12 + 12 * i)), u32_at(a + 20))
+        };
+        assert_eq!(member(0), ("priority".to_string(), 35));
+        assert_eq!(member(1), ("XDP_PASS".to_string(), 1));
+    }
+
+    #[test]
+    fn pins_of_vlan_interfaces_round_trip() {
+        let dir = Path::new("/sys/fs/bpf/ampguard");
+        assert_eq!(program_pin_path(dir, "eth0.100"), Path::new("/sys/fs/bpf/ampguard/dispatched_eth0%2e100"));
+        assert_ne!(program_pin_path(dir, "eth0"), attach::link_pin_path(dir, "eth0"));
     }
 }

@@ -33,8 +33,6 @@ impl AttachMode {
     }
 }
 
-const XDP_PASS: c_uint = 2;
-
 #[repr(C)]
 struct RawProgram {
     _p: [u8; 0],
@@ -56,10 +54,7 @@ struct Api {
     name: unsafe extern "C" fn(*const RawProgram) -> *const c_char,
     id: unsafe extern "C" fn(*const RawProgram) -> u32,
     run_prio: unsafe extern "C" fn(*const RawProgram) -> c_uint,
-    set_run_prio: unsafe extern "C" fn(*mut RawProgram, c_uint) -> c_int,
     chain_call_enabled: unsafe extern "C" fn(*const RawProgram, c_uint) -> bool,
-    set_chain_call_enabled: unsafe extern "C" fn(*mut RawProgram, c_uint, bool) -> c_int,
-    set_xdp_frags_support: unsafe extern "C" fn(*mut RawProgram, bool) -> c_int,
     attach: unsafe extern "C" fn(*mut RawProgram, c_int, AttachMode, c_uint) -> c_int,
     detach: unsafe extern "C" fn(*mut RawProgram, c_int, AttachMode, c_uint) -> c_int,
     mp_get_from_ifindex: unsafe extern "C" fn(c_int) -> *mut RawMultiprog,
@@ -117,10 +112,7 @@ fn open() -> Result<Api, libloading::Error> {
             name: sym!(b"xdp_program__name"),
             id: sym!(b"xdp_program__id"),
             run_prio: sym!(b"xdp_program__run_prio"),
-            set_run_prio: sym!(b"xdp_program__set_run_prio"),
             chain_call_enabled: sym!(b"xdp_program__chain_call_enabled"),
-            set_chain_call_enabled: sym!(b"xdp_program__set_chain_call_enabled"),
-            set_xdp_frags_support: sym!(b"xdp_program__set_xdp_frags_support"),
             attach: sym!(b"xdp_program__attach"),
             detach: sym!(b"xdp_program__detach"),
             mp_get_from_ifindex: sym!(b"xdp_multiprog__get_from_ifindex"),
@@ -219,11 +211,6 @@ impl Program {
         unsafe { (self.api.run_prio)(self.raw) }
     }
 
-    pub fn set_priority(&mut self, prio: u32) -> Result<(), LibxdpError> {
-        // Safety: a live program.
-        check_rc(self.api, "xdp_program__set_run_prio", unsafe { (self.api.set_run_prio)(self.raw, prio) })
-    }
-
     /// The chain-call actions (the actions after which the next program runs), by name.
     pub fn chain_call_actions(&self) -> Vec<&'static str> {
         const NAMES: [&str; 5] = ["XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT"];
@@ -232,21 +219,6 @@ impl Program {
             .filter(|a| unsafe { (self.api.chain_call_enabled)(self.raw, *a) })
             .map(|a| NAMES[a as usize])
             .collect()
-    }
-
-    /// Continue the chain after XDP_PASS only (libxdp's default, set explicitly).
-    pub fn chain_on_pass_only(&mut self) -> Result<(), LibxdpError> {
-        for action in 0..5 {
-            // Safety: a live program; actions 0..=4 are XDP_ABORTED..XDP_REDIRECT.
-            let rc = unsafe { (self.api.set_chain_call_enabled)(self.raw, action, action == XDP_PASS) };
-            check_rc(self.api, "xdp_program__set_chain_call_enabled", rc)?;
-        }
-        Ok(())
-    }
-
-    pub fn set_frags(&mut self, frags: bool) -> Result<(), LibxdpError> {
-        // Safety: a live program.
-        check_rc(self.api, "xdp_program__set_xdp_frags_support", unsafe { (self.api.set_xdp_frags_support)(self.raw, frags) })
     }
 
     /// Add this program to the dispatcher on `ifindex` (creating one if there
