@@ -91,6 +91,13 @@ fn dispatcher_programs(d: &Daemon) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// `ampguard detach`, which goes through the running daemon's API.
+fn detach(d: &Daemon) {
+    let out = d.cli(&["detach", "--pin-dir", &d.pin_dir.display().to_string()], None).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("detached from edge0"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn add_policy(d: &Daemon) {
     let (st, v) = d.call("POST", "/v1/policies", Some(r#"{"victim": "203.0.113.10/32"}"#)).unwrap();
     assert_eq!(st, 201, "{v}");
@@ -152,8 +159,7 @@ fn xdp_filter_first_then_ampguard_both_filter_and_each_unloads_alone() {
     // xdp-filter back, then ampguard leaves: xdp-filter still drops.
     load_xdp_filter(&lab);
     both_filter(&lab);
-    let out = d.cli(&["detach"], None).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    detach(&d);
     let status = loader_status(&lab);
     assert!(!status.contains("ampguard") && status.contains("xdpfilt_"), "only ampguard left:\n{status}");
     assert!(!tcp_connects(&lab, 8080), "xdp-filter still drops TCP 8080");
@@ -190,6 +196,7 @@ fn ampguard_first_then_xdp_filter_and_a_restart_lets_nothing_through() {
         std::thread::sleep(Duration::from_millis(300));
     });
     let [attack, normal] = flowed[..] else { unreachable!() };
+    eprintln!("restart in the dispatcher chain: attack {attack:?}, ordinary {normal:?}");
     assert!(attack.sent > 1000, "the attack flowed ({} sent)", attack.sent);
     assert_eq!(attack.arrived, 0, "attack packets leaked across the restart ({} sent)", attack.sent);
     assert_eq!(normal.arrived, normal.sent, "ordinary traffic passed throughout");
@@ -199,7 +206,7 @@ fn ampguard_first_then_xdp_filter_and_a_restart_lets_nothing_through() {
     both_filter(&lab);
 
     // ampguard leaves (xdp-filter stays), comes back, then xdp-filter leaves.
-    assert!(d.cli(&["detach"], None).unwrap().status.success());
+    detach(&d);
     assert!(!tcp_connects(&lab, 8080), "xdp-filter still drops TCP 8080");
     assert_eq!(deliver(&lab, MEMCACHED.0, MEMCACHED.1, 100), 100, "ampguard detached");
     assert!(d.cli(&["attach"], None).unwrap().status.success());
