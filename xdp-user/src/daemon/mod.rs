@@ -210,6 +210,8 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::warn!("exiting; NOT enforcing: detached by operator ({}) at {}", d.by, d.since);
         } else if !not.is_empty() {
             tracing::error!(enforcing = ?kept, not_enforcing = ?not, "exiting; these interfaces are NOT enforcing (see the log above)");
+        } else if cfg.xdp_dispatcher.enabled {
+            tracing::info!(interfaces = ?kept, "exiting; ampguard's program stays in the dispatcher chains (libxdp's pins in /sys/fs/bpf/xdp)");
         } else {
             tracing::info!(interfaces = ?kept, "exiting; XDP stays attached through the pinned links in {}", cfg.pin_dir.display());
         }
