@@ -49,6 +49,12 @@ pub fn lab_with_daemon(tag: &str, extra: &str) -> (Lab, Daemon) {
     (lab, d)
 }
 
+/// How long a daemon may take to answer after its start: 20 s, or
+/// AMPGUARD_TEST_START_SECS (an emulated VM loads the program many times slower).
+pub fn start_timeout() -> Duration {
+    Duration::from_secs(std::env::var("AMPGUARD_TEST_START_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20))
+}
+
 /// How the daemon process is started.
 #[derive(Clone, Debug, Default)]
 pub enum Launch {
@@ -196,7 +202,7 @@ impl Daemon {
             .spawn()
             .context("spawning ampguard run")?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + start_timeout();
         loop {
             if let Ok((200, _)) = self.call("GET", "/healthz", None) {
                 return Ok(());
@@ -207,7 +213,7 @@ impl Daemon {
                 }
             }
             if Instant::now() > deadline {
-                bail!("ampguard run did not answer within 20 s:\n{}", self.log());
+                bail!("ampguard run did not answer within {:?}:\n{}", start_timeout(), self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -113,6 +113,8 @@ pub struct Config {
     pub flowspec: crate::flowspec::config::FlowspecConfig,
     /// The API over HTTPS, client certificates, plain HTTP off loopback (daemon/tls.rs).
     pub tls: crate::daemon::tls::TlsConfig,
+    /// `[xdp_dispatcher]`: run as one program of libxdp's dispatcher (opt-in).
+    pub xdp_dispatcher: crate::dataplane::dispatcher::DispatcherConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -164,6 +166,7 @@ impl Default for Config {
             detection: Default::default(),
             flowspec: Default::default(),
             tls: Default::default(),
+            xdp_dispatcher: Default::default(),
         }
     }
 }
@@ -303,6 +306,7 @@ impl Config {
                 self.alert_ttl_secs
             ));
         }
+        self.xdp_dispatcher.validate().map_err(ConfigError::Invalid)?;
         let c = &self.capacity;
         if c.max_policies < 2 || c.max_policies > 1 << 20 {
             return bad(format!("capacity.max_policies {} must be in 2..=1048576", c.max_policies));

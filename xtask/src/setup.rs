@@ -30,6 +30,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "`ip netns`/veth/XDP plumbing for the test lab and the demo"),
     ("nftables", "the nftables baseline the demo and tests compare against"),
     ("xdp-tools", "xdp-filter: the bench's peer XDP filter, measured beside ampguard (BENCHMARKS.md)"),
+    (
+        "libxdp1",
+        "libxdp.so.1, which the opt-in dispatcher mode opens at run time; xdp-loader/xdp-filter beside it (tests/tests/dispatcher.rs)",
+    ),
     ("tcpdump", "inspecting lab traffic when a test fails"),
     ("tshark", "reading the comments of `ampguard capture`'s pcapng (tests/tests/capture_top.rs)"),
     ("jq", "reading ampguard's JSON output in scripts"),

@@ -78,6 +78,27 @@ pub fn status(api: &ApiArgs) -> anyhow::Result<()> {
         })
         .collect();
     print_table(&["INTERFACE", "IFINDEX", "XDP MODE", "STATE", "PROBLEM"], &rows);
+    // Dispatcher mode: every program of each interface's libxdp chain, in run order.
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for i in r["interfaces"].as_array().into_iter().flatten() {
+        let d = &i["dispatcher"];
+        for p in d["programs"].as_array().into_iter().flatten() {
+            let ours = if p["id"] == i["program_id"] { " (this daemon)" } else { "" };
+            let chain: Vec<String> = p["chain_call_actions"].as_array().into_iter().flatten().map(s).collect();
+            rows.push(vec![
+                s(&i["name"]),
+                s(&d["id"]),
+                s(&p["priority"]),
+                format!("{}{ours}", s(&p["name"])),
+                s(&p["id"]),
+                chain.join(","),
+            ]);
+        }
+    }
+    if !rows.is_empty() {
+        println!("libxdp dispatcher chains:");
+        print_table(&["INTERFACE", "DISPATCHER ID", "PRIORITY", "PROGRAM", "PROGRAM ID", "CHAIN CALL ACTIONS"], &rows);
+    }
     let p = &r["policies"];
     println!(
         "policies: {} ({} enforce, {} monitor) of {} (capacity.max_policies)",

@@ -20,7 +20,8 @@ use crate::{
     config::XdpModeSetting,
     dataplane::{
         attach::{self, Attachment, Health},
-        netdev,
+        dispatcher::{self, Component, Slot, SlotHealth},
+        libxdp, netdev,
     },
 };
 
@@ -42,6 +43,10 @@ pub struct IfaceStatus {
     /// Why not enforcing (or why unchecked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Dispatcher mode: libxdp's dispatcher on the interface and every
+    /// program of its chain (ampguard's and the others), in run order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatcher: Option<libxdp::Dispatcher>,
 }
 
 /// The operator's detach, as kept in `state_dir/detached`.
@@ -58,15 +63,41 @@ pub enum Repair {
     Repinned(String),
 }
 
+/// How the program is on an interface: through ampguard's own pinned bpf
+/// link (the default), or as one program of libxdp's dispatcher.
+enum Link {
+    Direct(Attachment),
+    Chain(Slot),
+}
+
+impl Link {
+    fn ifindex(&self) -> u32 {
+        match self {
+            Link::Direct(a) => a.ifindex,
+            Link::Chain(s) => s.ifindex,
+        }
+    }
+
+    fn mode(&self) -> &'static str {
+        match self {
+            Link::Direct(a) => a.mode,
+            Link::Chain(s) => s.mode,
+        }
+    }
+}
+
 struct Iface {
     name: String,
-    link: Option<Attachment>,
+    link: Option<Link>,
     status: IfaceStatus,
 }
 
 pub struct Enforcement {
     ifaces: Vec<Iface>,
+    /// The id of the program this daemon attaches (in dispatcher mode, the extension's).
     our_prog: u32,
+    /// Dispatcher mode: ampguard's program as a dispatcher component.
+    chain: Option<Component>,
     mode: XdpModeSetting,
     pin_dir: PathBuf,
     marker: PathBuf,
@@ -77,15 +108,20 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-fn status_of(a: &Attachment, our_prog: u32) -> IfaceStatus {
+fn status_of(name: &str, l: &Link, our_prog: u32) -> IfaceStatus {
+    enforcing(name, l.ifindex(), l.mode(), our_prog)
+}
+
+fn enforcing(name: &str, ifindex: u32, mode: &str, our_prog: u32) -> IfaceStatus {
     IfaceStatus {
-        name: a.iface.clone(),
-        ifindex: a.ifindex,
-        mode: a.mode.into(),
+        name: name.into(),
+        ifindex,
+        mode: mode.into(),
         attached: true,
         state: "enforcing",
         program_id: Some(our_prog),
         problem: None,
+        dispatcher: None,
     }
 }
 
@@ -98,6 +134,7 @@ fn detached_status(name: &str, why: &OperatorDetach) -> IfaceStatus {
         state: "detached_by_operator",
         program_id: None,
         problem: Some(format!("detached by operator ({}) at {}; `ampguard attach` enforces again", why.by, why.since)),
+        dispatcher: None,
     }
 }
 
@@ -117,15 +154,25 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl Enforcement {
     /// Attach to every interface (swapping into pinned links where a
     /// previous run left them), unless an operator's detach is in force.
-    pub fn start(program: &mut Xdp, names: &[String], mode: XdpModeSetting, pin_dir: &Path, state_dir: &Path) -> anyhow::Result<Self> {
-        let our_prog = program.info()?.id();
+    pub fn start(
+        program: &mut Xdp,
+        names: &[String],
+        mode: XdpModeSetting,
+        pin_dir: &Path,
+        state_dir: &Path,
+        chain: Option<Component>,
+    ) -> anyhow::Result<Self> {
+        let our_prog = match &chain {
+            Some(c) => c.id,
+            None => program.info()?.id(),
+        };
         let marker = state_dir.join("detached");
         let detached = match std::fs::read(&marker) {
             Ok(b) => Some(serde_json::from_slice::<OperatorDetach>(&b).unwrap_or(OperatorDetach { since: "?".into(), by: "?".into() })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => anyhow::bail!("cannot read {}: {e}", marker.display()),
         };
-        let mut me = Self { ifaces: Vec::new(), our_prog, mode, pin_dir: pin_dir.into(), marker, detached };
+        let mut me = Self { ifaces: Vec::new(), our_prog, chain, mode, pin_dir: pin_dir.into(), marker, detached };
         for name in names {
             let iface = match &me.detached {
                 Some(d) => {
@@ -138,13 +185,8 @@ impl Enforcement {
                     Iface { name: name.clone(), link: None, status: detached_status(name, d) }
                 }
                 None => {
-                    let a = attach::attach_or_replace(program, name, mode, pin_dir)?;
-                    if a.replaced {
-                        tracing::info!(iface = name, ifindex = a.ifindex, "swapped the new program into the pinned link (no gap)");
-                    } else {
-                        tracing::info!(iface = name, ifindex = a.ifindex, mode = a.mode, "attached and pinned");
-                    }
-                    Iface { name: name.clone(), status: status_of(&a, our_prog), link: Some(a) }
+                    let l = attach_one(me.chain.as_ref(), me.mode, &me.pin_dir, program, name)?;
+                    Iface { name: name.clone(), status: status_of(name, &l, our_prog), link: Some(l) }
                 }
             };
             me.ifaces.push(iface);
@@ -153,7 +195,17 @@ impl Enforcement {
     }
 
     pub fn statuses(&self) -> Vec<IfaceStatus> {
-        self.ifaces.iter().map(|i| i.status.clone()).collect()
+        self.ifaces
+            .iter()
+            .map(|i| {
+                let mut s = i.status.clone();
+                if self.chain.is_some() && s.ifindex != 0 {
+                    // Read now: other tools change the chain without telling us.
+                    s.dispatcher = dispatcher::programs_on(s.ifindex).ok().flatten();
+                }
+                s
+            })
+            .collect()
     }
 
     pub fn detached_by_operator(&self) -> Option<&OperatorDetach> {
@@ -174,10 +226,17 @@ impl Enforcement {
             return repairs;
         }
         for i in &mut self.ifaces {
-            let Some(link) = i.link.as_mut() else { continue };
+            let Some(Link::Direct(link)) = i.link.as_mut() else {
+                if let (Some(Link::Chain(slot)), Some(c)) = (i.link.as_mut(), self.chain.as_ref()) {
+                    if let Some(r) = check_slot(&i.name, slot, &mut i.status, c, self.mode, &self.pin_dir) {
+                        repairs.push(r);
+                    }
+                }
+                continue;
+            };
             let was = i.status.state;
             match link.health(self.our_prog) {
-                Health::Enforcing => i.status = status_of(link, self.our_prog),
+                Health::Enforcing => i.status = enforcing(&i.name, link.ifindex, link.mode, self.our_prog),
                 Health::Unknown(e) => {
                     if was != "unchecked" {
                         tracing::warn!(iface = i.name, "cannot check the XDP link ({e}); assuming nothing changed, not touching it");
@@ -209,7 +268,7 @@ impl Enforcement {
                     match r {
                         Ok(()) => {
                             tracing::info!(iface = i.name, "pinned again");
-                            i.status = status_of(link, self.our_prog);
+                            i.status = enforcing(&i.name, link.ifindex, link.mode, self.our_prog);
                             repairs.push(Repair::Repinned(i.name.clone()));
                         }
                         Err(e) => {
@@ -232,7 +291,7 @@ impl Enforcement {
                     match r {
                         Ok(()) => {
                             tracing::info!(iface = i.name, mode = link.mode, "re-attached");
-                            i.status = status_of(link, self.our_prog);
+                            i.status = enforcing(&i.name, link.ifindex, link.mode, self.our_prog);
                             repairs.push(Repair::Reattached(i.name.clone()));
                         }
                         Err(e) => {
@@ -267,16 +326,30 @@ impl Enforcement {
         let d = self.detached.clone().expect("set above");
         let mut done = Vec::new();
         for i in &mut self.ifaces {
-            if let Some(link) = i.link.take() {
-                let ifindex = link.ifindex;
-                link.detach().map_err(|e| anyhow::anyhow!("removing the pin of {}: {e}", i.name))?;
-                // The link's last references are gone: the kernel detached it.
-                if let Ok(Some(x)) = netdev::xdp_program(ifindex) {
-                    if x.prog_id == self.our_prog {
-                        anyhow::bail!("{} still runs this daemon's program after its link was released", i.name);
+            match i.link.take() {
+                Some(Link::Direct(link)) => {
+                    let ifindex = link.ifindex;
+                    link.detach().map_err(|e| anyhow::anyhow!("removing the pin of {}: {e}", i.name))?;
+                    // The link's last references are gone: the kernel detached it.
+                    if let Ok(Some(x)) = netdev::xdp_program(ifindex) {
+                        if x.prog_id == self.our_prog {
+                            anyhow::bail!("{} still runs this daemon's program after its link was released", i.name);
+                        }
                     }
+                    done.push(i.name.clone());
                 }
-                done.push(i.name.clone());
+                Some(Link::Chain(slot)) => {
+                    let ifindex = slot.ifindex;
+                    // Only ampguard's program leaves the chain; the others stay.
+                    slot.detach().map_err(|e| anyhow::anyhow!("removing ampguard from the dispatcher of {}: {e}", i.name))?;
+                    if let Ok(Some(d)) = dispatcher::programs_on(ifindex) {
+                        if d.programs.iter().any(|p| p.id == self.our_prog) {
+                            anyhow::bail!("{} still runs this daemon's program in its dispatcher after libxdp removed it", i.name);
+                        }
+                    }
+                    done.push(i.name.clone());
+                }
+                None => {}
             }
             i.status = detached_status(&i.name, &d);
         }
@@ -291,10 +364,10 @@ impl Enforcement {
             if i.link.is_some() {
                 continue;
             }
-            let a = attach::attach_or_replace(program, &i.name, self.mode, &self.pin_dir)?;
-            tracing::info!(iface = i.name, mode = a.mode, "attached by operator");
-            i.status = status_of(&a, self.our_prog);
-            i.link = Some(a);
+            let l = attach_one(self.chain.as_ref(), self.mode, &self.pin_dir, program, &i.name)?;
+            tracing::info!(iface = i.name, mode = l.mode(), "attached by operator");
+            i.status = status_of(&i.name, &l, self.our_prog);
+            i.link = Some(l);
             done.push(i.name.clone());
         }
         match std::fs::remove_file(&self.marker) {
@@ -312,11 +385,108 @@ impl Enforcement {
         let mut yes = Vec::new();
         let mut no = Vec::new();
         for i in &self.ifaces {
-            match i.link.as_ref().map(|l| l.health(self.our_prog)) {
-                Some(Health::Enforcing) => yes.push(i.name.clone()),
-                _ => no.push(i.name.clone()),
+            let ok = match &i.link {
+                Some(Link::Direct(l)) => matches!(l.health(self.our_prog), Health::Enforcing),
+                Some(Link::Chain(s)) => matches!(s.health(), SlotHealth::Enforcing),
+                None => false,
+            };
+            if ok {
+                yes.push(i.name.clone());
+            } else {
+                no.push(i.name.clone());
             }
         }
         (yes, no)
+    }
+}
+
+/// The watchdog's round for a dispatcher slot: the same repairs as for a
+/// link (pin again; put the program back in the chain when it was removed).
+fn check_slot(
+    name: &str,
+    slot: &mut Slot,
+    status: &mut IfaceStatus,
+    c: &Component,
+    mode: XdpModeSetting,
+    pin_dir: &Path,
+) -> Option<Repair> {
+    let was = status.state;
+    match slot.health() {
+        SlotHealth::Enforcing => {
+            *status = enforcing(name, slot.ifindex, slot.mode, c.id);
+            None
+        }
+        SlotHealth::Unknown(e) => {
+            if was != "unchecked" {
+                tracing::warn!(iface = name, "cannot read the dispatcher ({e}); assuming nothing changed, not touching it");
+            }
+            status.state = "unchecked";
+            status.problem = Some(format!("the last check failed: {e}"));
+            None
+        }
+        SlotHealth::PinMissing => match super::pins::ensure_bpffs(pin_dir).and_then(|()| slot.repin(c).map_err(anyhow::Error::from)) {
+            Ok(()) => {
+                tracing::info!(iface = name, "pinned the dispatcher component again");
+                *status = enforcing(name, slot.ifindex, slot.mode, c.id);
+                Some(Repair::Repinned(name.into()))
+            }
+            Err(e) => {
+                status.problem = Some(format!(
+                    "enforcing, but the pin in {} could not be made again ({e:#}): a new daemon would not find this program to replace",
+                    pin_dir.display()
+                ));
+                None
+            }
+        },
+        SlotHealth::Removed => {
+            tracing::error!(
+                iface = name,
+                "ampguard's program is no longer in the dispatcher chain of {name} (`xdp-loader unload`?); adding it again"
+            );
+            match dispatcher::attach(c, name, mode, pin_dir) {
+                Ok(s) => {
+                    *slot = s;
+                    *status = enforcing(name, slot.ifindex, slot.mode, c.id);
+                    Some(Repair::Reattached(name.into()))
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    if status.problem.as_deref() != Some(e.as_str()) {
+                        tracing::error!(iface = name, "cannot add ampguard to the dispatcher again: {e}");
+                    }
+                    *status = IfaceStatus { attached: false, state: "not_enforcing", program_id: None, problem: Some(e), ..status.clone() };
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Attach to `name` the way the config says, logging what was done.
+fn attach_one(chain: Option<&Component>, mode: XdpModeSetting, pin_dir: &Path, program: &mut Xdp, name: &str) -> anyhow::Result<Link> {
+    match chain {
+        None => {
+            let a = attach::attach_or_replace(program, name, mode, pin_dir)?;
+            if a.replaced {
+                tracing::info!(iface = name, ifindex = a.ifindex, "swapped the new program into the pinned link (no gap)");
+            } else {
+                tracing::info!(iface = name, ifindex = a.ifindex, mode = a.mode, "attached and pinned");
+            }
+            Ok(Link::Direct(a))
+        }
+        Some(c) => {
+            let s = dispatcher::attach(c, name, mode, pin_dir)?;
+            match s.replaced {
+                Some(old) => tracing::info!(
+                    iface = name,
+                    ifindex = s.ifindex,
+                    priority = c.priority,
+                    "added the new program (id {}) to the dispatcher chain, then removed the previous run's (id {old}); both ran in between",
+                    c.id
+                ),
+                None => tracing::info!(iface = name, ifindex = s.ifindex, mode = s.mode, priority = c.priority, "in the dispatcher chain (libxdp)"),
+            }
+            Ok(Link::Chain(s))
+        }
     }
 }

@@ -167,9 +167,12 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let vectors = store.vectors().clone();
     crate::detection::program(store.dataplane_mut(), &cfg.detection, &vectors)?;
+    // Before any map is taken out of the data plane: the extension shares them all.
+    let chain = dispatcher_component(&cfg, store.dataplane(), pins.note.as_deref())?;
     let meter_events = if cfg.detection.enabled { Some(store.dataplane_mut().take_meter_events()?) } else { None };
 
-    let enforcement = Enforcement::start(store.dataplane_mut().program_mut(), &cfg.interfaces, cfg.xdp_mode, &cfg.pin_dir, &cfg.state_dir)?;
+    let enforcement =
+        Enforcement::start(store.dataplane_mut().program_mut(), &cfg.interfaces, cfg.xdp_mode, &cfg.pin_dir, &cfg.state_dir, chain)?;
     store.dataplane().pin_maps(&cfg.pin_dir.join("maps"))?;
     let samples = store.dataplane_mut().take_samples()?;
     tracing::info!("data plane ready in {:?}", started.elapsed());
@@ -220,6 +223,8 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::warn!("exiting; NOT enforcing: detached by operator ({}) at {}", d.by, d.since);
         } else if !not.is_empty() {
             tracing::error!(enforcing = ?kept, not_enforcing = ?not, "exiting; these interfaces are NOT enforcing (see the log above)");
+        } else if cfg.xdp_dispatcher.enabled {
+            tracing::info!(interfaces = ?kept, "exiting; ampguard's program stays in the dispatcher chains (libxdp's pins in /sys/fs/bpf/xdp)");
         } else {
             tracing::info!(interfaces = ?kept, "exiting; XDP stays attached through the pinned links in {}", cfg.pin_dir.display());
         }
@@ -316,11 +321,48 @@ async fn watch_links(app: api::Shared) {
 
 /// Detach and unpin every link under `pin_dir`, and remove the map pins.
 /// Returns the interfaces that had a link.
+/// Dispatcher mode: ampguard's program loaded as a dispatcher component on
+/// the data plane's maps (None in the default, direct mode).
+fn dispatcher_component(
+    cfg: &Config,
+    dp: &crate::dataplane::DataPlane,
+    private_mounts: Option<&str>,
+) -> anyhow::Result<Option<crate::dataplane::dispatcher::Component>> {
+    use crate::dataplane::{dispatcher::Component, libxdp};
+    if !cfg.xdp_dispatcher.enabled {
+        return Ok(None);
+    }
+    if let Some(note) = private_mounts {
+        // libxdp pins the chain in this mount namespace's /sys/fs/bpf/xdp, which dies with it.
+        bail!("the dispatcher mode cannot run here: {note}; libxdp's pins in /sys/fs/bpf/xdp would not outlive this process");
+    }
+    libxdp::available()?;
+    libxdp::quiet()?;
+    if let Err(e) = crate::dataplane::dispatcher::freplace_supported() {
+        bail!(
+            "the dispatcher mode cannot run on this kernel: {e}. libxdp's dispatcher is made of such programs (here xdp-loader \
+             and xdp-filter fall back to one program per interface, without a dispatcher, too); set `[xdp_dispatcher] enabled = false` \
+             to attach directly"
+        );
+    }
+    let c = Component::load(dp, &cfg.pin_dir.join("dispatcher-load"), cfg.xdp_dispatcher.priority)?;
+    tracing::info!(program_id = c.id, priority = c.priority, "dispatcher mode: loaded ampguard's program as a libxdp dispatcher component");
+    Ok(Some(c))
+}
+
 pub(crate) fn remove_pins(pin_dir: &Path) -> anyhow::Result<Vec<String>> {
-    let ifaces = attach::pinned_interfaces(pin_dir);
+    let mut ifaces = attach::pinned_interfaces(pin_dir);
     for iface in &ifaces {
         attach::detach(pin_dir, iface).with_context(|| format!("detaching {iface}"))?;
     }
+    for iface in crate::dataplane::dispatcher::pinned_interfaces(pin_dir) {
+        // Only ampguard's program leaves the interface's dispatcher chain.
+        crate::dataplane::dispatcher::detach_pinned(pin_dir, &iface)
+            .with_context(|| format!("removing ampguard from the dispatcher of {iface}"))?;
+        ifaces.push(iface);
+    }
+    ifaces.sort();
+    ifaces.dedup();
     let maps = pin_dir.join("maps");
     if maps.exists() {
         std::fs::remove_dir_all(&maps).with_context(|| format!("removing {}", maps.display()))?;

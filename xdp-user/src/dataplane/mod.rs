@@ -10,6 +10,8 @@
 //!   IPv6 hash table at pivot lengths painted from `victims6`, IPv6 LPM trie for
 //!   other lengths);
 //! - `allowlist`: allowlisted source prefixes (LPM tries behind the `allowbits` bitmap);
+//! - `dispatcher` (with `libxdp`): the opt-in mode that runs the program as one
+//!   of libxdp's dispatcher chain;
 //! - `counters`: per-rule-entry (shared totals behind a per-CPU cache),
 //!   per-vector and no-policy counters;
 //! - `meters`: built-in detection's protected networks, sketch settings and
@@ -20,6 +22,8 @@ mod allowlist;
 pub(crate) mod attach;
 mod batch;
 mod counters;
+pub mod dispatcher;
+pub mod libxdp;
 mod linkinfo;
 mod loader;
 pub(crate) mod meters;
