@@ -4,7 +4,8 @@
 //! cargo-deb's metadata is `[package.metadata.deb]` in xdp-user/Cargo.toml; the
 //! maintainer scripts, changelog and copyright are deploy/debian/. What the
 //! package needs that is not a file of the repository is generated here into
-//! `target/release/deb/` first, from deploy/ and the built binary:
+//! `deploy/debian/generated/` (git-ignored; cargo-deb would strip and not
+//! gzip files under target/release/) first, from deploy/ and the built binary:
 //! - the unit and the FastNetMon wrapper, naming `/usr/sbin/ampguard`;
 //! - the conffile `/etc/ampguard/ampguard.toml`: deploy/ampguard.toml with its
 //!   example `interfaces = ["eth1"]` replaced by `interfaces = []` (a fresh
@@ -92,7 +93,7 @@ pub fn run(no_build: bool) -> Result<PathBuf> {
         bail!("{} is missing: run `cargo build --release -p xdp-user --bins` (or drop --no-build)", binary.display());
     }
 
-    let stage = release.join("deb");
+    let stage = root.join("deploy/debian/generated");
     let _ = fs::remove_dir_all(&stage);
     fs::create_dir_all(stage.join("completions"))?;
     let read = |name: &str| fs::read_to_string(root.join("deploy").join(name)).with_context(|| format!("reading deploy/{name}"));
