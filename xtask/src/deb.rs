@@ -16,7 +16,8 @@
 //!
 //! Then `cargo deb -p xdp-user --no-build`: the build already ran, and cargo-deb
 //! strips the binary, adds the shared-library dependencies (dpkg-shlibdeps) and
-//! gzips the man pages and changelog.
+//! gzips the man pages; the changelog is gzipped here, as a native package's
+//! `changelog.gz`.
 
 use crate::cmd;
 use crate::install::{self, DEFAULT_BIN};
@@ -115,6 +116,12 @@ pub fn run(no_build: bool) -> Result<PathBuf> {
     }
     let mut log = Vec::new();
     install::man_pages(&binary, &stage.join("man"), &mut log)?;
+    // gzip -9n: no name or timestamp in the header, so the same changelog makes the same bytes.
+    let gz = Command::new("gzip").args(["-9n", "-c"]).arg(root.join("deploy/debian/changelog")).output().context("running gzip")?;
+    if !gz.status.success() {
+        bail!("gzip deploy/debian/changelog: {}", String::from_utf8_lossy(&gz.stderr));
+    }
+    write("changelog.gz", &gz.stdout)?;
 
     let deb = target_dir(&root).join("debian").join(format!("ampguard_{version}_amd64.deb"));
     let _ = fs::remove_file(&deb);
