@@ -93,7 +93,7 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Build release and package target/debian/ampguard_<version>_amd64.deb (cargo-deb):
+    /// Build release and package `target/debian/ampguard_<version>_amd64.deb` (cargo-deb):
     /// /usr/sbin/ampguard, the unit, /etc/ampguard/ampguard.toml as a conffile (no
     /// interface), the notify wrapper, Prometheus and Grafana files, man pages, completions.
     Deb {
