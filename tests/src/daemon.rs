@@ -23,8 +23,17 @@ use crate::lab::{sa, send_udp, Lab, Netns, UdpSink};
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// The `ampguard` binary next to the test executable (`cargo test --workspace`
-/// builds it, for xdp-user's own integration test xdp-user/tests/binary.rs).
+/// builds it, for xdp-user's own integration test xdp-user/tests/binary.rs),
+/// or the one AMPGUARD_BIN names (tests/tests/deb.rs runs a daemon test against
+/// the packaged /usr/sbin/ampguard so).
 pub fn ampguard_bin() -> PathBuf {
+    if let Some(b) = std::env::var_os("AMPGUARD_BIN") {
+        let b = PathBuf::from(b);
+        assert!(b.is_file(), "AMPGUARD_BIN={} is not a file", b.display());
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| eprintln!("ampguard binary from AMPGUARD_BIN: {}", b.display()));
+        return b;
+    }
     find_ampguard().unwrap_or_else(|| {
         panic!(
             "the ampguard binary is not next to {:?}: run `cargo build -p xdp-user` (cargo xtask test and demo do)",

@@ -34,9 +34,10 @@ pub struct Options {
     pub bin: Option<PathBuf>,
 }
 
-const DEFAULT_BIN: &str = "/usr/local/bin/ampguard";
+/// The binary deploy/ names (the unit, the notify wrapper); install and deb replace it.
+pub const DEFAULT_BIN: &str = "/usr/local/bin/ampguard";
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ is inside the workspace").to_path_buf()
 }
 
@@ -95,7 +96,7 @@ fn create_if_absent(path: &Path, contents: &[u8], mode: u32, log: &mut Vec<Strin
 }
 
 /// The output of `binary ARGS`.
-fn generated(binary: &Path, args: &[&str]) -> Result<Vec<u8>> {
+pub fn generated(binary: &Path, args: &[&str]) -> Result<Vec<u8>> {
     let o = std::process::Command::new(binary).args(args).output().with_context(|| format!("running {}", binary.display()))?;
     if !o.status.success() || o.stdout.is_empty() {
         bail!("`{} {}` failed: {}", binary.display(), args.join(" "), String::from_utf8_lossy(&o.stderr).trim());
@@ -104,7 +105,7 @@ fn generated(binary: &Path, args: &[&str]) -> Result<Vec<u8>> {
 }
 
 /// `binary man --out-dir` into a scratch directory, then each page into `dir`.
-fn man_pages(binary: &Path, dir: &Path, log: &mut Vec<String>) -> Result<()> {
+pub fn man_pages(binary: &Path, dir: &Path, log: &mut Vec<String>) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("ampguard-man-{}", std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch)?;

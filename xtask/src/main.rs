@@ -5,7 +5,8 @@
 //! - `lint`:  the quality gate (`lint.rs`): rustfmt, clippy -D warnings (host
 //!   and eBPF crates), rustdoc -D warnings.
 //! - `test`:  setup, the quality gate, then the whole test suite (root only: it
-//!   attaches XDP programs and creates network namespaces).
+//!   attaches XDP programs and creates network namespaces), after building the
+//!   Debian package that tests/tests/deb.rs installs (AMPGUARD_DEB names it).
 //! - `demo`:  setup, then runs the demo binary of `ampguard-tests`.
 //! - `bench`: setup, then runs the benchmarks (`ampguard-tests`' `bench` binary,
 //!   release build) and writes BENCHMARKS.md at the workspace root (root only).
@@ -16,6 +17,8 @@
 //!   of the XDP program against the model (root only; not in CI).
 //! - `install`: builds release and installs the binary, the systemd unit, the
 //!   notify wrapper, a config and a token (never overwriting them); `install.rs`.
+//! - `deb`: builds release and packages `target/debian/ampguard_<version>_amd64.deb`
+//!   with cargo-deb (`deb.rs`); `test` builds it first for tests/tests/deb.rs.
 //!
 //! One file per concern: `cmd.rs` runs and prints commands, `preflight.rs`
 //! refuses early on machines that cannot work, `setup.rs` installs, `cargo.rs`
@@ -23,6 +26,7 @@
 
 mod cargo;
 mod cmd;
+mod deb;
 mod fuzz;
 mod install;
 mod lint;
@@ -52,7 +56,8 @@ enum Command {
     /// The quality gate: `cargo fmt --check`, clippy with warnings as errors
     /// (host crates and the eBPF crate), `cargo doc` without warnings.
     Lint,
-    /// Setup, then the quality gate (`lint`), then `cargo test` over the workspace. Needs root.
+    /// Setup, then the quality gate (`lint`), `deb` (the package tests/tests/deb.rs
+    /// installs), then `cargo test` over the workspace. Needs root.
     Test {
         /// Extra arguments passed to `cargo test` (e.g. `-- --nocapture`, or a test name filter).
         #[arg(last = true)]
@@ -87,6 +92,14 @@ enum Command {
         /// Extra arguments passed to the soak binary (e.g. `-- --interval 5`).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Build release and package `target/debian/ampguard_<version>_amd64.deb` (cargo-deb):
+    /// /usr/sbin/ampguard, the unit, /etc/ampguard/ampguard.toml as a conffile (no
+    /// interface), the notify wrapper, Prometheus and Grafana files, man pages, completions.
+    Deb {
+        /// Package target/release/ampguard as it is, without `cargo build --release` first.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Build release and install ampguard as a systemd service (binary, unit, FastNetMon
     /// wrapper, /etc/ampguard config and token only if absent, /var/lib/ampguard).
@@ -137,6 +150,7 @@ fn main() {
         Command::Soak { minutes, args } => soak(minutes, &args),
         Command::Fuzz(a) => fuzz(a),
         Command::FuzzXdp(a) => fuzz_xdp(a),
+        Command::Deb { no_build } => setup_if_root().and_then(|()| deb::run(no_build)).map(|_| ()),
         Command::Install { prefix, dest_dir, bin } => install::run(install::Options { prefix, dest_dir, bin }),
     };
     if let Err(e) = result {
@@ -167,6 +181,10 @@ fn build(args: &[String]) -> anyhow::Result<()> {
 fn test(args: &[String]) -> anyhow::Result<()> {
     as_root("the test suite attaches XDP programs and creates network namespaces", "test")?;
     lint::run()?;
+    // The package test (tests/tests/deb.rs) installs this .deb; built once here
+    // (a release build) rather than by the test, whose cargo holds target/'s lock.
+    let deb = deb::run(false)?;
+    std::env::set_var("AMPGUARD_DEB", &deb);
     cargo::test(args)
 }
 

@@ -47,12 +47,16 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("e2fsprogs", "chattr: the fault tests make a state file immutable to fail its writes (tests/tests/faults.rs)"),
     ("g++", "C++ compiler: the fuzz targets link libFuzzer, which libfuzzer-sys builds from source"),
     ("gobgpd", "gobgpd and the gobgp CLI (3.x): the BGP speakers of the Flowspec lab test (tests/tests/flowspec.rs)"),
+    ("lintian", "checks the package `cargo xtask deb` builds (tests/tests/deb.rs)"),
+    ("ethtool", "GRO on the bench's veth for `bench --only generic` (generic-mode XDP, tests/src/bench/live.rs)"),
+    ("dpkg-dev", "dpkg-shlibdeps: cargo-deb computes the package's library dependencies with it"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPFFS: &str = "/sys/fs/bpf";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn run(mode: Mode) -> Result<()> {
     if mode == Mode::Install {
@@ -64,6 +68,7 @@ pub fn run(mode: Mode) -> Result<()> {
     bpf_linker(mode, &mut missing)?;
     bpffs(mode, &mut missing)?;
     cargo_fuzz(mode)?;
+    cargo_deb(mode)?;
     if !missing.is_empty() {
         bail!("this machine is missing:\n  {}\nrun `sudo cargo xtask setup` to install it", missing.join("\n  "));
     }
@@ -112,7 +117,7 @@ fn cargo_bin_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"))
 }
 
-fn find_tool(name: &str) -> Option<PathBuf> {
+pub fn find_tool(name: &str) -> Option<PathBuf> {
     cmd::find_on_path(name).or_else(|| {
         let p = cargo_bin_dir()?.join(name);
         p.is_file().then_some(p)
@@ -262,6 +267,38 @@ fn cargo_fuzz(mode: Mode) -> Result<()> {
     match cargo_fuzz_version() {
         Some(v) if v == CARGO_FUZZ_VERSION => Ok(()),
         other => bail!("cargo-fuzz still reports {other:?} after installing {CARGO_FUZZ_VERSION}"),
+    }
+}
+
+fn cargo_deb_version() -> Option<String> {
+    let bin = find_tool("cargo-deb")?;
+    // `cargo-deb --version`: "3.8.0"
+    let out = probe(&bin, &["--version"])?;
+    String::from_utf8_lossy(&out.stdout).split_whitespace().last().map(str::to_owned)
+}
+
+/// cargo-deb, for `cargo xtask deb` (and the package test in CI). Like
+/// cargo-fuzz: a non-root check only notes it; `xtask deb` fails clearly without it.
+fn cargo_deb(mode: Mode) -> Result<()> {
+    let found = cargo_deb_version();
+    if found.as_deref() == Some(CARGO_DEB_VERSION) {
+        println!("ok: cargo-deb {CARGO_DEB_VERSION} already present");
+        return Ok(());
+    }
+    let why = format!(
+        "builds the Debian package for `cargo xtask deb` (found: {}; pinned: {CARGO_DEB_VERSION})",
+        found.as_deref().unwrap_or("none")
+    );
+    if mode == Mode::CheckOnly {
+        println!("note: cargo-deb {CARGO_DEB_VERSION} missing: {why}; `sudo cargo xtask setup` installs it");
+        return Ok(());
+    }
+    println!("installing cargo-deb {CARGO_DEB_VERSION}: {why}; takes about two minutes");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    cmd::run(Command::new(cargo).args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION, "--locked"]))?;
+    match cargo_deb_version() {
+        Some(v) if v == CARGO_DEB_VERSION => Ok(()),
+        other => bail!("cargo-deb still reports {other:?} after installing {CARGO_DEB_VERSION}"),
     }
 }
 

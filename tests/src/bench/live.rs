@@ -15,6 +15,10 @@
 //!   XDP frames from its peer when it has an XDP program (or GRO) on, and the
 //!   image has no ethtool, so edge0 carries `xdp_pass` for these runs: the
 //!   frames go "XDP_PASS into the stack" and meet the ingress hook.
+//! - `--only generic`: ampguard's program in generic (skb) mode beside the same
+//!   program in native mode, same job (drop memcached). edge0 has GRO on for
+//!   these runs (`enable_gro`), so veth builds an skb for each frame and the
+//!   program runs on it in the stack's receive path.
 //!
 //! Counted is what the receiver saw (program or nft counters), not what the
 //! generator sent; the rate is counted / wall time of the generator call. Every
@@ -49,6 +53,9 @@ pub enum Receiver {
     NftDrop,
     AmpguardLimit,
     NftLimit,
+    /// ampguard's program attached in generic (skb) mode, dropping memcached
+    /// (`bench --only generic`, beside AmpguardDrop in native mode).
+    AmpguardDropGeneric,
 }
 
 impl Receiver {
@@ -57,6 +64,8 @@ impl Receiver {
         [Receiver::AmpguardDrop, Receiver::CountDrop, Receiver::XdpFilter, Receiver::NftDrop, Receiver::AmpguardLimit, Receiver::NftLimit];
     /// Every core: the XDP receivers (nftables is 3x slower and has its own rows above).
     pub const EVERY_CORE: [Receiver; 4] = [Receiver::AmpguardDrop, Receiver::CountDrop, Receiver::XdpFilter, Receiver::AmpguardLimit];
+    /// `--only generic`: the same program and job, native against generic mode.
+    pub const GENERIC: [Receiver; 2] = [Receiver::AmpguardDrop, Receiver::AmpguardDropGeneric];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -66,6 +75,7 @@ impl Receiver {
             Receiver::NftDrop => "nftables ingress, drop memcached",
             Receiver::AmpguardLimit => "ampguard XDP, limit ntp 10,000/s",
             Receiver::NftLimit => "nftables ingress, `limit rate over 10000/second`",
+            Receiver::AmpguardDropGeneric => "ampguard XDP generic (skb) mode, drop memcached",
         }
     }
 
@@ -260,6 +270,16 @@ fn lab_frame(b: P) -> Vec<u8> {
     f
 }
 
+/// Turns GRO on for `edge_if` (ethtool), for the generic-mode runs: veth
+/// hands its peer's XDP_TX/redirected frames only to a side whose NAPI runs,
+/// which takes a native XDP program or GRO; generic XDP cannot share the
+/// interface with a native program, so GRO it is. Native-mode XDP runs before
+/// GRO, so the native figure beside it is unchanged by it.
+pub fn enable_gro(lab: &Lab, edge_if: &str) -> Result<()> {
+    lab.edge.exec(&["ethtool", "-K", edge_if, "gro", "on"]).context("turning GRO on (package ethtool: `sudo cargo xtask setup`)")?;
+    Ok(())
+}
+
 /// A second veth pair in the lab's namespaces, `wan1` <-> `edge1`, with two
 /// queues a side, for the every-core runs: veth hands a frame sent on CPU n to
 /// the peer's receive queue n (mod the queue count) and runs that queue's NAPI
@@ -339,7 +359,7 @@ impl<'a> Live<'a> {
     /// (dropped, passed) so far for a receiver.
     fn counters(&self, r: Receiver, peer: Option<&XdpFilter>) -> Result<(u64, u64)> {
         Ok(match r {
-            Receiver::AmpguardDrop => {
+            Receiver::AmpguardDrop | Receiver::AmpguardDropGeneric => {
                 let c = self.dp.policy_counters(self.slots.drop)?[vid("memcached") as usize];
                 (c.by_verdict[verdict::DROPPED].packets, c.by_verdict[verdict::PASSED].packets)
             }
@@ -366,6 +386,10 @@ impl<'a> Live<'a> {
                 let p = self.dp.program_mut();
                 Attached::Link(lab.edge.enter(|| p.attach(&edge_if, XdpMode::Driver))?.context("attach ampguard")?)
             }
+            Receiver::AmpguardDropGeneric => {
+                let p = self.dp.program_mut();
+                Attached::Link(lab.edge.enter(|| p.attach(&edge_if, XdpMode::Skb))?.context("attach ampguard in generic mode")?)
+            }
             Receiver::CountDrop => {
                 let p = Self::xdp(self.base, "xdp_count_drop")?;
                 Attached::Link(lab.edge.enter(|| p.attach(&edge_if, XdpMode::Driver))?.context("attach xdp_count_drop")?)
@@ -389,7 +413,9 @@ impl<'a> Live<'a> {
         // Detach, whatever happened.
         let detached = match (r, attached) {
             (_, Attached::Peer(p)) => (*p).detach_keep().map(drop),
-            (Receiver::AmpguardDrop | Receiver::AmpguardLimit, Attached::Link(l)) => self.dp.program_mut().detach(l).map_err(Into::into),
+            (Receiver::AmpguardDrop | Receiver::AmpguardLimit | Receiver::AmpguardDropGeneric, Attached::Link(l)) => {
+                self.dp.program_mut().detach(l).map_err(Into::into)
+            }
             (Receiver::CountDrop, Attached::Link(l)) => Self::xdp(self.base, "xdp_count_drop")?.detach(l).map_err(Into::into),
             (_, Attached::Link(l)) => Self::xdp(self.base, "xdp_pass")?.detach(l).map_err(Into::into),
         };

@@ -52,7 +52,9 @@ const USAGE: &str = "usage: bench [--out FILE] [--only PART]... [--rounds N] [--
   --only PART       run only these parts (repeatable): part1 (test_run costs, the peer, where the time
                     goes), live (part 2 on one core), every-core (part 2 on every CPU), memory (the
                     maps' memory table), control (part 3), reaction (part 4: built-in detection's
-                    and FastNetMon's time to the first drop; alone, printed, BENCHMARKS.md untouched);
+                    and FastNetMon's time to the first drop; alone, printed, BENCHMARKS.md untouched),
+                    generic (ampguard dropping memcached in native and in generic (skb) mode on the
+                    lab veth, interleaved; alone, printed, BENCHMARKS.md untouched);
                     the rest is reported as not run
   --rounds N        rounds of part 1, median taken (default 15)
   --repeat N        BPF_PROG_TEST_RUN repeats per call in part 1 (default 2000000)
@@ -84,6 +86,7 @@ struct Args {
     control: bool,
     reaction: bool,
     attacks: usize,
+    generic: bool,
     bans: usize,
     api_secs: f64,
     command: String,
@@ -107,6 +110,7 @@ fn parse_args() -> Result<Args> {
         control: true,
         reaction: true,
         attacks: 20,
+        generic: false,
         bans: 200,
         api_secs: 150.0,
         command: "sudo cargo xtask bench".into(),
@@ -145,8 +149,8 @@ fn parse_args() -> Result<Args> {
     }
     if !only.is_empty() {
         for o in &only {
-            if !["part1", "live", "every-core", "memory", "control", "reaction"].contains(&o.as_str()) {
-                bail!("--only {o:?}: the parts are part1, live, every-core, memory, control, reaction\n{USAGE}");
+            if !["part1", "live", "every-core", "memory", "control", "reaction", "generic"].contains(&o.as_str()) {
+                bail!("--only {o:?}: the parts are part1, live, every-core, memory, control, reaction, generic\n{USAGE}");
             }
         }
         let has = |p: &str| only.iter().any(|o| o == p);
@@ -156,6 +160,7 @@ fn parse_args() -> Result<Args> {
         a.memory = has("memory");
         a.control &= has("control");
         a.reaction = has("reaction");
+        a.generic = has("generic");
     }
     if a.rounds == 0 || a.live_rounds == 0 || a.repeat < 1000 || !(1..=256).contains(&a.batch) {
         bail!("rounds must be >= 1, repeat >= 1000 (repeat=1 adds ~90 ns of timer overhead), batch 1..=256");
@@ -168,6 +173,25 @@ fn parse_args() -> Result<Args> {
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     Ok(ebpf.program_mut(name).with_context(|| format!("baseline object has no {name}"))?.try_into()?)
+}
+
+/// `--only generic`: ampguard's program dropping memcached on the lab's veth
+/// in native mode and in generic (skb) mode, interleaved rounds, one core.
+fn generic(args: &Args, dp: &mut ampguard::dataplane::DataPlane, base: &mut Ebpf, slots: &cost::BenchSlots, bpffs: &Bpffs) -> Result<()> {
+    let lab = Lab::new("bench-gen").context("creating the lab namespaces")?;
+    live::enable_gro(&lab, EDGE_IF)?;
+    eprintln!("bench: generic against native mode, live traffic on CPU {}, {} rounds (GRO on {EDGE_IF})", args.cpu, args.live_rounds);
+    let mut live = Live::new(&lab, dp, base, slots, bpffs, (WAN_IF, EDGE_IF), vec![args.cpu])?;
+    let frame_len = live.frame_len();
+    let results = live.measure(&LiveConfig { rounds: args.live_rounds, secs: args.live_secs, batch: args.batch }, &Receiver::GENERIC)?;
+    println!("{frame_len}-byte frames, one core (CPU {}), median of {} rounds, generator included:", args.cpu, args.live_rounds);
+    for r in &results {
+        let m = r.median();
+        println!("  {:<50} {:>10.0} pps dropped  {:>6.0} ns/packet", r.receiver.label(), m.drop_mpps() * 1e6, 1e3 / m.drop_mpps());
+    }
+    let (n, g) = (results[0].median().drop_mpps(), results[1].median().drop_mpps());
+    println!("  generic mode: {:.2}x the time per packet of native ({:+.0} ns/packet)", n / g, 1e3 / g - 1e3 / n);
+    Ok(())
 }
 
 fn main() {
@@ -191,7 +215,7 @@ fn run() -> Result<()> {
     // Part 4 first: it needs none of the tables below.
     let reaction = if args.reaction {
         let r = reaction::measure(args.attacks)?;
-        if !(args.part1 || args.live || args.every_core || args.memory || args.control) {
+        if !(args.part1 || args.live || args.every_core || args.memory || args.control || args.generic) {
             println!("{}", report::render_reaction(&r, &rev));
             return Ok(());
         }
@@ -301,6 +325,17 @@ fn run() -> Result<()> {
     };
 
     // Part 2: one core, then every core (a two-queue veth, a generator per CPU).
+    if args.generic {
+        generic(&args, &mut dp, &mut base, &slots, &bpffs)?;
+        if !(args.part1 || args.live || args.every_core || args.memory || args.control) {
+            if let Some(r) = &reaction {
+                println!("{}", report::render_reaction(r, &rev));
+            }
+            eprintln!("bench: --only generic: nothing written to {} (the figures above are the result)", args.out);
+            return Ok(());
+        }
+    }
+
     let (live, every_core) = if args.live || args.every_core {
         let lab = Lab::new("bench").context("creating the lab namespaces")?;
         let live = if args.live {
