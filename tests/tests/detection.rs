@@ -333,11 +333,25 @@ fn the_webhook_and_the_notify_command_hear_of_the_ban_and_the_unban() {
     assert!(ban[3].parse::<u64>().unwrap() >= 1_000, "pps: {calls}");
     assert!(argv[1].ends_with("incoming 0 unban") || argv[1].contains("incoming") && argv[1].ends_with("unban"), "{calls}");
     assert!(calls.contains("IP: 203.0.113.10") && calls.contains("Attack type: memcached"), "{calls}");
-    let (_, m) = d.call_with("GET", "/metrics", None, None).unwrap();
-    let m = m.as_str().unwrap().to_string();
-    assert!(m.contains("ampguard_detection_notifications_total{kind=\"webhook\",result=\"sent\"} 2"), "{m}");
-    assert!(m.contains("ampguard_detection_notifications_total{kind=\"webhook\",result=\"failed\"} 2"), "{m}");
-    assert!(m.contains("ampguard_detection_notifications_total{kind=\"command\",result=\"sent\"} 2"), "{m}");
+    // Counted once each delivery is over (the command has exited, the second
+    // webhook has run out of retries): a moment after the receivers saw them.
+    let want = [
+        "ampguard_detection_notifications_total{kind=\"webhook\",result=\"sent\"} 2",
+        "ampguard_detection_notifications_total{kind=\"webhook\",result=\"failed\"} 2",
+        "ampguard_detection_notifications_total{kind=\"command\",result=\"sent\"} 2",
+    ];
+    let t = Instant::now();
+    let m = loop {
+        let (_, m) = d.call_with("GET", "/metrics", None, None).unwrap();
+        let m = m.as_str().unwrap().to_string();
+        if want.iter().all(|w| m.contains(w)) || t.elapsed() > Duration::from_secs(10) {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for w in want {
+        assert!(m.contains(w), "{w} in:\n{m}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
