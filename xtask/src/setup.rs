@@ -248,26 +248,14 @@ fn cargo_fuzz_version() -> Option<String> {
 /// cargo-fuzz, for `cargo xtask fuzz` (and CI). Only needed to fuzz, so a
 /// non-root check only notes it; `xtask fuzz` fails clearly without it.
 fn cargo_fuzz(mode: Mode) -> Result<()> {
-    let found = cargo_fuzz_version();
-    if found.as_deref() == Some(CARGO_FUZZ_VERSION) {
-        println!("ok: cargo-fuzz {CARGO_FUZZ_VERSION} already present");
-        return Ok(());
-    }
-    let why = format!(
-        "builds and runs the libFuzzer targets of fuzz/ for `cargo xtask fuzz` (found: {}; pinned: {CARGO_FUZZ_VERSION})",
-        found.as_deref().unwrap_or("none")
-    );
-    if mode == Mode::CheckOnly {
-        println!("note: cargo-fuzz {CARGO_FUZZ_VERSION} missing: {why}; `sudo cargo xtask setup` installs it");
-        return Ok(());
-    }
-    println!("installing cargo-fuzz {CARGO_FUZZ_VERSION}: {why}; takes about a minute");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    cmd::run(Command::new(cargo).args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked"]))?;
-    match cargo_fuzz_version() {
-        Some(v) if v == CARGO_FUZZ_VERSION => Ok(()),
-        other => bail!("cargo-fuzz still reports {other:?} after installing {CARGO_FUZZ_VERSION}"),
-    }
+    pinned_cargo_tool(
+        mode,
+        "cargo-fuzz",
+        CARGO_FUZZ_VERSION,
+        cargo_fuzz_version,
+        "builds and runs the libFuzzer targets of fuzz/ for `cargo xtask fuzz`",
+        "about a minute",
+    )
 }
 
 fn cargo_deb_version() -> Option<String> {
@@ -280,25 +268,35 @@ fn cargo_deb_version() -> Option<String> {
 /// cargo-deb, for `cargo xtask deb` (and the package test in CI). Like
 /// cargo-fuzz: a non-root check only notes it; `xtask deb` fails clearly without it.
 fn cargo_deb(mode: Mode) -> Result<()> {
-    let found = cargo_deb_version();
-    if found.as_deref() == Some(CARGO_DEB_VERSION) {
-        println!("ok: cargo-deb {CARGO_DEB_VERSION} already present");
+    pinned_cargo_tool(
+        mode,
+        "cargo-deb",
+        CARGO_DEB_VERSION,
+        cargo_deb_version,
+        "builds the Debian package for `cargo xtask deb`",
+        "about two minutes",
+    )
+}
+
+/// A cargo subcommand at a pinned version, `cargo install`ed when missing
+/// or of another version; a non-root check only notes it.
+fn pinned_cargo_tool(mode: Mode, name: &str, pinned: &str, version: fn() -> Option<String>, what: &str, takes: &str) -> Result<()> {
+    let found = version();
+    if found.as_deref() == Some(pinned) {
+        println!("ok: {name} {pinned} already present");
         return Ok(());
     }
-    let why = format!(
-        "builds the Debian package for `cargo xtask deb` (found: {}; pinned: {CARGO_DEB_VERSION})",
-        found.as_deref().unwrap_or("none")
-    );
+    let why = format!("{what} (found: {}; pinned: {pinned})", found.as_deref().unwrap_or("none"));
     if mode == Mode::CheckOnly {
-        println!("note: cargo-deb {CARGO_DEB_VERSION} missing: {why}; `sudo cargo xtask setup` installs it");
+        println!("note: {name} {pinned} missing: {why}; `sudo cargo xtask setup` installs it");
         return Ok(());
     }
-    println!("installing cargo-deb {CARGO_DEB_VERSION}: {why}; takes about two minutes");
+    println!("installing {name} {pinned}: {why}; takes {takes}");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    cmd::run(Command::new(cargo).args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION, "--locked"]))?;
-    match cargo_deb_version() {
-        Some(v) if v == CARGO_DEB_VERSION => Ok(()),
-        other => bail!("cargo-deb still reports {other:?} after installing {CARGO_DEB_VERSION}"),
+    cmd::run(Command::new(cargo).args(["install", name, "--version", pinned, "--locked"]))?;
+    match version() {
+        Some(v) if v == pinned => Ok(()),
+        other => bail!("{name} still reports {other:?} after installing {pinned}"),
     }
 }
 
