@@ -222,27 +222,26 @@ pub struct Mapped {
 /// Whether the numeric items match `x`: OR of AND-groups (an item with the
 /// AND bit joins the previous one's group).
 fn numeric_matches(items: &[Item], x: u64) -> bool {
-    let mut any = false;
-    let mut group: Option<bool> = None;
-    for it in items {
+    any_group(items, |it| {
         let (lt, gt, eq) = (it.op & OP_LT != 0, it.op & OP_GT != 0, it.op & OP_EQ != 0);
-        let m = (lt && x < it.value) || (gt && x > it.value) || (eq && x == it.value);
-        if it.op & OP_AND != 0 {
-            group = Some(group.unwrap_or(true) && m);
-        } else {
-            any |= group.unwrap_or(false);
-            group = Some(m);
-        }
-    }
-    any || group.unwrap_or(false)
+        (lt && x < it.value) || (gt && x > it.value) || (eq && x == it.value)
+    })
 }
 
 fn bitmask_matches(items: &[Item], data: u64) -> bool {
+    any_group(items, |it| {
+        let hit = if it.op & OP_MATCH != 0 { data & it.value == it.value } else { data & it.value != 0 };
+        hit != (it.op & OP_NOT != 0)
+    })
+}
+
+/// RFC 8955's combination of a component's items: items joined by the AND
+/// bit form a group, and the component matches if any group does.
+fn any_group(items: &[Item], matches: impl Fn(&Item) -> bool) -> bool {
     let mut any = false;
     let mut group: Option<bool> = None;
     for it in items {
-        let hit = if it.op & OP_MATCH != 0 { data & it.value == it.value } else { data & it.value != 0 };
-        let m = hit != (it.op & OP_NOT != 0);
+        let m = matches(it);
         if it.op & OP_AND != 0 {
             group = Some(group.unwrap_or(true) && m);
         } else {
